@@ -1,0 +1,185 @@
+"""Evaluating one criterion: sample → (perturbation) → metric → bootstrap CI → threshold → verdict.
+
+``evaluate`` returns an :class:`Outcome` with verdict PASS or FAIL, or raises :class:`MriqError` when the
+criterion cannot be evaluated (the plugin reports that as ERROR, never as a pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MetricError
+from .metrics.base import Metric, Sample, create_metric
+from .perturb import PerturbContext, apply
+from .seeding import derive_seed, rng_for
+from .session import RunContext
+from .stats import Estimate, bootstrap_indices, estimate_from
+from .suite import Criterion, Threshold
+
+
+@dataclass
+class Outcome:
+    """The result of one criterion (one sweep level), everything a report needs to trace it."""
+
+    criterion_id: str
+    verdict: str
+    gate: bool
+    metric: dict[str, Any]
+    higher_is_better: bool
+    compared: Estimate
+    value: Estimate
+    baseline: Estimate | None
+    threshold: dict[str, Any]
+    bounds: dict[str, float | None]
+    checked: float
+    message: str
+    seed: int
+    perturbation: dict[str, Any] | None = None
+    samples: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "criterion_id": self.criterion_id, "verdict": self.verdict, "gate": self.gate, "metric": self.metric,
+            "higher_is_better": self.higher_is_better, "compared": self.compared.as_dict(), "value": self.value.as_dict(),
+            "baseline": self.baseline.as_dict() if self.baseline else None, "threshold": self.threshold,
+            "bounds": self.bounds, "checked": self.checked, "message": self.message, "seed": self.seed,
+            "perturbation": self.perturbation, "samples": self.samples,
+        }
+
+
+def _quantity(relative: str) -> Any:
+    if relative == "difference":
+        return lambda v, b: v - b
+    if relative == "ratio":
+        return lambda v, b: v / b if b != 0 else np.nan
+    return lambda v, b: v
+
+
+def _label(metric: Metric, crit: Criterion) -> str:
+    region = metric.config().get("region")
+    return f"{metric.name}" + (f" ({region})" if region else "")
+
+
+def _fmt(e: Estimate) -> str:
+    return f"{e.value:.4g} [95% CI {e.ci_low:.4g}, {e.ci_high:.4g}]" if e.n_boot else f"{e.value:.4g}"
+
+
+def check_threshold(th: Threshold, compared: Estimate, se: float) -> tuple[bool, float, dict[str, float | None]]:
+    """Whether ``compared`` (value or CI bound per ``th.on``) lies within the bounds (scaled by ``se`` for ``unit: se``)."""
+    scale = se if th.unit == "se" else 1.0
+    lo = th.min * scale if th.min is not None else None
+    hi = th.max * scale if th.max is not None else None
+    checked = {"value": compared.value, "lower_ci": compared.ci_low, "upper_ci": compared.ci_high}[th.on]
+    if not np.isfinite(checked):
+        raise MetricError(f"the compared quantity is not finite ({checked}); the criterion cannot be decided")
+    ok = (lo is None or checked >= lo) and (hi is None or checked <= hi)
+    return ok, float(checked), {"min": lo, "max": hi}
+
+
+def _verdict_message(crit: Criterion, ok: bool, what: str, checked: float, th: Threshold, bounds: dict[str, float | None]) -> str:
+    on = {"value": "", "lower_ci": "lower 95% CI bound of ", "upper_ci": "upper 95% CI bound of "}[th.on]
+    unit = " (threshold in baseline standard errors)" if th.unit == "se" else ""
+    if ok:
+        rule = " and ".join(f"{k} {v:.4g}" for k, v in bounds.items() if v is not None)
+        return f"{crit.id} PASSED: {what}; {on}checked quantity {checked:.4g} within {rule}{unit}."
+    if bounds["min"] is not None and checked < bounds["min"]:
+        broke = f"is below the minimum {bounds['min']:.4g}"
+    else:
+        broke = f"is above the maximum {bounds['max']:.4g}"
+    text = f"{crit.id} FAILED: {what}; {on}checked quantity {checked:.4g} {broke}{unit}.\n  requirement: {crit.requirement.strip()}"
+    if crit.hazard:
+        text += f"\n  hazard: {crit.hazard.strip()}"
+    return text + f"\n  rationale for the threshold: {crit.rationale.strip()}"
+
+
+def _perturb(ctx: RunContext, crit: Criterion, level: dict[str, Any], sample: Sample, seed: int) -> tuple[Sample, dict[str, Any]]:
+    assert crit.perturbation is not None
+    if sample.masks is None:
+        raise MetricError(f"criterion {crit.id}: perturbation {crit.perturbation.name!r} needs masks with the {sample.origin} images")
+    data = ctx.data
+    pctx = PerturbContext(data.train.images, data.train.masks, data.test.covariates if sample.origin == "real test" else {},
+                          lesion_labels=tuple(data.labels.values()))
+    out = apply(crit.perturbation.name, sample.images, sample.masks, seed=seed, ctx=pctx, where=f"criterion {crit.id}: ", **level)
+    return Sample(out.images, out.masks, f"{sample.origin} + {crit.perturbation.name}"), out.record
+
+
+def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = None) -> Outcome:
+    """Evaluate ``crit`` (at sweep ``level``) in ``ctx``; PASS/FAIL Outcome, or MriqError when it cannot be evaluated."""
+    level = level or {}
+    key = (crit.id, *sorted(level.items()))
+    seed = derive_seed(ctx.seed, *key)
+    metric = create_metric(crit.metric, crit.params, where=f"criterion {crit.id}: ")
+    th = crit.threshold
+    pert_record = None
+    real = ctx.real_test()
+
+    if crit.kind == "sensitivity":
+        subject, pert_record = _perturb(ctx, crit, level, real, seed)
+        reference, paired = real, True
+    else:
+        subject, paired = ctx.generated()
+        if crit.perturbation is not None:
+            subject, pert_record = _perturb(ctx, crit, level, subject, seed)
+        reference = real
+
+    prepared = ctx.prepare(metric, subject)
+    need_ref = crit.kind == "sensitivity" or th.relative != "none" or th.unit == "se"
+    prepared_ref = ctx.prepare(metric, reference) if need_ref else None
+
+    rng = rng_for(ctx.seed, *key, "bootstrap")
+    n, n_ref = len(subject), len(reference)
+    paired = paired and n == n_ref
+    idx = bootstrap_indices(n, crit.n_boot, rng) if crit.n_boot else np.empty((0, n), np.int64)
+    value = estimate_from(lambda i: metric.value(prepared, i), n, idx)
+    baseline = None
+    if prepared_ref is not None:
+        ref_idx = idx if paired else (bootstrap_indices(n_ref, crit.n_boot, rng) if crit.n_boot else np.empty((0, n_ref), np.int64))
+        baseline = estimate_from(lambda i: metric.value(prepared_ref, i), n_ref, ref_idx)
+
+    if crit.kind == "sensitivity":
+        sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
+        if not paired:
+            raise MetricError(f"criterion {crit.id}: the perturbation changed the number of images ({n_ref} → {n})")
+        compared = estimate_from(lambda i: sign * (metric.value(prepared, i) - metric.value(prepared_ref, i)), n, idx)
+        what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "  # type: ignore[union-attr]
+                f"{level or crit.perturbation.params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")  # type: ignore[union-attr]
+    elif th.relative != "none":
+        assert baseline is not None
+        q = _quantity(th.relative)
+        if paired:
+            compared = estimate_from(lambda i: q(metric.value(prepared, i), metric.value(prepared_ref, i)), n, idx)
+        else:  # independent samples: combine independent resamples
+            reps = np.array([q(a, b) for a, b in zip(_reps(metric, prepared, idx), _reps(metric, prepared_ref, ref_idx))])
+            compared = _from_reps(q(value.value, baseline.value), reps, n)
+        what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on real test "
+                f"images: {th.relative} {_fmt(compared)}")
+    else:
+        compared = value
+        what = f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)}"
+
+    se = baseline.se if baseline is not None else value.se
+    if th.unit == "se" and not se > 0:
+        raise MetricError(f"criterion {crit.id}: threshold in standard errors, but the baseline's bootstrap SE is {se} (set n_boot > 0)")
+    ok, checked, bounds = check_threshold(th, compared, se)
+    return Outcome(
+        criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
+        higher_is_better=metric.higher_is_better, compared=compared, value=value, baseline=baseline,
+        threshold=th.model_dump(), bounds=bounds, checked=checked, message=_verdict_message(crit, ok, what, checked, th, bounds),
+        seed=seed, perturbation=pert_record, samples={"evaluated": subject.origin, "n": n, "n_reference": n_ref, "paired": paired},
+    )
+
+
+def _reps(metric: Metric, prepared: Any, idx: np.ndarray) -> np.ndarray:
+    return np.array([metric.value(prepared, i) for i in idx], dtype=np.float64)
+
+
+def _from_reps(full: float, reps: np.ndarray, n: int) -> Estimate:
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return Estimate(full, full, full, 0.0, n, 0)
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return Estimate(full, float(lo), float(hi), float(reps.std(ddof=1)) if reps.size > 1 else 0.0, n, int(reps.size))

@@ -1,0 +1,133 @@
+"""Reference data: train / test splits of 2D slices with integer label masks, plus provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cache import DiskCache, content_hash
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ``images`` N×1×H×W float32 in [0, 1]; ``masks`` N×1×H×W int64 labels; per-slice ids and covariates."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    ids: tuple[str, ...]
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.ndim != 4 or self.images.shape[1] != 1 or self.masks.shape != self.images.shape:
+            raise DataError(f"split images {tuple(self.images.shape)} and masks {tuple(self.masks.shape)}: expected equal N×1×H×W")
+        if len(self.ids) != n or any(len(v) != n for v in self.covariates.values()):
+            raise DataError(f"split has {n} slices but {len(self.ids)} ids / covariates of other lengths")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: np.ndarray | list[int]) -> "Split":
+        """The slices at ``index`` (in that order)."""
+        idx = np.asarray(index, dtype=np.int64)
+        t = torch.as_tensor(idx)
+        return Split(self.images[t], self.masks[t], tuple(self.ids[i] for i in idx), {k: v[idx] for k, v in self.covariates.items()})
+
+    def digest(self) -> str:
+        """Content hash of images and masks."""
+        return content_hash(self.images, self.masks)
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """Real reference data for one suite run.
+
+    ``labels`` maps label names to mask values; ``regions`` maps region names (e.g. ``whole_tumour``) to
+    the label values they join. ``provenance`` says what is real, what is simulated and how it was prepared.
+    """
+
+    name: str
+    train: Split
+    test: Split
+    labels: dict[str, int]
+    regions: dict[str, tuple[int, ...]]
+    spacing_mm: tuple[float, float]
+    provenance: dict[str, Any]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """C×H×W of one slice."""
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def region_mask(self, masks: torch.Tensor, region: str) -> torch.Tensor:
+        """Boolean mask of ``region`` (a region name or a label name)."""
+        values = self.regions.get(region) or ((self.labels[region],) if region in self.labels else None)
+        if values is None:
+            known = sorted({*self.regions, *self.labels})
+            raise DataError(f"unknown region {region!r} for data {self.name!r}; expected one of {known}")
+        return torch.isin(masks, torch.tensor(values, dtype=masks.dtype))
+
+    def digests(self) -> dict[str, str]:
+        """Content hashes of the splits (for provenance and cache keys)."""
+        return {"train": self.train.digest(), "test": self.test.digest()}
+
+
+DatasetBuilder = Callable[[DiskCache], ReferenceData]
+BUILTIN_DATASETS: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Register a builtin dataset builder under ``builtin:<name>``."""
+
+    def deco(fn: DatasetBuilder) -> DatasetBuilder:
+        BUILTIN_DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def load_data(spec: str, cache: DiskCache, **options: Any) -> ReferenceData:
+    """Load reference data from ``builtin:NAME`` or a NIfTI folder (BraTS or imagesTr/labelsTr layout).
+
+    ``options`` go to the NIfTI loader (``modality``, ``crop``, ``test_fraction``, ...).
+    """
+    from . import mni, vessels  # noqa: F401  (registers the builtin datasets)
+
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN_DATASETS:
+            raise DataError(f"--mriq-data {spec!r}: unknown builtin dataset; expected one of {sorted('builtin:' + n for n in BUILTIN_DATASETS)}")
+        return BUILTIN_DATASETS[name](cache)
+    from .nifti import load_nifti_folder
+
+    return load_nifti_folder(Path(spec), cache, **options)
+
+
+def save_splits(splits: dict[str, Split], path: Path) -> None:
+    """Save named splits to one npz file at ``path``."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in splits.items():
+        arrays[f"{name}.images"] = split.images.numpy()
+        arrays[f"{name}.masks"] = split.masks.numpy().astype(np.uint8)
+        arrays[f"{name}.ids"] = np.array(split.ids)
+        arrays.update({f"{name}.cov.{k}": v for k, v in split.covariates.items()})
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def load_splits(path: Path) -> dict[str, Split]:
+    """Load the splits saved by :func:`save_splits`."""
+    with np.load(path, allow_pickle=False) as z:
+        names = sorted({k.split(".", 1)[0] for k in z.files})
+        out = {}
+        for n in names:
+            cov = {k.split(".", 2)[2]: z[k] for k in z.files if k.startswith(f"{n}.cov.")}
+            ids = tuple(str(i) for i in z[f"{n}.ids"])
+            out[n] = Split(torch.from_numpy(z[f"{n}.images"]), torch.from_numpy(z[f"{n}.masks"].astype(np.int64)), ids, cov)
+        return out

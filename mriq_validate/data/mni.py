@@ -1,0 +1,226 @@
+"""``builtin:mni-tumour``: a deterministic cohort of 2D axial T1 slices with simulated tumours.
+
+What is real: the anatomy and contrast come from the MNI ICBM152 2009a nonlinear symmetric 1 mm T1 template and
+its grey/white-matter maps (a population-average of real scans), read from the nilearn wheel with nibabel.
+What is simulated: everything that makes slices differ (axial level, elastic deformation, bias field, site
+contrast/noise profile) and every tumour (shape, BraTS-style labels 1 necrotic core, 2 oedema, 3 enhancing,
+T1-contrast-enhanced-like intensities). Slices are 128×128 at 1.5 mm so the gate runs in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..cache import DiskCache, content_hash
+from ..errors import DataError
+from .core import ReferenceData, Split, load_splits, register_dataset, save_splits
+from .preprocess import PREPROCESSING, axial_to_display, centre_crop, normalise_slice
+
+GENERATOR_VERSION = "mni-tumour/1"
+TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+VOXEL_MM = 1.5
+SIZE = (128, 128)
+N_TRAIN, N_TEST = 256, 128
+AXIAL_RANGE_MM = (50, 118)  # template z-range (1 mm index) with a large brain cross-section
+DATA_SEED = 20250512  # fixed: the reference data must not change with the run's seed
+LABELS = {"necrotic_core": 1, "oedema": 2, "enhancing": 3}
+REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
+# Simulated acquisition sites: a contrast (gamma) and noise profile each, recorded as covariate ``site``.
+SITES = ({"gamma": 1.0, "noise": 0.012}, {"gamma": 0.8, "noise": 0.02}, {"gamma": 1.25, "noise": 0.008})
+SITE_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def nilearn_data_dir() -> Path:
+    """The folder of MNI templates inside the installed nilearn wheel (nilearn is not imported)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "builtin MNI data needs the MNI152 template that ships inside the nilearn wheel, and nilearn is not "
+            "installed; install it with `pip install --no-deps nilearn==0.14.1` (no download at run time)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def template_paths() -> dict[str, Path]:
+    """Paths of the T1, GM and WM template files; DataError naming any that is missing."""
+    base = nilearn_data_dir()
+    paths = {k: base / f for k, f in TEMPLATE_FILES.items()}
+    for p in paths.values():
+        if not p.is_file():
+            raise DataError(f"MNI template file {p} is missing from the nilearn install; reinstall nilearn==0.14.1")
+    return paths
+
+
+@dataclass(frozen=True)
+class Template:
+    """T1 intensity and GM/WM probability volumes, float32, RAS, resampled to ``VOXEL_MM``."""
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+
+
+def load_template(paths: dict[str, Path]) -> Template:
+    """Read the template with nibabel and resample it to ``VOXEL_MM`` mm (trilinear)."""
+    import nibabel as nib
+
+    vols = {}
+    for key, path in paths.items():
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        arr = np.asarray(img.dataobj, dtype=np.float32) / 255.0
+        vols[key] = ndimage.zoom(arr, 1.0 / VOXEL_MM, order=1)
+    return Template(**vols)
+
+
+def _radial_profile(rng: np.random.Generator, base: float, amp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Harmonic coefficients for an irregular, star-shaped boundary r(θ) = base·(1 + Σ a_k cos(kθ + φ_k))."""
+    ks = np.arange(2, 6)
+    return rng.uniform(0, amp, ks.size) / ks**0.5, rng.uniform(0, 2 * np.pi, ks.size)
+
+
+def _boundary(theta: np.ndarray, base: float, coef: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    a, phi = coef
+    ks = np.arange(2, 2 + a.size)
+    return base * (1 + (a[:, None, None] * np.cos(ks[:, None, None] * theta[None] + phi[:, None, None])).sum(0))
+
+
+def simulate_tumour(image: np.ndarray, brain: np.ndarray, wm: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Insert one tumour into ``image`` (display orientation); return (image, labels, covariates).
+
+    Oedema (2) surrounds an enhancing rim (3) that surrounds a necrotic core (1); 25 % have no necrosis and
+    15 % are oedema-only (non-enhancing). Edges are partial-volume blended, textures are smooth random fields.
+    """
+    h, w = image.shape
+    r_ed = rng.uniform(5.0, 20.0)
+    kind = rng.choice(3, p=[0.6, 0.25, 0.15])  # 0: NCR+ET+ED, 1: ET+ED, 2: ED only
+    depth = ndimage.distance_transform_edt(brain)
+    candidates = np.argwhere((depth > 0.8 * r_ed + 2) & (wm > 0.3))
+    if len(candidates) == 0:
+        candidates = np.argwhere(depth >= depth.max() * 0.7)
+    cy, cx = candidates[rng.integers(len(candidates))]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rho = np.hypot(yy - cy, xx - cx)
+    theta = np.arctan2(yy - cy, xx - cx)
+
+    labels = np.zeros((h, w), np.uint8)
+    r_edge = _boundary(theta, r_ed, _radial_profile(rng, r_ed, 0.35))
+    labels[rho < r_edge] = 2
+    r_en = r_ed * rng.uniform(0.45, 0.75)
+    if kind in (0, 1):
+        r_en_edge = np.minimum(_boundary(theta, r_en, _radial_profile(rng, r_en, 0.25)), r_edge - 1.5)
+        labels[rho < r_en_edge] = 3
+        if kind == 0:
+            r_nc = r_en * rng.uniform(0.4, 0.7)
+            r_nc_edge = np.minimum(_boundary(theta, r_nc, _radial_profile(rng, r_nc, 0.2)), r_en_edge - 1.5)
+            labels[rho < r_nc_edge] = 1
+    labels[~brain] = 0
+
+    wm_level = float(np.median(image[wm > 0.6])) if (wm > 0.6).any() else float(image.max())
+    texture = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 1.5)
+    texture /= texture.std() + 1e-6
+    target = image.copy()
+    ed, en, nc = labels == 2, labels == 3, labels == 1
+    target[ed] = image[ed] * rng.uniform(0.55, 0.75) + 0.03 * texture[ed]
+    target[en] = wm_level * rng.uniform(1.05, 1.25) + 0.05 * texture[en]
+    target[nc] = wm_level * rng.uniform(0.15, 0.3) + 0.03 * texture[nc]
+    weight = ndimage.gaussian_filter((labels > 0).astype(np.float32), 0.8)
+    out = image + (ndimage.gaussian_filter(target, 0.6) - image) * np.clip(weight * 1.6, 0, 1)
+    cov = {"tumour_px": int((labels > 0).sum()), "has_necrosis": int(kind == 0), "has_enhancing": int(kind in (0, 1))}
+    return np.clip(out, 0, None), labels, cov
+
+
+def synthesise_case(tpl: Template, rng: np.random.Generator, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One cohort slice: a random axial level, a tumour, elastic deformation, bias field, site profile, preprocessing."""
+    from monai.transforms import Rand2DElasticd, RandBiasField
+
+    z_lo, z_hi = (round(v / VOXEL_MM) for v in AXIAL_RANGE_MM)
+    z = int(rng.integers(z_lo, z_hi))
+    t1, gm, wm = (centre_crop(axial_to_display(v[:, :, z]), SIZE) for v in (tpl.t1, tpl.gm, tpl.wm))
+    brain = t1 > 0.05
+    image, labels, cov = simulate_tumour(t1, brain, wm, rng)
+
+    elastic = Rand2DElasticd(
+        keys=("image", "label"), spacing=(24, 24), magnitude_range=(0.5, 1.5), rotate_range=(0.15,),
+        scale_range=(0.08, 0.08), prob=1.0, mode=("bilinear", "nearest"), padding_mode="zeros",
+    )
+    elastic.set_random_state(seed=seed % (2**32))
+    out = elastic({"image": image[None], "label": labels[None].astype(np.float32)})
+    image = np.asarray(out["image"])[0]
+    labels = np.asarray(out["label"])[0].round().astype(np.uint8)
+
+    site = int(rng.choice(len(SITES), p=SITE_WEIGHTS))
+    profile = SITES[site]
+    bias = RandBiasField(degree=3, coeff_range=(0.05, 0.25), prob=1.0)
+    bias.set_random_state(seed=(seed + 1) % (2**32))
+    image = np.asarray(bias(image[None]))[0] * (image > 0)
+    image = np.clip(image, 0, None) ** (profile["gamma"] * rng.uniform(0.92, 1.08)) * rng.uniform(0.8, 1.2)
+    n1, n2 = rng.normal(0, profile["noise"], (2, *image.shape))
+    image = np.sqrt((image + n1) ** 2 + n2**2)  # Rician magnitude noise
+    image = normalise_slice(image)
+    cov.update(site=site, axial_index=z)
+    return image, labels, cov
+
+
+def _build_split(tpl: Template, n: int, split_name: str) -> Split:
+    images, masks, ids, covs = [], [], [], []
+    for i in range(n):
+        seed = int(np.random.SeedSequence([DATA_SEED, hash_name(split_name), i]).generate_state(1)[0])
+        rng = np.random.default_rng(seed)
+        img, lab, cov = synthesise_case(tpl, rng, seed)
+        images.append(img)
+        masks.append(lab)
+        ids.append(f"{split_name}-{i:04d}")
+        covs.append(cov)
+    keys = covs[0].keys()
+    return Split(
+        torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
+        torch.from_numpy(np.stack(masks)[:, None].astype(np.int64)),
+        tuple(ids),
+        {k: np.array([c[k] for c in covs], dtype=np.int64) for k in keys},
+    )
+
+
+def hash_name(name: str) -> int:
+    """A stable small integer from a split name."""
+    return int(content_hash(name)[:8], 16)
+
+
+@register_dataset("mni-tumour")
+def build_mni_tumour(cache: DiskCache) -> ReferenceData:
+    """The embedded default: ``N_TRAIN`` train and ``N_TEST`` test slices (cached by content hash)."""
+    paths = template_paths()
+    params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": (N_TRAIN, N_TEST), "seed": DATA_SEED,
+              "sites": SITES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM}
+    key = content_hash(params, Path(__file__).read_bytes(), *(p.read_bytes() for p in paths.values()))
+
+    def create() -> dict[str, Split]:
+        tpl = load_template(paths)
+        return {"train": _build_split(tpl, N_TRAIN, "train"), "test": _build_split(tpl, N_TEST, "test")}
+
+    splits = cache.get_or_create("data", f"mni-tumour-{key}", ".npz", create, save_splits, load_splits)
+    return ReferenceData(
+        name="builtin:mni-tumour",
+        train=splits["train"],
+        test=splits["test"],
+        labels=dict(LABELS),
+        regions=dict(REGIONS),
+        spacing_mm=(VOXEL_MM, VOXEL_MM),
+        provenance={
+            "source": "MNI ICBM152 2009a nonlinear symmetric T1 + GM/WM maps (real, population-average), from the nilearn wheel",
+            "template_files": {k: str(p) for k, p in paths.items()},
+            "simulated": "axial level, elastic deformation, bias field, site contrast/noise, tumours and their labels",
+            "generator": params,
+            "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {SIZE[0]}x{SIZE[1]} at {VOXEL_MM} mm"},
+            "cache_key": key,
+        },
+    )

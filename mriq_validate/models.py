@@ -1,0 +1,328 @@
+"""Model adapters: everything ``--mriq-model`` accepts, behind one checked interface.
+
+Forms: ``builtin:NAME`` (stand-ins with known behaviour), ``path/file.py:NAME`` or ``package.module:NAME``
+(a factory called with a :class:`ModelContext`), a folder of pre-generated images, a TorchScript file.
+A model has ``generate(masks, *, seed)`` (mask-conditioned) and/or ``sample(n, *, seed)`` (unconditional,
+images or (images, masks)). Every output is checked; a violation raises :class:`ModelError` saying what was
+expected and what came back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cache import content_hash
+from .data.core import ReferenceData
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a model factory receives: the real training split, the slice shape, device and seed."""
+
+    train_images: torch.Tensor
+    train_masks: torch.Tensor
+    image_shape: tuple[int, int, int]
+    device: torch.device
+    seed: int
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str) -> torch.Tensor:
+    """``out`` as float32 N×1×H×W in [0, 1]; ModelError saying what was expected and what came back."""
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{source} returned {type(out).__name__}; expected a torch.Tensor of shape N×{'×'.join(map(str, shape))}")
+    want = (n if n is not None else "N", *shape)
+    if out.ndim != 4 or tuple(out.shape[1:]) != tuple(shape) or (n is not None and out.shape[0] != n):
+        raise ModelError(f"{source} returned shape {tuple(out.shape)}; expected {tuple(want)}")
+    if not out.is_floating_point():
+        raise ModelError(f"{source} returned dtype {out.dtype}; expected a floating-point tensor with values in [0, 1]")
+    out = out.detach().to("cpu", torch.float32)
+    finite = torch.isfinite(out)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ModelError(f"{source} returned non-finite values (NaN/inf) in image(s) {bad[:10]}; expected finite values in [0, 1]")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ModelError(f"{source} returned values in [{lo:.4g}, {hi:.4g}]; expected [0, 1] (normalise the output, e.g. min-max per slice)")
+    return out.clamp_(0.0, 1.0)
+
+
+def check_masks(out: Any, n: int, shape: tuple[int, ...], labels: set[int], source: str) -> torch.Tensor:
+    """``out`` as int64 N×1×H×W whose labels are all in ``labels`` (0 = background is always allowed)."""
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape) != (n, *shape):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ModelError(f"{source} returned masks {got}; expected a tensor of shape {(n, *shape)}")
+    if out.is_floating_point() and not bool((out == out.round()).all()):
+        raise ModelError(f"{source} returned non-integer mask values; expected integer labels {sorted(labels | {0})}")
+    out = out.detach().to("cpu").long()
+    found = {int(v) for v in out.unique()}
+    extra = found - labels - {0}
+    if extra:
+        raise ModelError(f"{source} returned mask labels {sorted(found)}; labels {sorted(extra)} are outside the data's label set {sorted(labels | {0})}")
+    return out
+
+
+class ModelAdapter:
+    """The model under test, with checked outputs and a description for the report."""
+
+    def __init__(self, model: Any, spec: str, ctx: ModelContext, provenance: dict[str, Any] | None = None) -> None:
+        self.model, self.spec, self.ctx = model, spec, ctx
+        self.provenance = {"spec": spec, **(provenance or {})}
+        if not (self.can_generate or self.can_sample):
+            raise ModelError(f"--mriq-model {spec}: the model ({type(model).__name__}) has neither generate(masks, *, seed) nor sample(n, *, seed)")
+
+    @property
+    def can_generate(self) -> bool:
+        return callable(getattr(self.model, "generate", None))
+
+    @property
+    def can_sample(self) -> bool:
+        return callable(getattr(self.model, "sample", None))
+
+    def _call(self, what: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.model, what)(*args, **kwargs)
+        except Exception as exc:  # the model raised: report where, never pass
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            raise ModelError(f"model {self.spec} raised in {what}(): {type(exc).__name__}: {exc} (at {tb.filename}:{tb.lineno})") from exc
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        """Images for ``masks`` (N×1×H×W), checked."""
+        if not self.can_generate:
+            raise ModelError(f"model {self.spec} has no generate(masks, *, seed); this criterion needs mask-conditioned images")
+        out = self._call("generate", masks.clone(), seed=seed)
+        return check_images(out, masks.shape[0], tuple(masks.shape[1:]), f"model {self.spec} generate()")
+
+    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` unconditional images and their masks when the model makes masks (else None), checked."""
+        if not self.can_sample:
+            raise ModelError(f"model {self.spec} has no sample(n, *, seed)")
+        out = self._call("sample", n, seed=seed)
+        images, masks = out if isinstance(out, tuple) else (out, None)
+        source = f"model {self.spec} sample()"
+        images = check_images(images, n, self.ctx.image_shape, source)
+        if masks is not None:
+            masks = check_masks(masks, images.shape[0], self.ctx.image_shape, set(self.ctx.labels.values()), source)
+        return images, masks
+
+
+# ---------------------------------------------------------------- builtin stand-ins
+
+
+def _mask_key(mask: torch.Tensor) -> bytes:
+    return mask.to(torch.uint8).numpy().tobytes()
+
+
+class RealLookup:
+    """``builtin:real``: the real images of the reference data for the requested masks (fit for release)."""
+
+    def __init__(self, data: ReferenceData) -> None:
+        self.data = data
+        self.table: dict[bytes, torch.Tensor] = {}
+        for split in (data.train, data.test):
+            for img, m in zip(split.images, split.masks):
+                self.table.setdefault(_mask_key(m), img)
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        out = []
+        for i, m in enumerate(masks):
+            img = self.table.get(_mask_key(m))
+            if img is None:
+                raise ValueError(f"builtin:real holds real images only for the reference data's masks; mask {i} is not one of them")
+            out.append(img)
+        return torch.stack(out)
+
+    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        test = self.data.test
+        idx = np.random.default_rng(seed).choice(len(test), size=n or len(test), replace=(n or 0) > len(test))
+        return test.images[idx], test.masks[idx]
+
+
+class Transformed(RealLookup):
+    """A stand-in: real images passed through a fixed perturbation (its failure mode is known by construction)."""
+
+    def __init__(self, data: ReferenceData, perturbation: str, **params: Any) -> None:
+        super().__init__(data)
+        self.perturbation, self.params = perturbation, params
+
+    def _apply(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
+        from .perturb import PerturbContext, apply
+
+        lesion = tuple(v for v in self.data.labels.values())
+        return apply(self.perturbation, images, masks, seed=seed, ctx=PerturbContext(lesion_labels=lesion), **self.params).images
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        return self._apply(super().generate(masks, seed=seed), masks, seed)
+
+    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = super().sample(n, seed=seed)
+        return self._apply(images, masks, seed), masks
+
+
+class Memoriser:
+    """``builtin:memoriser``: returns training images verbatim, the one whose lesion overlaps each requested mask most."""
+
+    def __init__(self, data: ReferenceData) -> None:
+        self.train = data.train
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        q = (masks > 0).flatten(1).float()
+        t = (self.train.masks > 0).flatten(1).float()
+        inter = q @ t.T
+        union = q.sum(1, keepdim=True) + t.sum(1)[None] - inter
+        return self.train.images[(inter / union.clamp_min(1)).argmax(1)]
+
+    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.random.default_rng(seed).choice(len(self.train), size=n or len(self.train), replace=(n or 0) > len(self.train))
+        return self.train.images[idx], self.train.masks[idx]
+
+
+class Collapse(RealLookup):
+    """``builtin:collapse``: conditional mode collapse. Every image shares one of two anatomies (training slices with
+    their lesion erased); only the lesion, pasted from the real image, follows the mask."""
+
+    N_MODES = 2
+
+    def __init__(self, data: ReferenceData) -> None:
+        super().__init__(data)
+        from .perturb import apply
+
+        picks = np.linspace(0, len(data.train) - 1, self.N_MODES).astype(int)
+        self.modes = apply("lesion_erase", data.train.images[picks], data.train.masks[picks], seed=0).images
+
+    def _paste(self, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        from scipy import ndimage
+
+        out = self.modes[np.arange(real.shape[0]) % self.N_MODES].clone()
+        for i in range(real.shape[0]):
+            region = ndimage.binary_dilation(masks[i, 0].numpy() > 0, iterations=2)
+            w = torch.from_numpy(ndimage.gaussian_filter(region.astype(np.float32), 1.0))
+            out[i, 0] = w * real[i, 0] + (1 - w) * out[i, 0]
+        return out
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        return self._paste(super().generate(masks, seed=seed), masks)
+
+    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = super().sample(n, seed=seed)
+        return self._paste(images, masks), masks
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A builtin stand-in: its factory and the behaviour it is known to have."""
+
+    factory: Callable[[ReferenceData], Any]
+    behaviour: str
+    fit_for_release: bool
+
+
+BUILTIN_MODELS: dict[str, Builtin] = {
+    "real": Builtin(RealLookup, "held-out real images for the requested masks", True),
+    "memoriser": Builtin(Memoriser, "copies training images (ignores the mask's position beyond the best overlap)", False),
+    "noisy": Builtin(lambda d: Transformed(d, "rician", sigma=0.08), "real images with Rician noise sigma=0.08", False),
+    "blurry": Builtin(lambda d: Transformed(d, "gaussian_blur", sigma=1.5), "real images blurred (Gaussian sigma=1.5 px)", False),
+    "collapse": Builtin(Collapse, "two anatomies for every output; only the lesion follows the mask", False),
+    "tumour-eraser": Builtin(lambda d: Transformed(d, "lesion_erase", amount=1.0), "real images with the lesion in-painted away", False),
+    "boundary-blur": Builtin(lambda d: Transformed(d, "boundary_blur", sigma=3.0, width=3), "real images with lesion borders blurred (sigma 3 px, band 3 px)", False),
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _from_factory(factory: Callable[[ModelContext], Any], spec: str, ctx: ModelContext, provenance: dict[str, Any]) -> ModelAdapter:
+    try:
+        model = factory(ctx)
+    except Exception as exc:
+        raise ModelError(f"--mriq-model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
+    return ModelAdapter(model, spec, ctx, provenance)
+
+
+def _load_file(path: Path, name: str, spec: str) -> Callable[[ModelContext], Any]:
+    if not path.is_file():
+        raise ModelError(f"--mriq-model {spec}: file {path} does not exist")
+    mod_name = f"mriq_user_model_{content_hash(str(path.resolve()))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelError(f"--mriq-model {spec}: importing {path} raised {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, name):
+        raise ModelError(f"--mriq-model {spec}: {path} defines no {name!r}")
+    return getattr(module, name)
+
+
+def _load_module(module_name: str, name: str, spec: str) -> Callable[[ModelContext], Any]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(f"--mriq-model {spec}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, name):
+        raise ModelError(f"--mriq-model {spec}: module {module_name!r} defines no {name!r}")
+    return getattr(module, name)
+
+
+class TorchScriptModel:
+    """A TorchScript file called as ``generate``: ``module(masks.float())`` → images, under ``torch.manual_seed(seed)``."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        try:
+            self.module = torch.jit.load(str(path), map_location=device)
+        except Exception as exc:
+            raise ModelError(f"--mriq-model {path}: not a loadable TorchScript file ({type(exc).__name__}: {exc})") from exc
+        self.device = device
+
+    @torch.no_grad()
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return self.module(masks.float().to(self.device))
+
+
+def load_model(spec: str, ctx: ModelContext, data: ReferenceData) -> ModelAdapter:
+    """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`."""
+    from .folder_model import FolderModel
+
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN_MODELS:
+            raise ModelError(f"--mriq-model {spec}: unknown builtin; expected one of {sorted('builtin:' + n for n in BUILTIN_MODELS)}")
+        b = BUILTIN_MODELS[name]
+        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.behaviour})
+    path = Path(spec)
+    if path.suffix in {".pt", ".pth", ".ts", ".torchscript"}:
+        if not path.is_file():
+            raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
+        return ModelAdapter(TorchScriptModel(path, ctx.device), spec, ctx, {"kind": "torchscript", "sha256_16": content_hash(path.read_bytes())})
+    if path.is_dir():
+        return ModelAdapter(FolderModel(path, ctx.image_shape), spec, ctx, {"kind": "folder", **FolderModel.describe(path)})
+    if ":" in spec:
+        target, name = spec.rsplit(":", 1)
+        if target.endswith(".py"):
+            p = Path(target)
+            factory = _load_file(p, name, spec)
+            return _from_factory(factory, spec, ctx, {"kind": "python-file", "sha256_16": content_hash(p.read_bytes())})
+        factory = _load_module(target, name, spec)
+        return _from_factory(factory, spec, ctx, {"kind": "module"})
+    raise ModelError(
+        f"--mriq-model {spec!r}: not understood (or the folder does not exist); expected builtin:NAME "
+        f"({', '.join(sorted(BUILTIN_MODELS))}), path/file.py:NAME, package.module:NAME, a folder of images, or a TorchScript .pt file"
+    )

@@ -1,0 +1,364 @@
+"""The pytest plugin: options, collection of suite YAML files into criterion items, verdicts and the report.
+
+Verdicts map onto pytest outcomes: PASS → passed; FAIL → failed (advisory criteria: passed, reported as
+advisory FAIL); ERROR (the criterion could not be evaluated) → error, raised during setup; SKIP → skipped.
+Heavy imports (torch, MONAI, pyiqa) happen inside hooks, so loading the plugin costs little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .criteria import Outcome
+    from .session import RunContext
+    from .suite import Criterion, Suite
+
+MODEL_OPTION = "--mriq-model"
+DATA_OPTION = "--mriq-data"
+DEVICE_OPTION = "--mriq-device"
+SEED_OPTION = "--mriq-seed"
+CACHE_OPTION = "--mriq-cache"
+REPORT_OPTION = "--mriq-report"
+THRESHOLD_OPTION = "--mriq-threshold"
+DEFAULT_DATA = "builtin:mni-tumour (or the suite's data.default)"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _device(value: str) -> str:
+    if not _DEVICE_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a non-negative integer")
+    return seed
+
+
+def _override(value: str) -> tuple[str, str, Any]:
+    from .suite import parse_override
+
+    try:
+        return parse_override(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mriq-validate", "gate generative MRI models on fitness-for-purpose criteria")
+    group.addoption(MODEL_OPTION, metavar="SPEC", help="model under test: builtin:NAME, file.py:NAME, module:NAME, a folder of "
+                    "images or a TorchScript .pt file. Without it, suite criteria SKIP. ini: mriq_model")
+    group.addoption(DATA_OPTION, metavar="SPEC", help=f"reference data: builtin:NAME or a NIfTI folder (BraTS or imagesTr/labelsTr). "
+                    f"Default: {DEFAULT_DATA}. ini: mriq_data")
+    group.addoption(DEVICE_OPTION, metavar="DEV", type=_device, help="auto (CUDA if available), cpu, cuda or cuda:N. Default: auto. ini: mriq_device")
+    group.addoption(SEED_OPTION, metavar="INT", type=_seed, help="run seed; every random draw derives from it and the criterion id. "
+                    "Default: 0. ini: mriq_seed")
+    group.addoption(CACHE_OPTION, metavar="DIR", help="cache folder for data, trained segmenters and features (content-hash keys). "
+                    "Default: $MRIQ_CACHE_DIR or ~/.cache/mriq-validate. ini: mriq_cache")
+    group.addoption(REPORT_OPTION, metavar="DIR", help="write the evidence report (verdicts.json) into DIR. ini: mriq_report")
+    group.addoption(THRESHOLD_OPTION, metavar="ID.FIELD=VALUE", action="append", type=_override, default=[],
+                    help="override a criterion's threshold without editing the suite, e.g. DICE-WT.min=-0.1 (repeatable; "
+                    "recorded as a deviation). ini: mriq_thresholds (one per line)")
+    parser.addini("mriq_model", "default for --mriq-model")
+    parser.addini("mriq_data", "default for --mriq-data")
+    parser.addini("mriq_device", "default for --mriq-device", default="auto")
+    parser.addini("mriq_seed", "default for --mriq-seed", default="0")
+    parser.addini("mriq_cache", "default for --mriq-cache")
+    parser.addini("mriq_report", "default for --mriq-report")
+    parser.addini("mriq_thresholds", "threshold overrides ID.FIELD=VALUE, one per line", type="linelist", default=[])
+
+
+class MriqRun:
+    """Per-session state: effective settings, run contexts per data spec, results, deviations."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from .cache import default_cache_dir
+        from .report import now_iso
+        from .session import RunSettings
+
+        def pick(option: str, ini: str, convert: Any = str) -> Any:
+            value = config.getoption(option)
+            if value is not None:
+                return value
+            raw = config.getini(ini)
+            if raw in (None, ""):
+                return None
+            try:
+                return convert(raw)
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"ini option {ini} = {raw!r}: {exc}") from None
+
+        self.config = config
+        self.settings = RunSettings(
+            model=pick(MODEL_OPTION, "mriq_model"),
+            data=pick(DATA_OPTION, "mriq_data"),
+            device=pick(DEVICE_OPTION, "mriq_device", _device) or "auto",
+            seed=pick(SEED_OPTION, "mriq_seed", _seed) or 0,
+            cache_dir=str(pick(CACHE_OPTION, "mriq_cache") or default_cache_dir()),
+        )
+        report = pick(REPORT_OPTION, "mriq_report")
+        self.report_dir = Path(report) if report else None
+        self.overrides: list[tuple[str, str, Any, str]] = [(*o, THRESHOLD_OPTION) for o in config.getoption(THRESHOLD_OPTION)]
+        for line in config.getini("mriq_thresholds"):
+            try:
+                self.overrides.append((*_override(line), "ini mriq_thresholds"))
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"ini option mriq_thresholds: {exc}") from None
+        self.contexts: dict[str, RunContext] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.deviations: list[dict[str, Any]] = []
+        self.suites: dict[str, dict[str, Any]] = {}
+        self.started = now_iso()
+
+    def context(self, suite: "Suite") -> "RunContext":
+        """The shared context for the suite's data (``--mriq-data`` or the suite's ``data.default``)."""
+        from .session import RunContext, RunSettings
+
+        spec = self.settings.data or suite.data.default
+        options = suite.data.model_dump(exclude={"default"}) if not spec.startswith("builtin:") else {}
+        key = json.dumps([spec, options], sort_keys=True)
+        if key not in self.contexts:
+            settings = RunSettings(**{**self.settings.__dict__, "data": spec, "data_options": options})
+            self.contexts[key] = RunContext(settings, spec, self.progress)
+        return self.contexts[key]
+
+    def progress(self, message: str) -> None:
+        """A progress line on the terminal, even while output is captured."""
+        tr = self.config.pluginmanager.getplugin("terminalreporter")
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if tr is None or hasattr(self.config, "workerinput"):
+            return
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write_line(f"[mriq] {message}", cyan=True)
+        else:
+            tr.write_line(f"[mriq] {message}")
+
+
+RUN_KEY = pytest.StashKey[MriqRun]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # pyiqa / hub: a missing weight fails at once, never downloads
+    config.addinivalue_line("markers", "mriq_gate: a gating mriq-validate criterion (FAIL blocks release)")
+    config.addinivalue_line("markers", "mriq_advisory: an advisory mriq-validate criterion (reported, never fails the run)")
+    config.stash[RUN_KEY] = MriqRun(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = config.stash[RUN_KEY]
+    s = run.settings
+    return [
+        f"mriq-validate: model={s.model or '(none: criteria will SKIP)'} data={s.data or DEFAULT_DATA} device={s.device} "
+        f"seed={s.seed} cache={s.cache_dir} report={run.report_dir or '(none)'}"
+        + (f" threshold-overrides={len(run.overrides)}" if run.overrides else "")
+    ]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> "SuiteFile | None":
+    if file_path.suffix in (".yaml", ".yml"):
+        from .suite import is_suite_text
+
+        try:
+            text = file_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        if is_suite_text(text):
+            return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SuiteFile(pytest.File):
+    """A suite YAML file; collects one item per criterion (per sweep level)."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from .suite import apply_overrides, load_suite
+
+        run = self.config.stash[RUN_KEY]
+        suite = load_suite(self.path)
+        suite, deviations = apply_overrides(suite, run.overrides, self.path)
+        run.deviations.extend({**d, "suite": str(self.path)} for d in deviations)
+        run.suites[str(self.path)] = {"name": suite.name, "version": suite.version, "context_of_use": suite.context_of_use,
+                                      "path": str(self.path), "n_criteria": len(suite.criteria)}
+        text = self.path.read_text(encoding="utf-8")
+        for crit in suite.criteria:
+            line = _criterion_line(text, crit.id)
+            levels = crit.perturbation.levels() if crit.perturbation else [{}]
+            sweep = crit.perturbation is not None and len(levels) > 1
+            for level in levels:
+                name = crit.id
+                if sweep:
+                    key = next(k for k, v in crit.perturbation.params.items() if isinstance(v, list))  # type: ignore[union-attr]
+                    name = f"{crit.id}[{key}={level[key]}]"
+                item = CriterionItem.from_parent(self, name=name, criterion=crit, level=level if sweep else {}, suite=suite, line=line)
+                item.add_marker("mriq_gate" if crit.gate else "mriq_advisory")
+                yield item
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
+        from .errors import MriqError
+
+        if isinstance(excinfo.value, MriqError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+def _criterion_line(text: str, cid: str) -> int:
+    m = re.search(rf"^\s*-?\s*id:\s*['\"]?{re.escape(cid)}['\"]?\s*$", text, re.MULTILINE)
+    return text.count("\n", 0, m.start()) if m else 0
+
+
+class CriterionFailed(AssertionError):
+    """A gating criterion's threshold does not hold."""
+
+
+class CriterionItem(pytest.Item):
+    """One criterion (at one sweep level). Evaluation runs in setup (any error there is an ERROR); the call checks the verdict."""
+
+    def __init__(self, *, criterion: "Criterion", level: dict[str, Any], suite: "Suite", line: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.criterion, self.level, self.suite, self.line = criterion, level, suite, line
+        self.outcome: Outcome | None = None
+
+    def setup(self) -> None:
+        run = self.config.stash[RUN_KEY]
+        if not run.settings.model:
+            pytest.skip(f"no model under test: pass {MODEL_OPTION} (e.g. builtin:real) to evaluate {self.criterion.id}")
+        from .criteria import evaluate
+
+        ctx = run.context(self.suite)
+        self.outcome = evaluate(self.criterion, ctx, self.level)
+        o = self.outcome
+        for key, value in (("verdict", o.verdict), ("gate", o.gate), ("metric", o.metric["name"]), ("value", o.value.value),
+                           ("ci_low", o.value.ci_low), ("ci_high", o.value.ci_high),
+                           ("baseline", o.baseline.value if o.baseline else None), ("compared", o.compared.value),
+                           ("threshold", json.dumps(o.bounds)), ("seed", o.seed)):
+            self.user_properties.append((f"mriq.{key}", value))
+
+    def runtest(self) -> None:
+        assert self.outcome is not None
+        if self.outcome.verdict == "FAIL" and self.criterion.gate:
+            raise CriterionFailed(self.outcome.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
+        if isinstance(excinfo.value, CriterionFailed):
+            return str(excinfo.value)
+        return self._error_text(excinfo) or super().repr_failure(excinfo)
+
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # setup errors
+        return self._error_text(excinfo) or super()._repr_failure_py(excinfo, style)
+
+    def _error_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+        from .errors import MriqError
+
+        if isinstance(excinfo.value, MriqError):
+            return f"{self.criterion.id} ERROR (could not be evaluated; this is never a pass): {excinfo.value}"
+        return None
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        kind = "gate" if self.criterion.gate else "advisory"
+        return self.path, self.line, f"criterion {self.name} ({kind}, {self.criterion.metric})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if not isinstance(item, CriterionItem):
+        return rep
+    record = _record(item, rep)
+    if record is not None:
+        rep.mriq_record = record  # travels with the report (also from pytest-xdist workers)
+    return rep
+
+
+def _record(item: CriterionItem, rep: pytest.TestReport) -> dict[str, Any] | None:
+    crit = item.criterion
+    base = {"item_id": item.nodeid, "criterion_id": crit.id, "level": item.level, "suite": str(item.path), "gate": crit.gate,
+            "kind": crit.kind, "requirement": crit.requirement, "hazard": crit.hazard, "rationale": crit.rationale}
+    if rep.when == "setup" and rep.skipped:
+        return {**base, "verdict": "SKIP", "message": str(rep.longrepr[2]) if isinstance(rep.longrepr, tuple) else str(rep.longrepr)}
+    if rep.when == "setup" and rep.failed:
+        return {**base, "verdict": "ERROR", "message": str(rep.longrepr)}
+    if rep.when == "call" and item.outcome is not None:
+        o = item.outcome.as_dict()
+        return {**base, **o, "verdict": o["verdict"], "advisory_fail": o["verdict"] == "FAIL" and not crit.gate}
+    if rep.when == "call" and rep.failed:
+        return {**base, "verdict": "ERROR", "message": str(rep.longrepr)}
+    return None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    record = getattr(report, "mriq_record", None)
+    if record is not None and _RUN is not None:
+        _RUN.results[record["item_id"]] = record
+
+
+_RUN: MriqRun | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _RUN
+    _RUN = session.config.stash[RUN_KEY]
+
+
+def _run_info(run: MriqRun) -> dict[str, Any]:
+    from .report import now_iso
+
+    return {
+        "settings": {"model": run.settings.model, "data": run.settings.data, "device": run.settings.device, "seed": run.settings.seed,
+                     "cache_dir": run.settings.cache_dir},
+        "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "started": run.started, "finished": now_iso(), "suites": list(run.suites.values()), "deviations": run.deviations,
+        "contexts": [c.provenance() for c in run.contexts.values()],
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _RUN
+    run = session.config.stash[RUN_KEY]
+    if hasattr(session.config, "workerinput") or run.report_dir is None or not run.suites:
+        return
+    from .report import build_report, write_report
+
+    run.report_path = write_report(build_report(list(run.results.values()), _run_info(run)), run.report_dir)  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    run = config.stash[RUN_KEY]
+    if not run.results:
+        return
+    from .report import decision
+
+    results = sorted(run.results.values(), key=lambda r: r["item_id"])
+    tr = terminalreporter
+    tr.write_sep("=", "mriq-validate")
+    for r in results:
+        verdict = r["verdict"] + (" (advisory)" if not r["gate"] and r["verdict"] in ("FAIL", "PASS") else "")
+        if "value" in r:
+            v = r["value"]
+            b = r.get("baseline")
+            bounds = " ".join(f"{k} {x:.4g}" for k, x in r["bounds"].items() if x is not None)
+            text = (f"{v['value']:.4g} [{v['ci_low']:.4g}, {v['ci_high']:.4g}]" + (f" vs {b['value']:.4g}" if b else "")
+                    + f"  {r['threshold']['relative'] if r['threshold']['relative'] != 'none' else 'value'} {r['checked']:.4g}  ({bounds})")
+        else:
+            text = r.get("message", "").splitlines()[0][:100] if r.get("message") else ""
+        tr.write_line(f"{verdict:<18} {r['item_id'].split('::')[-1]:<32} {r.get('metric', {}).get('name', ''):<10} {text}")
+    d = decision(results)
+    tr.write_line(f"release decision: {d['status']}" + (f" (failing gates: {', '.join(d['failed_gating'])})" if d["failed_gating"] else ""))
+    path = getattr(run, "report_path", None)
+    if path:
+        tr.write_line(f"report: {path}")

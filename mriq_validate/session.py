@@ -1,0 +1,163 @@
+"""One run's shared, lazily computed state: reference data, the model under test, segmenters, samples.
+
+Everything expensive is computed once per run (and on disk by content hash where deterministic). A failure
+while loading the data or the model is remembered and re-raised for every criterion that needs it, so each
+one ERRORs with the same clear message instead of some passing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .cache import DiskCache, content_hash
+from .data.core import ReferenceData, load_data
+from .downstream import Segmenter, SegmenterConfig, get_segmenter
+from .errors import MriqError
+from .metrics.base import Metric, Sample
+from .models import ModelAdapter, ModelContext, load_model
+from .seeding import derive_seed
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MriqError(f"--mriq-device {name}: CUDA is not available on this machine (torch {torch.__version__}); use cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class RunSettings:
+    """The run's settings, as given on the command line or in the ini file."""
+
+    model: str | None
+    data: str | None
+    device: str = "auto"
+    seed: int = 0
+    cache_dir: str = ""
+    data_options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Lazy:
+    """A value computed once; an exception is remembered and raised again on every access."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn, self.done, self.value, self.error = fn, False, None, None
+
+    def get(self) -> Any:
+        if not self.done:
+            try:
+                self.value = self.fn()
+            except BaseException as exc:
+                self.error = exc
+            self.done = True
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class RunContext:
+    """Shared state for the criteria of one (data, model) pair."""
+
+    def __init__(self, settings: RunSettings, data_spec: str, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.data_spec = data_spec
+        self.seed = settings.seed
+        self.cache = DiskCache(settings.cache_dir)
+        self.progress = progress or (lambda msg: None)
+        self._device = _Lazy(lambda: resolve_device(settings.device))
+        self._data = _Lazy(lambda: load_data(data_spec, self.cache, **settings.data_options))
+        self._model = _Lazy(self._load_model)
+        self._generated = _Lazy(self._generate)
+        self._segmenters: dict[str, Segmenter] = {}
+        self._predictions: dict[tuple[str, str], torch.Tensor] = {}
+        self._prepared: dict[tuple[str, str], Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self._device.get()
+
+    @property
+    def data(self) -> ReferenceData:
+        return self._data.get()
+
+    @property
+    def model(self) -> ModelAdapter:
+        return self._model.get()
+
+    def _load_model(self) -> ModelAdapter:
+        if not self.settings.model:
+            raise MriqError("no model under test: pass --mriq-model")
+        data = self.data
+        ctx = ModelContext(data.train.images, data.train.masks, data.image_shape, self.device, derive_seed(self.seed, "model"),
+                           dict(data.labels))
+        self.progress(f"loading model {self.settings.model}")
+        return load_model(self.settings.model, ctx, data)
+
+    def _generate(self) -> tuple[Sample, bool]:
+        model, test = self.model, self.data.test
+        seed = derive_seed(self.seed, "generated")
+        self.progress(f"generating images with {model.spec}")
+        if model.can_generate:
+            return Sample(model.generate(test.masks, seed=seed), test.masks, "generated"), True
+        n = None if model.provenance.get("kind") == "folder" else len(test)
+        images, masks = model.sample(n, seed=seed)
+        return Sample(images, masks, "generated"), False
+
+    def generated(self) -> tuple[Sample, bool]:
+        """The model's images for the real test masks (``generate``), or its own sample; and whether it is paired with the real test split."""
+        return self._generated.get()
+
+    def real_test(self) -> Sample:
+        """The real test split as a sample."""
+        t = self.data.test
+        return Sample(t.images, t.masks, "real test")
+
+    @property
+    def n_classes(self) -> int:
+        return max(self.data.labels.values()) + 1
+
+    def segmenter(self, cfg: SegmenterConfig) -> Segmenter:
+        """The segmenter of config ``cfg`` trained on the real training split (cached on disk)."""
+        key = json.dumps(asdict(cfg), sort_keys=True)
+        if key not in self._segmenters:
+            tr = self.data.train
+            self.progress(f"segmenter: training or loading from cache ({len(tr)} real training slices)")
+            self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress)
+        return self._segmenters[key]
+
+    def predict(self, cfg: SegmenterConfig, images: torch.Tensor) -> torch.Tensor:
+        """Segmenter labels for ``images``, memoised by content."""
+        seg = self.segmenter(cfg)
+        key = (seg.key, content_hash(images))
+        if key not in self._predictions:
+            self._predictions[key] = seg.predict(images)
+        return self._predictions[key]
+
+    def prepare(self, metric: Metric, sample: Sample) -> Any:
+        """``metric.prepare`` memoised by metric configuration and sample content."""
+        key = (json.dumps(metric.config(), sort_keys=True, default=str), content_hash(sample.images, sample.masks if sample.masks is not None else b""))
+        if key not in self._prepared:
+            self._prepared[key] = metric.prepare(self, sample)
+        return self._prepared[key]
+
+    def provenance(self) -> dict[str, Any]:
+        """What the report records about this run's data and model (only what has been loaded)."""
+        out: dict[str, Any] = {"data_spec": self.data_spec, "seed": self.seed, "device": self.settings.device}
+        if self._data.done and self._data.error is None:
+            d = self.data
+            out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
+                           "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
+                           "provenance": d.provenance}
+        if self._device.done and self._device.error is None:
+            out["device"] = str(self.device)
+        if self._model.done and self._model.error is None:
+            out["model"] = self.model.provenance
+        out["segmenters"] = {k: {"key": s.key, "history": {h: v for h, v in s.history.items() if h != "loss"}} for k, s in self._segmenters.items()}
+        return out

@@ -1,0 +1,272 @@
+"""Suite files: the typed YAML schema of fitness-for-purpose criteria, loading and validation errors.
+
+A suite is a YAML file with a top-level ``mriq_suite:`` key. Every error names the file, the key path
+(``criteria[2].threshold.min``), its line where known, and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+
+from .errors import MriqError, SuiteError
+
+SUITE_KEY = "mriq_suite"
+_SUITE_RE = re.compile(rf"^{SUITE_KEY}\s*:", re.MULTILINE)
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+@contextmanager
+def _as_value_error() -> Iterator[None]:
+    """Turn a domain error raised inside a validator into a ValueError, so pydantic reports it with its key path."""
+    try:
+        yield
+    except MriqError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(_Strict):
+    """What must hold. ``min``/``max`` bound the compared quantity, which is the value itself (``relative: none``),
+    ``value - baseline`` (``difference``) or ``value / baseline`` (``ratio``), where the baseline is the same measure
+    on real data. ``on`` picks the point value or a CI bound; ``unit: se`` expresses the bounds in bootstrap
+    standard errors of the baseline (its own sampling noise)."""
+
+    min: float | None = None
+    max: float | None = None
+    relative: Literal["none", "difference", "ratio"] = "none"
+    on: Literal["value", "lower_ci", "upper_ci"] = "value"
+    unit: Literal["absolute", "se"] = "absolute"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Threshold":
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs `min`, `max` or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class PerturbationSpec(_Strict):
+    """``{name: rician, sigma: 0.05}``; a parameter given as a list is a sweep (one test per level)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters (everything but ``name``)."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known(self) -> "PerturbationSpec":
+        from .perturb import get
+
+        sweeps = [k for k, v in self.params.items() if isinstance(v, list)]
+        if len(sweeps) > 1:
+            raise ValueError(f"sweep over one parameter at a time; got lists for {sweeps}")
+        with _as_value_error():
+            pert = get(self.name)
+            for level in self.levels():
+                pert.resolve(level)
+        return self
+
+    def levels(self) -> list[dict[str, Any]]:
+        """One parameter dict per sweep level (one element without a sweep)."""
+        params = self.params
+        sweep = next((k for k, v in params.items() if isinstance(v, list)), None)
+        if sweep is None:
+            return [params]
+        return [{**params, sweep: v} for v in params[sweep]]
+
+
+class Criterion(_Strict):
+    """One fitness-for-purpose criterion; one pytest item (several for a sweep)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    requirement: str = Field(min_length=1)
+    hazard: str | None = None
+    rationale: str = Field(min_length=1)
+    gate: StrictBool = True
+    kind: Literal["model", "sensitivity"] = "model"
+    metric: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    perturbation: PerturbationSpec | None = None
+    threshold: Threshold
+    n_boot: int = Field(default=1000, ge=0, le=100_000)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_known(cls, v: str) -> str:
+        from .metrics.base import metric_names
+
+        if v not in metric_names():
+            raise ValueError(f"unknown metric {v!r}; expected one of {metric_names()}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Criterion":
+        from .metrics.base import create_metric
+
+        with _as_value_error():
+            create_metric(self.metric, self.params)  # validates the metric's parameters
+        if self.kind == "sensitivity" and self.perturbation is None:
+            raise ValueError("a sensitivity criterion needs a `perturbation` (what the measure must detect)")
+        if self.kind == "sensitivity" and self.threshold.relative != "none":
+            raise ValueError("a sensitivity criterion compares perturbed with clean real data itself; use `relative: none`")
+        return self
+
+
+class DataOptions(_Strict):
+    """Data this suite runs on by default, and options for NIfTI folders."""
+
+    default: str = "builtin:mni-tumour"
+    modality: str = "t1"
+    crop: tuple[int, int] = (192, 192)
+    test_fraction: float = Field(default=0.3, gt=0, lt=1)
+    slices: Literal["lesion", "all"] = "lesion"
+
+
+class Suite(_Strict):
+    """A suite: name, context of use, data defaults and criteria (unique ids)."""
+
+    name: str = Field(min_length=1)
+    version: str = "1"
+    description: str | None = None
+    context_of_use: str = Field(min_length=1)
+    data: DataOptions = Field(default_factory=DataOptions)
+    criteria: list[Criterion] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Suite":
+        seen: set[str] = set()
+        for c in self.criteria:
+            if c.id in seen:
+                raise ValueError(f"criterion id {c.id!r} appears twice")
+            seen.add(c.id)
+        return self
+
+
+def is_suite_text(text: str) -> bool:
+    """Cheap check (no YAML parse) that a file declares a top-level ``mriq_suite:``."""
+    return bool(_SUITE_RE.search(text))
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key_path = _loc_text((SUITE_KEY, *loc))
+        line = _line_of(root, (SUITE_KEY, *loc))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the suite schema)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"{path}:{line or '?'}: {key_path}: {msg}{got_text}")
+    return "invalid suite:\n  " + "\n  ".join(lines)
+
+
+def load_suite(path: Path) -> Suite:
+    """Parse and validate a suite file; SuiteError naming file, key path, line and expectation."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot be read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SuiteError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(raw, dict) or SUITE_KEY not in raw:
+        raise SuiteError(f"{path}: expected a mapping with a top-level `{SUITE_KEY}:` key")
+    extra = sorted(set(raw) - {SUITE_KEY})
+    if extra:
+        raise SuiteError(f"{path}: unknown top-level key(s) {extra}; everything belongs under `{SUITE_KEY}:`")
+    try:
+        return Suite.model_validate(raw[SUITE_KEY])
+    except ValidationError as exc:
+        raise SuiteError(_format_errors(path, exc, root)) from None
+    except MriqError as exc:  # raised by a validator outside pydantic's wrapping
+        raise SuiteError(f"{path}: {exc}") from None
+
+
+def suite_to_yaml(suite: Suite) -> str:
+    """Serialise a suite back to YAML (round-trips through :func:`load_suite`)."""
+    data = suite.model_dump(mode="json", exclude_defaults=True)
+    for c, crit in zip(data["criteria"], suite.criteria):
+        c.setdefault("threshold", {})
+        if crit.perturbation is not None:
+            c["perturbation"] = {"name": crit.perturbation.name, **crit.perturbation.params}
+    return yaml.safe_dump({SUITE_KEY: data}, sort_keys=False, allow_unicode=True)
+
+
+_OVERRIDE_RE = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*?)\.(?P<field>min|max|relative|on|unit)=(?P<value>.+)$")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``ID.field=value`` (e.g. ``DICE-WT.min=-0.1``) → (id, field, value); ValueError explaining the form."""
+    m = _OVERRIDE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"threshold override {text!r}: expected CRITERION_ID.FIELD=VALUE with FIELD one of min, max, relative, on, unit")
+    value: Any = m["value"]
+    if m["field"] in ("min", "max"):
+        try:
+            value = None if value.lower() == "none" else float(value)
+        except ValueError:
+            raise ValueError(f"threshold override {text!r}: {m['field']} must be a number or 'none'") from None
+    return m["id"], m["field"], value
+
+
+def apply_overrides(suite: Suite, overrides: list[tuple[str, str, Any, str]], path: Path) -> tuple[Suite, list[dict[str, Any]]]:
+    """Apply (id, field, value, source) overrides that name this suite's criteria; return the new suite and deviations."""
+    deviations: list[dict[str, Any]] = []
+    criteria = []
+    for crit in suite.criteria:
+        th = crit.threshold
+        for cid, field, value, source in overrides:
+            if cid == crit.id:
+                before = getattr(th, field)
+                try:
+                    th = Threshold.model_validate({**th.model_dump(), field: value})
+                except ValidationError as exc:
+                    raise SuiteError(f"{path}: override {cid}.{field}={value} from {source}: {exc.errors()[0]['msg']}") from None
+                deviations.append({"criterion": cid, "field": f"threshold.{field}", "suite_value": before, "value": value, "source": source})
+        criteria.append(crit.model_copy(update={"threshold": th}))
+    return suite.model_copy(update={"criteria": criteria}), deviations

@@ -1,0 +1,192 @@
+"""The plugin end to end through pytester: collection, verdicts, errors, options, the JSON of verdicts."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import CACHE
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+
+
+def tiny_suite(threshold: str = "{min: -0.05, relative: difference}", extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        mriq_suite:
+          name: tiny
+          context_of_use: plugin tests
+          criteria:
+            - id: DICE-WT
+              requirement: whole-tumour Dice holds
+              hazard: missed tumours
+              rationale: test threshold
+              metric: dice
+              params: {{region: whole_tumour}}
+              threshold: {threshold}
+        """
+    ) + extra
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", *args)
+
+
+def test_without_model_items_skip_and_say_why(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no model under test: pass --mriq-model*"])
+
+
+def test_unrelated_yaml_is_not_collected(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", workflow="name: ci\njobs: {}\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_real_passes_and_report_is_written(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*mriq-validate: model=builtin:real*", "*release decision: CLEARED*"])
+    report = json.loads((pytester.path / "out" / "verdicts.json").read_text())
+    assert report["decision"]["status"] == "CLEARED"
+    (rec,) = report["results"]
+    assert rec["verdict"] == "PASS" and rec["criterion_id"] == "DICE-WT"
+    assert rec["compared"]["value"] == 0.0  # the same images: the paired difference is exactly zero
+    assert report["run"]["settings"]["seed"] == 0
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="mriq.verdict" value="PASS"' in junit
+
+
+def test_eraser_fails_with_domain_message(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:tumour-eraser")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated images*vs baseline*below the minimum -0.05*",
+                                 "*requirement: whole-tumour Dice holds*", "*hazard: missed tumours*"])
+
+
+def test_advisory_failure_does_not_fail_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite().replace("rationale: test threshold", "rationale: test threshold\n      gate: false"))
+    result = run(pytester, "--mriq-model=builtin:tumour-eraser")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["FAIL (advisory)*DICE-WT*"])
+
+
+def test_threshold_override_from_command_line_and_ini(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-threshold=DICE-WT.min=-1", "--mriq-report=out")
+    result.assert_outcomes(passed=1)
+    dev = json.loads((pytester.path / "out" / "verdicts.json").read_text())["run"]["deviations"]
+    assert dev[0]["criterion"] == "DICE-WT" and dev[0]["value"] == -1.0 and dev[0]["source"] == "--mriq-threshold"
+    pytester.makeini("[pytest]\nmriq_model = builtin:tumour-eraser\nmriq_thresholds =\n    DICE-WT.min=-1\n")
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-seed=-3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--mriq-seed*non-negative integer*"])
+    result = run(pytester, "--mriq-threshold=DICE-WT=3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_malformed_suite_fails_collection_with_location(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite().replace("metric: dice", "metric: fidd"))
+    result = run(pytester, "--mriq-model=builtin:real")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*suite.yaml:9: mriq_suite.criteria[[]0[]].metric: unknown metric 'fidd'*"])
+
+
+MODEL_FILE = """
+import torch
+
+class Model:
+    def __init__(self, ctx, mode):
+        self.ctx, self.mode = ctx, mode
+    def generate(self, masks, *, seed):
+        g = torch.Generator().manual_seed(seed)
+        if self.mode == "raise":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if self.mode == "nan":
+            out = torch.rand(masks.shape, generator=g); out[3, 0, 5, 5] = float("nan"); return out
+        if self.mode == "shape":
+            return torch.rand(masks.shape[0], 1, 64, 64, generator=g)
+        # a crude but honest generator: training-image statistics, lesion painted bright where the mask says
+        img = self.ctx.train_images.mean(0, keepdim=True).expand(masks.shape[0], -1, -1, -1).clone()
+        img[masks > 0] = 1.0
+        return img
+
+def build(ctx): return Model(ctx, "ok")
+def build_raise(ctx): return Model(ctx, "raise")
+def build_nan(ctx): return Model(ctx, "nan")
+def build_shape(ctx): return Model(ctx, "shape")
+def build_broken(ctx): raise ValueError("weights file my.ckpt not found")
+"""
+
+
+@pytest.mark.parametrize(
+    "factory, outcome, message",
+    [
+        ("build", None, None),
+        ("build_raise", "errors", "*model *my_model.py:build_raise raised in generate(): RuntimeError: CUDA out of memory (simulated)*"),
+        ("build_nan", "errors", "*returned non-finite values (NaN/inf) in image(s) [[]3[]]*"),
+        ("build_shape", "errors", "*returned shape (128, 1, 64, 64); expected (128, 1, 128, 128)*"),
+        ("build_broken", "errors", "*the factory raised ValueError: weights file my.ckpt not found*"),
+        ("build_missing", "errors", "*my_model.py defines no 'build_missing'*"),
+    ],
+)
+def test_user_model_file(pytester: pytest.Pytester, factory: str, outcome: str | None, message: str | None) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite("{min: 0.0}"))
+    pytester.makepyfile(my_model=MODEL_FILE)
+    result = run(pytester, f"--mriq-model=my_model.py:{factory}", "--mriq-report=out")
+    if outcome is None:
+        result.assert_outcomes(passed=1)
+        return
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*DICE-WT ERROR (could not be evaluated; this is never a pass)*"])
+    result.stdout.fnmatch_lines([message])
+    report = json.loads((pytester.path / "out" / "verdicts.json").read_text())
+    assert report["decision"]["status"] == "INCOMPLETE" and report["results"][0]["verdict"] == "ERROR"
+
+
+def test_missing_data_folder_is_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:real", "--mriq-data=no/such/folder")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*--mriq-data no/such/folder: folder does not exist*"])
+
+
+def test_unknown_builtin_model_is_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:gan")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*unknown builtin; expected one of*builtin:real*"])
+
+
+def test_cuda_without_gpu_is_an_error(pytester: pytest.Pytester) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    pytester.makefile(".yaml", suite=tiny_suite())
+    result = run(pytester, "--mriq-model=builtin:real", "--mriq-device=cuda")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*CUDA is not available*"])
+
+
+def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester) -> None:
+    """The acceptance check of the gate issue, on the shipped suite with the default segmenter."""
+    args = [str(SUITES), "--rootdir", str(pytester.path)]
+    real = run(pytester, *args, "--mriq-model=builtin:real", "--mriq-report=real")
+    assert real.ret == 0, real.stdout.str()
+    assert json.loads((pytester.path / "real" / "verdicts.json").read_text())["decision"]["status"] == "CLEARED"
+    eraser = run(pytester, *args, "--mriq-model=builtin:tumour-eraser")
+    assert eraser.ret == pytest.ExitCode.TESTS_FAILED
+    eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated images*vs baseline*below the minimum -0.05*"])
