@@ -6,6 +6,7 @@ entry is reused exactly when the result would be identical.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -72,19 +73,22 @@ class DiskCache:
     ) -> T:
         """Load the entry if present, else ``create()`` it, save it atomically, and return it."""
         target = self.path(kind, key, suffix)
-        if target.exists():
-            try:
-                return load(target)
-            except Exception:  # a truncated or stale entry: recompute rather than fail
-                target.unlink(missing_ok=True)
-        value = create()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=suffix + ".tmp")
-        os.close(fd)
-        try:
-            save(value, Path(tmp))
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return value
+        # One process computes, concurrent ones (pytest-xdist workers, parallel CI jobs) wait and then load.
+        with open(target.with_name(target.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.exists():
+                try:
+                    return load(target)
+                except Exception:  # a truncated or stale entry: recompute rather than fail
+                    target.unlink(missing_ok=True)
+            value = create()
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=suffix + ".tmp")
+            os.close(fd)
+            try:
+                save(value, Path(tmp))
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            return value
