@@ -1,0 +1,461 @@
+"""Perturbation registry: replay, identity, strength monotonicity, locality, set-level counts, error messages."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from mriq_validate.errors import MetricError
+from mriq_validate.perturb import REGISTRY, PerturbContext, apply, get
+from mriq_validate.perturb.figure import DEFAULT_SWEEPS, perturbation_figure
+from mriq_validate.perturb.shifts import AUGMENTATIONS, n_of
+
+get("gaussian")  # importing one perturbation loads the whole registry
+FAST = settings(max_examples=20, deadline=None, database=None)
+FEW = settings(max_examples=8, deadline=None, database=None)
+
+EXPECTED = {
+    "gaussian": ("global", "sigma"), "poisson": ("global", "lam"), "rician": ("global", "sigma"),
+    "gaussian_blur": ("global", "sigma"), "bias_field": ("global", "coeff"), "kspace_spike": ("global", "intensity"),
+    "gibbs": ("global", "alpha"), "ghosting": ("global", "intensity"),
+    "boundary_blur": ("local", "sigma"), "gradient": ("local", "alpha"), "texture_flatten": ("local", "beta"),
+    "lesion_erase": ("local", "amount"), "lesion_resize": ("local", "k"), "vessel_break": ("local", "gaps"),
+    "vessel_prune": ("local", "min_area"),
+    "external_duplication": ("set", "p"), "internal_duplication": ("set", "p"), "mode_collapse": ("set", "fraction"),
+    "density_shift": ("set", "weight"),
+}
+LOCAL = sorted(n for n, (s, _) in EXPECTED.items() if s == "local")
+NOT_SET = sorted(n for n, (s, _) in EXPECTED.items() if s != "set")
+VESSEL = {"vessel_break", "vessel_prune"}
+# Strong, non-identity settings used to probe locality (the allowed change region is checked separately).
+STRONG = {
+    "boundary_blur": {"sigma": 3.0, "width": 3}, "gradient": {"alpha": 0.8}, "texture_flatten": {"beta": 1.0},
+    "lesion_erase": {"amount": 1.0}, "lesion_resize": {"k": 3}, "vessel_break": {"gaps": 4, "length": 4},
+    "vessel_prune": {"min_area": 60},
+}
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+
+
+def blobs(seed: int, size: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """n slices: smooth textured tissue with 1-2 elliptical lesions (oedema 2 around a core 1 or 3)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images, masks = [], []
+    for _ in range(n):
+        img = 0.35 + 0.15 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 2.0) * 3
+        lab = np.zeros((size, size), np.int64)
+        for _ in range(int(rng.integers(1, 3))):
+            cy, cx = rng.uniform(size * 0.25, size * 0.75, 2)
+            ry, rx = rng.uniform(3, size / 5, 2)
+            d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+            lab[d <= 1] = 2
+            lab[d <= 0.35] = int(rng.choice([1, 3]))
+        img = img + 0.3 * (lab == 3) - 0.2 * (lab == 1) + 0.1 * (lab == 2) + rng.normal(0, 0.02, img.shape)
+        images.append(np.clip(img, 0, 1))
+        masks.append(lab)
+    return torch.from_numpy(np.stack(images)[:, None]).float(), torch.from_numpy(np.stack(masks)[:, None])
+
+
+def vessels(seed: int, size: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """n slices with a bright branching polyline 'vessel' (width 1-3 px, label 1) on dim tissue."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(n):
+        lab = np.zeros((size, size), np.uint8)
+        pts = [tuple(int(v) for v in rng.integers(4, size - 4, 2))]
+        for _ in range(6):
+            start = pts[int(rng.integers(len(pts)))]
+            end = tuple(int(v) for v in np.clip(np.array(start) + rng.integers(-size // 3, size // 3, 2), 2, size - 3))
+            cv2.line(lab, start, end, 1, thickness=int(rng.integers(1, 4)))
+            pts.append(end)
+        img = 0.2 + 0.05 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 2.0) + 0.6 * lab + rng.normal(0, 0.02, lab.shape)
+        images.append(np.clip(img, 0, 1))
+        masks.append(lab.astype(np.int64))
+    return torch.from_numpy(np.stack(images)[:, None]).float(), torch.from_numpy(np.stack(masks)[:, None])
+
+
+def data_for(name: str, seed: int, size: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return vessels(seed, size, n) if name in VESSEL else blobs(seed, size, n)
+
+
+def set_context(seed: int, size: int, n: int) -> PerturbContext:
+    """Training items distinct from the evaluated ones, and a site covariate with every site present."""
+    train_i, train_m = blobs(seed + 10_000, size, 12)
+    sites = np.random.default_rng(seed).integers(0, 3, n)
+    sites[:3] = [0, 1, 2]
+    return PerturbContext(train_i, train_m, {"site": sites}, lesion_labels=(1, 2, 3))
+
+
+def ctx_for(name: str, seed: int, size: int, n: int) -> PerturbContext:
+    if REGISTRY[name].scope == "set":
+        return set_context(seed, size, n)
+    return PerturbContext(lesion_labels=(1,) if name in VESSEL else (1, 2, 3))
+
+
+def allowed_region(name: str, params: dict, region: np.ndarray) -> np.ndarray:
+    """Where a local edit may change pixels (documented in each perturbation's docstring)."""
+    if name == "boundary_blur":
+        r = int(params["width"])
+        y, x = np.mgrid[-r : r + 1, -r : r + 1]
+        return ndimage.binary_dilation(region, x * x + y * y <= r * r)
+    if name == "lesion_resize" and params["k"] > 0:
+        return ndimage.binary_dilation(region, np.ones((3, 3), bool), iterations=params["k"])
+    if name in VESSEL:
+        return ndimage.binary_dilation(region, np.ones((3, 3), bool))
+    return region
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_holds_every_perturbation_with_documented_params() -> None:
+    assert set(REGISTRY) == set(EXPECTED)
+    for name, (scope, strength) in EXPECTED.items():
+        pert = get(name)
+        assert (pert.scope, pert.strength) == (scope, strength), name
+        assert pert.doc, f"{name} has no docstring"
+        assert pert.changes_mask == (scope == "set"), name
+        for p in pert.params:
+            assert p.doc and p.low <= p.default <= p.high, (name, p)
+            assert p.identity is None or p.low <= p.identity <= p.high, (name, p)
+    assert get("poisson").param("lam").identity is None  # no identity: the strength is 1/lam
+
+
+def test_default_sweeps_cover_every_perturbation_with_valid_levels() -> None:
+    assert set(DEFAULT_SWEEPS) == set(REGISTRY)
+    for name, levels in DEFAULT_SWEEPS.items():
+        pert = get(name)
+        assert 3 <= len(levels) <= 5, name
+        for level in levels:
+            pert.resolve({pert.strength: level})
+            assert level != pert.param(pert.strength).identity, name
+
+
+# ---------------------------------------------------------------------------------------------- replay and identity
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@FEW
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([32, 48]))
+def test_same_seed_gives_identical_output(name: str, seed: int, size: int) -> None:
+    images, masks = data_for(name, seed, size, n=6)
+    ctx = ctx_for(name, seed, size, 6)
+    a = apply(name, images, masks, seed=seed, ctx=ctx)
+    b = apply(name, images, masks, seed=seed, ctx=ctx)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert type(a.images) is torch.Tensor and a.images.dtype == images.dtype and a.images.shape == images.shape
+    assert a.masks.shape == masks.shape and a.masks.dtype == masks.dtype
+    assert float(a.images.min()) >= 0.0 and float(a.images.max()) <= 1.0
+    assert a.record == {"name": name, "params": get(name).resolve({}), "seed": seed, "scope": EXPECTED[name][0]}
+
+
+@pytest.mark.parametrize("name", ["gaussian", "poisson", "rician", "bias_field", "kspace_spike", "ghosting",
+                                  "gradient", "lesion_erase", "vessel_break", "internal_duplication"])
+def test_different_seeds_give_different_draws(name: str) -> None:
+    images, masks = data_for(name, 3, 48, n=8)
+    ctx = ctx_for(name, 3, 48, 8)
+    a = apply(name, images, masks, seed=1, ctx=ctx)
+    b = apply(name, images, masks, seed=2, ctx=ctx)
+    assert not torch.equal(a.images, b.images)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if get(n).param(EXPECTED[n][1]).identity is not None))
+@FEW
+@given(seed=st.integers(0, 2**16))
+def test_identity_strength_returns_an_exact_copy(name: str, seed: int) -> None:
+    images, masks = data_for(name, seed, 32, n=5)
+    pert = get(name)
+    out = apply(name, images, masks, seed=seed, ctx=ctx_for(name, seed, 32, 5), **{pert.strength: pert.param(pert.strength).identity})
+    assert torch.equal(out.images, images) and torch.equal(out.masks, masks)
+    assert out.images.data_ptr() != images.data_ptr()  # a copy, never the caller's tensor
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (s, _) in EXPECTED.items() if s != "set"))
+def test_default_strength_changes_the_images(name: str) -> None:
+    images, masks = data_for(name, 5, 48, n=3)
+    out = apply(name, images, masks, seed=0, ctx=ctx_for(name, 5, 48, 3))
+    assert not torch.equal(out.images, images)
+
+
+# ---------------------------------------------------------------------------------------------- noise strength
+
+
+@pytest.mark.parametrize("name", ["gaussian", "rician"])
+def test_noise_variance_grows_with_sigma(name: str) -> None:
+    flat = torch.full((4, 1, 64, 64), 0.5)
+    masks = torch.zeros_like(flat, dtype=torch.long)
+    variances = [float(apply(name, flat, masks, seed=0, sigma=s).images.var()) for s in (0.01, 0.02, 0.05, 0.1)]
+    assert variances == sorted(variances) and variances[-1] > 10 * variances[0]
+    if name == "gaussian":
+        assert variances[2] == pytest.approx(0.05**2, rel=0.1)
+
+
+def test_poisson_variance_grows_with_one_over_lam() -> None:
+    flat = torch.full((4, 1, 64, 64), 0.5)
+    masks = torch.zeros_like(flat, dtype=torch.long)
+    lams = (1000.0, 300.0, 100.0, 30.0)
+    variances = [float(apply("poisson", flat, masks, seed=0, lam=lam).images.double().var()) for lam in lams]
+    assert variances == sorted(variances)
+    for lam, v in zip(lams, variances):
+        assert v == pytest.approx(0.5 / lam, rel=0.15)  # Var[Poisson(lam·I)/lam] = I/lam
+
+
+def test_poisson_mean_is_preserved() -> None:
+    flat = torch.full((2, 1, 64, 64), 0.3)
+    out = apply("poisson", flat, torch.zeros_like(flat, dtype=torch.long), seed=1, lam=50.0)
+    assert float(out.images.mean()) == pytest.approx(0.3, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- localised edits
+
+
+@pytest.mark.parametrize("name", LOCAL)
+@FAST
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([32, 48, 64]))
+def test_local_edits_change_nothing_outside_the_lesion(name: str, seed: int, size: int) -> None:
+    images, masks = data_for(name, seed, size)
+    params = STRONG[name]
+    ctx = ctx_for(name, seed, size, 3)
+    out = apply(name, images, masks, seed=seed, ctx=ctx, **params)
+    assert torch.equal(out.masks, masks)
+    region = (masks > 0).numpy()
+    for i in range(images.shape[0]):
+        outside = ~allowed_region(name, params, region[i, 0])
+        assert np.array_equal(out.images[i, 0].numpy()[outside], images[i, 0].numpy()[outside]), f"{name} changed pixels outside the lesion"
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), k=st.integers(-5, 5))
+def test_lesion_resize_stays_in_its_documented_region(seed: int, k: int) -> None:
+    images, masks = blobs(seed, 48)
+    out = apply("lesion_resize", images, masks, seed=seed, k=k)
+    region = (masks > 0).numpy()
+    for i in range(images.shape[0]):
+        outside = ~allowed_region("lesion_resize", {"k": k}, region[i, 0])
+        assert np.array_equal(out.images[i, 0].numpy()[outside], images[i, 0].numpy()[outside])
+    assert torch.equal(out.masks, masks)
+
+
+def test_lesion_labels_restrict_the_edited_region() -> None:
+    images, masks = blobs(7, 48)
+    ctx = PerturbContext(lesion_labels=(2,))
+    out = apply("texture_flatten", images, masks, seed=0, ctx=ctx, beta=1.0)
+    changed = (out.images != images).numpy()
+    assert changed.any() and not changed[(masks != 2).numpy()].any()
+
+
+def test_texture_flatten_keeps_the_lesion_mean_and_removes_its_spread() -> None:
+    images, masks = blobs(11, 48)
+    out = apply("texture_flatten", images, masks, seed=0, beta=1.0)
+    for i in range(3):
+        m = masks[i, 0] > 0
+        assert float(out.images[i, 0][m].mean()) == pytest.approx(float(images[i, 0][m].mean()), abs=1e-5)
+        assert float(out.images[i, 0][m].std()) < 1e-5
+
+
+def test_gradient_is_a_signed_ramp_of_the_requested_amplitude() -> None:
+    images, masks = blobs(2, 48)
+    out = apply("gradient", images, masks, seed=0, alpha=0.5)
+    ratio = (out.images / images.clamp_min(1e-6))[masks > 0]
+    assert float(ratio.min()) >= 0.5 - 1e-4 and float(ratio.max()) <= 1.5 + 1e-4
+    assert float(ratio.min()) < 0.8 and float(ratio.max()) > 1.2
+
+
+def test_lesion_erase_removes_lesion_contrast() -> None:
+    images, masks = blobs(4, 64)
+    out = apply("lesion_erase", images, masks, seed=0, amount=1.0)
+    for i in range(3):
+        m = (masks[i, 0] > 0).numpy()
+        ring = ndimage.binary_dilation(m, iterations=4) & ~m
+        before = abs(images[i, 0].numpy()[m].mean() - images[i, 0].numpy()[ring].mean())
+        after = abs(out.images[i, 0].numpy()[m].mean() - out.images[i, 0].numpy()[ring].mean())
+        assert after < before
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_edit_on_an_empty_mask_names_the_perturbation_and_the_mask(name: str) -> None:
+    images, masks = data_for(name, 0, 32)
+    masks = masks.clone()
+    masks[1] = 0
+    with pytest.raises(MetricError, match=rf"{name}.*\[1\]"):
+        apply(name, images, masks, seed=0, ctx=ctx_for(name, 0, 32, 3), **STRONG[name])
+
+
+# ---------------------------------------------------------------------------------------------- set-level shifts
+
+
+def _equal_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """eq[i, j]: item i of a equals item j of b exactly."""
+    return (a.flatten(1)[:, None, :] == b.flatten(1)[None, :, :]).all(-1).numpy()
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), n=st.integers(4, 20), p=st.floats(0.0, 1.0))
+def test_external_duplication_replaces_exactly_round_p_n_items(seed: int, n: int, p: float) -> None:
+    images, masks = blobs(seed, 32, n)
+    ctx = set_context(seed, 32, n)
+    out = apply("external_duplication", images, masks, seed=seed, ctx=ctx, p=p)
+    from_train = _equal_rows(out.images, ctx.train_images)
+    k = n_of(p, n)
+    copied = from_train.any(1)
+    assert int(copied.sum()) == k
+    for i in np.flatnonzero(copied):  # the mask came along with its training image
+        assert torch.equal(out.masks[i], ctx.train_masks[int(np.flatnonzero(from_train[i])[0])])
+    kept = ~copied
+    assert torch.equal(out.images[kept], images[kept]) and torch.equal(out.masks[kept], masks[kept])
+
+
+def test_n_of_rounds_halves_up() -> None:
+    assert [n_of(p, 10) for p in (0.05, 0.15, 0.25, 0.3, 0.45)] == [1, 2, 3, 3, 5]
+    assert n_of(0.0, 7) == 0 and n_of(1.0, 7) == 7
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), n=st.integers(6, 16), p=st.sampled_from([0.05, 0.15, 0.3, 0.45]))
+def test_external_duplication_with_augmentation_disguises_the_copies(seed: int, n: int, p: float) -> None:
+    images, masks = blobs(seed, 32, n)
+    ctx = set_context(seed, 32, n)
+    out = apply("external_duplication", images, masks, seed=seed, ctx=ctx, p=p, augment=1)
+    changed = ~(out.images == images).flatten(1).all(1).numpy()
+    assert int(changed.sum()) == n_of(p, n)
+    assert not _equal_rows(out.images, ctx.train_images).any()  # every copy is disguised
+    kept = ~changed
+    assert torch.equal(out.images[kept], images[kept]) and torch.equal(out.masks[kept], masks[kept])
+
+
+def test_each_disguise_is_the_documented_light_augmentation() -> None:
+    noise, rotate, scale, blend = AUGMENTATIONS
+    rng = np.random.default_rng(0)
+    images, masks = blobs(3, 64, 2)
+    img, other, mask = images[0, 0].double().numpy(), images[1, 0].double().numpy(), masks[0, 0].numpy()
+    out, m = noise(img, mask, other, rng)
+    assert np.std(out - img) == pytest.approx(0.01, rel=0.1) and m is mask
+    out, m = scale(img, mask, other, rng)
+    ratio = out / img
+    assert np.allclose(ratio, ratio.flat[0]) and 0.9 <= ratio.flat[0] <= 1.1
+    out, m = blend(img, mask, other, rng)
+    a = float(((out - other) * (img - other)).sum() / ((img - other) ** 2).sum())
+    assert 0.6 <= a <= 0.8 and np.allclose(out, a * img + (1 - a) * other) and m is mask
+    out, m = rotate(img, mask, other, rng)
+    best = max(range(-10, 11), key=lambda deg: (ndimage.rotate(mask, deg, reshape=False, order=0) == m).mean())
+    assert (ndimage.rotate(mask, best, reshape=False, order=0) == m).mean() > 0.99 and not np.array_equal(m, mask)
+    assert set(np.unique(m)) <= set(np.unique(mask))
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), n=st.integers(3, 20), p=st.floats(0.0, 0.95))
+def test_internal_duplication_overwrites_exactly_round_p_n_items_with_other_items(seed: int, n: int, p: float) -> None:
+    images, masks = blobs(seed, 32, n)
+    k = n_of(p, n)
+    if k >= n:
+        with pytest.raises(MetricError, match="no item to copy"):
+            apply("internal_duplication", images, masks, seed=seed, p=p)
+        return
+    out = apply("internal_duplication", images, masks, seed=seed, p=p)
+    changed = ~(out.images == images).flatten(1).all(1).numpy()
+    assert int(changed.sum()) == k
+    eq = _equal_rows(out.images, out.images)
+    np.fill_diagonal(eq, False)
+    for i in np.flatnonzero(changed):  # a copy of an item that is still in the set, mask included
+        j = int(np.flatnonzero(eq[i] & ~changed)[0])
+        assert torch.equal(out.masks[i], out.masks[j])
+    assert len({bytes(x.numpy().tobytes()) for x in out.images}) == n - k
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), n=st.integers(6, 20), fraction=st.floats(0.0, 1.0), category=st.sampled_from([1, 2]))
+def test_mode_collapse_cuts_the_category_share_by_the_fraction(seed: int, n: int, fraction: float, category: int) -> None:
+    images, masks = blobs(seed, 32, n)
+    label = {1: 1, 2: 3}[category]
+    member = (masks == label).flatten(1).any(1).numpy()
+    n_cat = int(member.sum())
+    if member.all() and n_of(fraction, n_cat) > 0:
+        with pytest.raises(MetricError, match=f"every image is in category {category}"):
+            apply("mode_collapse", images, masks, seed=seed, fraction=fraction, category=category)
+        return
+    out = apply("mode_collapse", images, masks, seed=seed, fraction=fraction, category=category)
+    after = (out.masks == label).flatten(1).any(1).numpy()
+    assert int(after.sum()) == n_cat - n_of(fraction, n_cat)
+    assert len(out.images) == n
+
+
+def test_mode_collapse_uses_covariates_when_given() -> None:
+    images, masks = blobs(5, 32, 10)
+    px = np.arange(10) * 100  # items 5..9 are 'large'
+    out = apply("mode_collapse", images, masks, seed=0, ctx=PerturbContext(covariates={"tumour_px": px}), fraction=1.0, category=0)
+    eq = _equal_rows(out.images, images)
+    sources = eq.argmax(1)
+    assert eq.any(1).all() and (px[sources] <= np.median(px)).all()
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), n=st.integers(6, 20), weight=st.floats(0.0, 1.0), site=st.integers(0, 2))
+def test_density_shift_sets_the_share_of_the_site(seed: int, n: int, weight: float, site: int) -> None:
+    images, masks = blobs(seed, 32, n)
+    ctx = set_context(seed, 32, n)
+    sites = ctx.covariates["site"]
+    out = apply("density_shift", images, masks, seed=seed, ctx=ctx, weight=weight, site=site)
+    eq = _equal_rows(out.images, images)
+    assert eq.any(1).all()  # every output item is an input item
+    src = eq.argmax(1)
+    assert int((sites[src] == site).sum()) == n_of(weight, n)
+    assert torch.equal(out.masks, masks[torch.as_tensor(src)])
+    untouched = src == np.arange(n)
+    assert int((~untouched).sum()) == abs(n_of(weight, n) - int((sites == site).sum()))
+
+
+def test_set_level_errors_say_what_is_missing() -> None:
+    images, masks = blobs(0, 32, 6)
+    with pytest.raises(MetricError, match="training images"):
+        apply("external_duplication", images, masks, seed=0, p=0.5)
+    with pytest.raises(MetricError, match="covariate 'site'"):
+        apply("density_shift", images, masks, seed=0, weight=0.5)
+    with pytest.raises(MetricError, match="has 2 values but the set has 6"):
+        apply("density_shift", images, masks, seed=0, ctx=PerturbContext(covariates={"site": np.array([0, 1])}), weight=0.5)
+    with pytest.raises(MetricError, match="none"):
+        apply("density_shift", images, masks, seed=0, ctx=PerturbContext(covariates={"site": np.zeros(6, int)}), weight=0.5, site=2)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_out_of_range_strength_names_the_value(name: str) -> None:
+    pert = get(name)
+    p = pert.param(pert.strength)
+    images, masks = data_for(name, 0, 32)
+    for bad in (p.low - 1, p.high + 1):
+        with pytest.raises(MetricError, match=rf"{name}.*{p.name}={re.escape(str(bad))} is out of range"):
+            apply(name, images, masks, seed=0, ctx=ctx_for(name, 0, 32, 3), **{p.name: bad})
+
+
+def test_unknown_perturbation_and_parameter_are_named() -> None:
+    images, masks = blobs(0, 32)
+    with pytest.raises(MetricError, match="unknown perturbation 'salt_pepper'"):
+        apply("salt_pepper", images, masks, seed=0)
+    with pytest.raises(MetricError, match=r"unknown parameter\(s\) \['std'\]"):
+        apply("gaussian", images, masks, seed=0, std=0.1)
+    with pytest.raises(MetricError, match="sigma=nan"):
+        apply("gaussian", images, masks, seed=0, sigma=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------- figure
+
+
+def test_perturbation_figure_writes_a_png(tmp_path) -> None:
+    images, masks = blobs(1, 48, 1)
+    sweeps = {"gaussian": [0.05, 0.1], "lesion_erase": [1.0], "vessel_break": [3], "internal_duplication": [0.1]}
+    out = perturbation_figure(images[0], masks[0], tmp_path / "fig" / "perturbations.png", sweeps=sweeps, seed=3)
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="one 2D slice"):
+        perturbation_figure(*blobs(1, 48, 2), tmp_path / "bad.png", sweeps=sweeps)
