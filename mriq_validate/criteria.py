@@ -68,9 +68,9 @@ def _fmt(e: Estimate) -> str:
     return f"{e.value:.4g} [95% CI {e.ci_low:.4g}, {e.ci_high:.4g}]" if e.n_boot else f"{e.value:.4g}"
 
 
-def check_threshold(th: Threshold, compared: Estimate, se: float) -> tuple[bool, float, dict[str, float | None]]:
-    """Whether ``compared`` (value or CI bound per ``th.on``) lies within the bounds (scaled by ``se`` for ``unit: se``)."""
-    scale = se if th.unit == "se" else 1.0
+def check_threshold(th: Threshold, compared: Estimate, scale: float) -> tuple[bool, float, dict[str, float | None]]:
+    """Whether ``compared`` (value or CI bound per ``th.on``) lies within the bounds, multiplied by ``scale`` (the noise
+    unit: 1 for ``absolute``, the baseline's bootstrap SE for ``se``, the training-noise floor for ``seed_sd``)."""
     lo = th.min * scale if th.min is not None else None
     hi = th.max * scale if th.max is not None else None
     checked = {"value": compared.value, "lower_ci": compared.ci_low, "upper_ci": compared.ci_high}[th.on]
@@ -82,7 +82,7 @@ def check_threshold(th: Threshold, compared: Estimate, se: float) -> tuple[bool,
 
 def _verdict_message(crit: Criterion, ok: bool, what: str, checked: float, th: Threshold, bounds: dict[str, float | None]) -> str:
     on = {"value": "", "lower_ci": "lower 95% CI bound of ", "upper_ci": "upper 95% CI bound of "}[th.on]
-    unit = " (threshold in baseline standard errors)" if th.unit == "se" else ""
+    unit = {"absolute": "", "se": " (threshold in bootstrap standard errors)", "seed_sd": " (threshold in seed-to-seed SDs)"}[th.unit]
     if ok:
         rule = " and ".join(f"{k} {v:.4g}" for k, v in bounds.items() if v is not None)
         return f"{crit.id} PASSED: {what}; {on}checked quantity {checked:.4g} within {rule}{unit}."
@@ -101,7 +101,8 @@ def _perturb(ctx: RunContext, crit: Criterion, level: dict[str, Any], sample: Sa
     if sample.masks is None:
         raise MetricError(f"criterion {crit.id}: perturbation {crit.perturbation.name!r} needs masks with the {sample.origin} images")
     data = ctx.data
-    pctx = PerturbContext(data.train.images, data.train.masks, data.test.covariates if sample.origin == "real test" else {},
+    real_split = {"real test": data.test, "real train": data.train}.get(sample.origin)
+    pctx = PerturbContext(data.train.images, data.train.masks, real_split.covariates if real_split is not None else {},
                           lesion_labels=tuple(data.labels.values()))
     out = apply(crit.perturbation.name, sample.images, sample.masks, seed=seed, ctx=pctx, where=f"criterion {crit.id}: ", **level)
     return Sample(out.images, out.masks, f"{sample.origin} + {crit.perturbation.name}"), out.record
@@ -115,13 +116,14 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     metric = create_metric(crit.metric, crit.params, where=f"criterion {crit.id}: ")
     th = crit.threshold
     pert_record = None
-    real = ctx.real_test()
+    split = "train" if crit.condition_on == "train_masks" else "test"
+    real = ctx.real(split)
 
     if crit.kind == "sensitivity":
         subject, pert_record = _perturb(ctx, crit, level, real, seed)
         reference, paired = real, True
     else:
-        subject, paired = ctx.generated()
+        subject, paired = ctx.generated(split)
         if crit.perturbation is not None:
             subject, pert_record = _perturb(ctx, crit, level, subject, seed)
         reference = real
@@ -131,8 +133,9 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     prepared_ref = ctx.prepare(metric, reference) if need_ref else None
 
     rng = rng_for(ctx.seed, *key, "bootstrap")
-    n, n_ref = len(subject), len(reference)
-    paired = paired and n == n_ref
+    n = metric.size(prepared)
+    n_ref = metric.size(prepared_ref) if prepared_ref is not None else n
+    paired = (paired or metric.pairs_by_reference) and n == n_ref
     idx = bootstrap_indices(n, crit.n_boot, rng) if crit.n_boot else np.empty((0, n), np.int64)
     value = estimate_from(lambda i: metric.value(prepared, i), n, idx)
     baseline = None
@@ -155,22 +158,37 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
         else:  # independent samples: combine independent resamples
             reps = np.array([q(a, b) for a, b in zip(_reps(metric, prepared, idx), _reps(metric, prepared_ref, ref_idx))])
             compared = _from_reps(q(value.value, baseline.value), reps, n)
-        what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on real test "
+        what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on {reference.origin} "
                 f"images: {th.relative} {_fmt(compared)}")
     else:
         compared = value
         what = f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)}"
 
-    se = baseline.se if baseline is not None else value.se
-    if th.unit == "se" and not se > 0:
-        raise MetricError(f"criterion {crit.id}: threshold in standard errors, but the baseline's bootstrap SE is {se} (set n_boot > 0)")
-    ok, checked, bounds = check_threshold(th, compared, se)
+    scale = _noise_unit(crit, metric, ctx, baseline or value)
+    ok, checked, bounds = check_threshold(th, compared, scale)
     return Outcome(
         criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
         higher_is_better=metric.higher_is_better, compared=compared, value=value, baseline=baseline,
         threshold=th.model_dump(), bounds=bounds, checked=checked, message=_verdict_message(crit, ok, what, checked, th, bounds),
         seed=seed, perturbation=pert_record, samples={"evaluated": subject.origin, "n": n, "n_reference": n_ref, "paired": paired},
     )
+
+
+def _noise_unit(crit: Criterion, metric: Metric, ctx: RunContext, reference: Estimate) -> float:
+    """The scale of the threshold's bounds: 1, the reference's bootstrap SE, or the metric's seed-to-seed SD."""
+    unit = crit.threshold.unit
+    if unit == "absolute":
+        return 1.0
+    if unit == "se":
+        if not reference.se > 0:
+            raise MetricError(f"criterion {crit.id}: threshold in standard errors, but the bootstrap SE is {reference.se} (set n_boot > 0)")
+        return reference.se
+    floor = metric.noise_floor(ctx)
+    if floor is None:
+        raise MetricError(f"criterion {crit.id}: threshold in seed_sd, but metric {metric.name!r} has no training-noise floor; use unit se or absolute")
+    if not floor > 0:
+        raise MetricError(f"criterion {crit.id}: the seed-to-seed SD of {metric.name!r} is {floor}; a threshold in seed_sd needs a positive floor")
+    return float(floor)
 
 
 def _reps(metric: Metric, prepared: Any, idx: np.ndarray) -> np.ndarray:

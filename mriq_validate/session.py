@@ -22,6 +22,8 @@ from .metrics.base import Metric, Sample
 from .models import ModelAdapter, ModelContext, load_model
 from .seeding import derive_seed
 
+SPLITS = ("test", "train")
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
@@ -74,7 +76,7 @@ class RunContext:
         self._device = _Lazy(lambda: resolve_device(settings.device))
         self._data = _Lazy(lambda: load_data(data_spec, self.cache, **settings.data_options))
         self._model = _Lazy(self._load_model)
-        self._generated = _Lazy(self._generate)
+        self._generated = {split: _Lazy(lambda split=split: self._generate(split)) for split in SPLITS}
         self._segmenters: dict[str, Segmenter] = {}
         self._predictions: dict[tuple[str, str], torch.Tensor] = {}
         self._prepared: dict[tuple[str, str], Any] = {}
@@ -100,24 +102,30 @@ class RunContext:
         self.progress(f"loading model {self.settings.model}")
         return load_model(self.settings.model, ctx, data)
 
-    def _generate(self) -> tuple[Sample, bool]:
-        model, test = self.model, self.data.test
-        seed = derive_seed(self.seed, "generated")
-        self.progress(f"generating images with {model.spec}")
+    def _generate(self, split: str) -> tuple[Sample, bool]:
+        model, real = self.model, getattr(self.data, split)
+        seed = derive_seed(self.seed, "generated", split)
+        origin = f"generated ({split} masks)" if model.can_generate else "generated"
+        self.progress(f"generating {len(real)} images with {model.spec} ({split} masks)")
         if model.can_generate:
-            return Sample(model.generate(test.masks, seed=seed), test.masks, "generated"), True
-        n = None if model.provenance.get("kind") == "folder" else len(test)
+            return Sample(model.generate(real.masks, seed=seed), real.masks, origin), True
+        n = None if model.provenance.get("kind") == "folder" else len(real)
         images, masks = model.sample(n, seed=seed)
-        return Sample(images, masks, "generated"), False
+        return Sample(images, masks, origin), False
 
-    def generated(self) -> tuple[Sample, bool]:
-        """The model's images for the real test masks (``generate``), or its own sample; and whether it is paired with the real test split."""
-        return self._generated.get()
+    def generated(self, split: str = "test") -> tuple[Sample, bool]:
+        """The model's images for the real ``split`` masks (``generate``), or its own sample; and whether the sample is
+        paired item by item with the real ``split``."""
+        return self._generated[split].get()
+
+    def real(self, split: str = "test") -> Sample:
+        """A real split as a sample."""
+        t = getattr(self.data, split)
+        return Sample(t.images, t.masks, f"real {split}")
 
     def real_test(self) -> Sample:
         """The real test split as a sample."""
-        t = self.data.test
-        return Sample(t.images, t.masks, "real test")
+        return self.real("test")
 
     @property
     def n_classes(self) -> int:

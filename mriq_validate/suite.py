@@ -45,7 +45,7 @@ class Threshold(_Strict):
     max: float | None = None
     relative: Literal["none", "difference", "ratio"] = "none"
     on: Literal["value", "lower_ci", "upper_ci"] = "value"
-    unit: Literal["absolute", "se"] = "absolute"
+    unit: Literal["absolute", "se", "seed_sd"] = "absolute"
 
     @model_validator(mode="after")
     def _bounds(self) -> "Threshold":
@@ -101,6 +101,7 @@ class Criterion(_Strict):
     metric: str
     params: dict[str, Any] = Field(default_factory=dict)
     perturbation: PerturbationSpec | None = None
+    condition_on: Literal["test_masks", "train_masks"] = "test_masks"
     threshold: Threshold
     n_boot: int = Field(default=1000, ge=0, le=100_000)
 

@@ -46,6 +46,9 @@ class Metric(ABC):
     valid_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
     needs: ClassVar[tuple[str, ...]] = ()  # e.g. ("masks", "segmenter", "reference", "train", "weights")
     summary: ClassVar[str] = ""
+    # True when ``value`` is an average over items of a fixed reference (e.g. Dice on the real test slices of a
+    # segmenter trained on the sample), so two samples' values are paired item by item whatever the sample sizes.
+    pairs_by_reference: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -61,7 +64,15 @@ class Metric(ABC):
 
     @abstractmethod
     def value(self, prepared: Any, index: np.ndarray) -> float:
-        """The metric on the resample ``index`` of the sample's images."""
+        """The metric on the resample ``index`` of the items (``range(size(prepared))``)."""
+
+    def noise_floor(self, ctx: "RunContext") -> float | None:
+        """The seed-to-seed standard deviation of this metric's value on real data (training noise), if it has one."""
+        return None
+
+    def size(self, prepared: Any) -> int:
+        """How many items ``value`` resamples (the sample's images, unless the metric says otherwise)."""
+        return len(prepared)
 
     def check_sample(self, sample: Sample) -> None:
         """MetricError when the sample lacks what this metric needs."""
