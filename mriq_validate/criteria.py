@@ -16,7 +16,7 @@ from .metrics.base import Metric, Sample, create_metric
 from .perturb import PerturbContext, apply
 from .seeding import derive_seed, rng_for
 from .session import RunContext
-from .stats import Estimate, bootstrap_indices, estimate_from
+from .stats import Estimate, bootstrap_indices, subsample_indices, summarise
 from .suite import Criterion, Threshold
 
 
@@ -136,28 +136,40 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     n = metric.size(prepared)
     n_ref = metric.size(prepared_ref) if prepared_ref is not None else n
     paired = (paired or metric.pairs_by_reference) and n == n_ref
-    idx = bootstrap_indices(n, crit.n_boot, rng) if crit.n_boot else np.empty((0, n), np.int64)
-    value = estimate_from(lambda i: metric.value(prepared, i), n, idx)
-    baseline = None
+    n_boot = crit.n_boot if crit.n_boot is not None else metric.default_n_boot
+    subsample = metric.resample == "subsample"
+
+    def draw(size: int) -> np.ndarray:
+        if subsample:
+            return subsample_indices(size, n_boot, rng)
+        return bootstrap_indices(size, n_boot, rng) if n_boot else np.empty((0, size), np.int64)
+
+    # Every resample is evaluated once; value, baseline and the compared quantity are summarised from the same
+    # replicates (paired replicates share their index rows). Subsampled set metrics take the mean replicate as value.
+    idx = draw(n)
+    v_reps = np.array([metric.value(prepared, i) for i in idx], dtype=np.float64)
+    v_point = float(v_reps.mean()) if subsample and v_reps.size else metric.value(prepared, np.arange(n))
+    value = summarise(v_point, v_reps, n)
+    baseline, r_reps = None, np.empty(0)
     if prepared_ref is not None:
-        ref_idx = idx if paired else (bootstrap_indices(n_ref, crit.n_boot, rng) if crit.n_boot else np.empty((0, n_ref), np.int64))
-        baseline = estimate_from(lambda i: metric.value(prepared_ref, i), n_ref, ref_idx)
+        ref_idx = idx if paired else draw(n_ref)
+        r_reps = np.array([metric.value(prepared_ref, i) for i in ref_idx], dtype=np.float64)
+        r_point = float(r_reps.mean()) if subsample and r_reps.size else metric.value(prepared_ref, np.arange(n_ref))
+        baseline = summarise(r_point, r_reps, n_ref)
 
     if crit.kind == "sensitivity":
-        sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
+        assert baseline is not None and crit.perturbation is not None
         if not paired:
             raise MetricError(f"criterion {crit.id}: the perturbation changed the number of images ({n_ref} → {n})")
-        compared = estimate_from(lambda i: sign * (metric.value(prepared, i) - metric.value(prepared_ref, i)), n, idx)
-        what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "  # type: ignore[union-attr]
-                f"{level or crit.perturbation.params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")  # type: ignore[union-attr]
+        sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
+        compared = summarise(sign * (value.value - baseline.value), sign * (v_reps - r_reps), n)
+        what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "
+                f"{level or crit.perturbation.params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")
     elif th.relative != "none":
         assert baseline is not None
         q = _quantity(th.relative)
-        if paired:
-            compared = estimate_from(lambda i: q(metric.value(prepared, i), metric.value(prepared_ref, i)), n, idx)
-        else:  # independent samples: combine independent resamples
-            reps = np.array([q(a, b) for a, b in zip(_reps(metric, prepared, idx), _reps(metric, prepared_ref, ref_idx))])
-            compared = _from_reps(q(value.value, baseline.value), reps, n)
+        # paired: replicate-wise on shared rows; unpaired: independent replicates of each side, combined row by row
+        compared = summarise(q(value.value, baseline.value), np.array([q(a, b) for a, b in zip(v_reps, r_reps)]), n)
         what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on {reference.origin} "
                 f"images: {th.relative} {_fmt(compared)}")
     else:
@@ -189,15 +201,3 @@ def _noise_unit(crit: Criterion, metric: Metric, ctx: RunContext, reference: Est
     if not floor > 0:
         raise MetricError(f"criterion {crit.id}: the seed-to-seed SD of {metric.name!r} is {floor}; a threshold in seed_sd needs a positive floor")
     return float(floor)
-
-
-def _reps(metric: Metric, prepared: Any, idx: np.ndarray) -> np.ndarray:
-    return np.array([metric.value(prepared, i) for i in idx], dtype=np.float64)
-
-
-def _from_reps(full: float, reps: np.ndarray, n: int) -> Estimate:
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return Estimate(full, full, full, 0.0, n, 0)
-    lo, hi = np.quantile(reps, [0.025, 0.975])
-    return Estimate(full, float(lo), float(hi), float(reps.std(ddof=1)) if reps.size > 1 else 0.0, n, int(reps.size))

@@ -123,6 +123,21 @@ class MriqRun:
         self.deviations: list[dict[str, Any]] = []
         self.suites: dict[str, dict[str, Any]] = {}
         self.started = now_iso()
+        # for the evidence report (see report.py): the collected plan, what did not run and why
+        self.planned: dict[str, dict[str, Any]] = {}  # item id → record stub, in collection order
+        self.deselected: list[dict[str, Any]] = []
+        self.collection_errors: list[dict[str, Any]] = []
+        self.durations: dict[str, float] = {}  # item id → seconds (setup + call + teardown)
+        self.interruption: str | None = None
+        self.worker_contexts: list[dict[str, Any]] = []  # context provenance sent by pytest-xdist workers
+        self.xdist_workers = 0
+        # optional sample grid for report.html: numpy arrays "real", "generated", "masks" (first few slices, N×H×W or
+        # N×1×H×W); None → the report has no sample figure
+        self.sample_images: dict[str, Any] | None = None
+        self.report_path: Path | None = None
+        self.html_path: Path | None = None
+        self.report_decision: dict[str, Any] | None = None
+        self.report_error: str | None = None
 
     def context(self, suite: "Suite") -> "RunContext":
         """The shared context for the suite's data (``--mriq-data`` or the suite's ``data.default``)."""
@@ -301,8 +316,14 @@ def _record(item: CriterionItem, rep: pytest.TestReport) -> dict[str, Any] | Non
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _RUN is None:
+        return
+    if getattr(report, "when", None) == "collect":  # a worker's collection error, forwarded by pytest-xdist
+        _collection_error(_RUN, report)
+        return
+    _RUN.durations[report.nodeid] = _RUN.durations.get(report.nodeid, 0.0) + float(getattr(report, "duration", 0.0) or 0.0)
     record = getattr(report, "mriq_record", None)
-    if record is not None and _RUN is not None:
+    if record is not None:
         _RUN.results[record["item_id"]] = record
 
 
@@ -315,37 +336,141 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _RUN = session.config.stash[RUN_KEY]
 
 
-def _run_info(run: MriqRun) -> dict[str, Any]:
+def _plan_entry(item: CriterionItem) -> dict[str, Any]:
+    """What the report knows about a collected criterion item before it runs (also for items that never run)."""
+    crit = item.criterion
+    return {"item_id": item.nodeid, "criterion_id": crit.id, "level": item.level, "suite": str(item.path), "suite_line": item.line + 1,
+            "gate": crit.gate, "kind": crit.kind, "requirement": crit.requirement, "hazard": crit.hazard, "rationale": crit.rationale,
+            "metric_name": crit.metric, "params": crit.params, "threshold_spec": crit.threshold.model_dump(),
+            "perturbation_spec": crit.perturbation.model_dump() if crit.perturbation else None, "n_boot": crit.n_boot}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    run = session.config.stash[RUN_KEY]
+    for item in session.items:
+        if isinstance(item, CriterionItem):
+            run.planned[item.nodeid] = _plan_entry(item)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, CriterionItem):
+            item.config.stash[RUN_KEY].deselected.append(_plan_entry(item))
+
+
+def _collection_error(run: MriqRun, report: Any) -> None:
+    if not report.failed or any(e["node_id"] == report.nodeid for e in run.collection_errors):
+        return
+    text = str(report.longrepr)
+    run.collection_errors.append({"node_id": report.nodeid, "suite_file": report.nodeid.endswith((".yaml", ".yml")), "message": text})
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if _RUN is not None:
+        _collection_error(_RUN, report)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    # also pytest's "N errors during collection" and pytest-xdist's "stopping after N failures" (both Interrupted)
+    if _RUN is not None and _RUN.interruption is None:
+        text = str(excinfo.value).strip()
+        _RUN.interruption = text if text and excinfo.typename == "Interrupted" else f"{excinfo.typename}{': ' + text if text else ''}"
+
+
+def pytest_internalerror(excrepr: Any, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    if _RUN is not None and _RUN.interruption is None:
+        _RUN.interruption = f"internal error: {excinfo.typename}: {excinfo.value}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist (controller): merge what a worker knows about the run (suites, plan, provenance) into this run."""
+    payload = getattr(node, "workeroutput", {}).get("mriq")
+    if _RUN is None or not payload:
+        return
+    from .report import decode_arrays
+
+    data = json.loads(payload)
+    run = _RUN
+    run.xdist_workers += 1
+    for path, suite in data["suites"].items():
+        run.suites.setdefault(path, suite)
+    for dev in data["deviations"]:
+        if dev not in run.deviations:
+            run.deviations.append(dev)
+    for item_id, entry in data["planned"].items():
+        run.planned.setdefault(item_id, entry)
+    run.worker_contexts.extend(data["contexts"])
+    if run.sample_images is None and data.get("sample_images"):
+        run.sample_images = decode_arrays(data["sample_images"])
+
+
+def _interruption(run: MriqRun, session: pytest.Session, exitstatus: int) -> str | None:
+    if run.interruption:
+        return run.interruption
+    for reason in (session.shouldfail, session.shouldstop):
+        if reason:
+            return reason if isinstance(reason, str) else "the session was stopped early"
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted"
+    if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        return "internal error"
+    return None
+
+
+def _run_info(run: MriqRun, session: pytest.Session | None = None, exitstatus: int | None = None) -> dict[str, Any]:
     from .report import now_iso
 
     return {
         "settings": {"model": run.settings.model, "data": run.settings.data, "device": run.settings.device, "seed": run.settings.seed,
                      "cache_dir": run.settings.cache_dir},
-        "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command_line": ["pytest", *map(str, run.config.invocation_params.args)],  # what pytest was given (also via pytest.main)
+        "invocation_dir": str(run.config.invocation_params.dir),
         "started": run.started, "finished": now_iso(), "suites": list(run.suites.values()), "deviations": run.deviations,
-        "contexts": [c.provenance() for c in run.contexts.values()],
+        "contexts": [*run.worker_contexts, *(c.provenance() for c in run.contexts.values())],
+        "planned": run.planned, "deselected": run.deselected, "collection_errors": run.collection_errors,
+        "durations": run.durations, "xdist_workers": run.xdist_workers,
+        "exit_status": int(exitstatus) if exitstatus is not None else None,
+        "interruption": _interruption(run, session, exitstatus if exitstatus is not None else 0) if session is not None else run.interruption,
     }
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    global _RUN
     run = session.config.stash[RUN_KEY]
-    if hasattr(session.config, "workerinput") or run.report_dir is None or not run.suites:
-        return
-    from .report import build_report, write_report
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: hand the controller what only workers know
+        from .report import encode_arrays
 
-    run.report_path = write_report(build_report(list(run.results.values()), _run_info(run)), run.report_dir)  # type: ignore[attr-defined]
+        session.config.workeroutput["mriq"] = json.dumps({  # type: ignore[attr-defined]
+            "suites": run.suites, "deviations": run.deviations, "planned": run.planned,
+            "contexts": [c.provenance() for c in run.contexts.values()],
+            "sample_images": encode_arrays(run.sample_images) if run.sample_images else None,
+        }, default=str)
+        return
+    if run.report_dir is None or not (run.suites or run.results or run.planned or run.collection_errors):
+        return
+    from .report import HTML_FILE, build_report, write_report
+
+    report = build_report(list(run.results.values()), _run_info(run, session, exitstatus))
+    run.report_decision = report["decision"]
+    try:
+        run.report_path = write_report(report, run.report_dir, sample_images=run.sample_images)
+        run.html_path = run.report_dir / HTML_FILE
+    except Exception as exc:  # the JSON is written before the HTML; say what failed instead of losing the summary
+        run.report_path = run.report_dir / "report.json" if (run.report_dir / "report.json").exists() else None
+        run.report_error = f"{type(exc).__name__}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     run = config.stash[RUN_KEY]
-    if not run.results:
+    if not (run.results or run.report_decision):
         return
     from .report import decision
 
     results = sorted(run.results.values(), key=lambda r: r["item_id"])
     tr = terminalreporter
     tr.write_sep("=", "mriq-validate")
+    if results:
+        tr.write_line(f"{'verdict':<18} {'criterion':<32} {'measure':<10} value [95% CI] vs baseline  compared  (bounds)")
     for r in results:
         verdict = r["verdict"] + (" (advisory)" if not r["gate"] and r["verdict"] in ("FAIL", "PASS") else "")
         if "value" in r:
@@ -356,9 +481,22 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                     + f"  {r['threshold']['relative'] if r['threshold']['relative'] != 'none' else 'value'} {r['checked']:.4g}  ({bounds})")
         else:
             text = r.get("message", "").splitlines()[0][:100] if r.get("message") else ""
-        tr.write_line(f"{verdict:<18} {r['item_id'].split('::')[-1]:<32} {r.get('metric', {}).get('name', ''):<10} {text}")
-    d = decision(results)
-    tr.write_line(f"release decision: {d['status']}" + (f" (failing gates: {', '.join(d['failed_gating'])})" if d["failed_gating"] else ""))
-    path = getattr(run, "report_path", None)
-    if path:
-        tr.write_line(f"report: {path}")
+        markup = {"PASS": {"green": True}, "FAIL": {"red": True} if r["gate"] else {"yellow": True}, "ERROR": {"red": True}}
+        tr.write_line(f"{verdict:<18} {r['item_id'].split('::')[-1]:<32} {r.get('metric', {}).get('name', ''):<10} {text}",
+                      **markup.get(r["verdict"], {"yellow": True}))
+    d = run.report_decision
+    if d is None:
+        not_run = [p for k, p in run.planned.items() if k not in run.results]
+        d = decision(results, not_run=not_run, interruption=run.interruption, collection_errors=run.collection_errors,
+                     deselected=run.deselected)
+    for item_id in d.get("not_run", []):
+        tr.write_line(f"{'NOT RUN':<18} {item_id.split('::')[-1]:<32}", yellow=True)
+    colour = {"CLEARED": {"green": True}, "NOT CLEARED": {"red": True}}.get(d["status"], {"yellow": True})
+    tr.write_line(f"release decision: {d['status']}" + (f" (failing gates: {', '.join(d['failed_gating'])})" if d["failed_gating"] else ""),
+                  bold=True, **colour)
+    if d["status"] == "INCOMPLETE":
+        tr.write_line(f"  {d['summary']}")
+    if run.report_path:
+        tr.write_line(f"report: {run.report_path}" + (f"  {run.html_path}" if run.html_path else ""))
+    if run.report_error:
+        tr.write_line(f"report.html could not be written: {run.report_error}", red=True)

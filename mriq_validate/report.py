@@ -1,17 +1,133 @@
-"""The run's results: per-criterion records, the release decision, provenance, and ``verdicts.json``."""
+"""The evidence report: per-criterion records, the release decision, provenance, ``report.json`` and ``report.html``.
+
+The JSON document follows ``report_schema.json`` (JSON Schema draft 2020-12, shipped in this package); its layout
+is described in ``docs/report.md``. Sections, in the order a reviewer reads them:
+
+- ``decision``: CLEARED / NOT CLEARED / INCOMPLETE, with the failing gating criteria and why a run is incomplete;
+- ``suites``: each suite's context of use, file hash and the git commit of its repository;
+- ``results``: one record per criterion (per sweep level), the rows of the traceability table;
+- ``deviations``: skipped, deselected or not-run criteria, overridden thresholds and their source, collection errors;
+- ``limitations``: what each measure used is known to be blind to, and what the sensitivity criteria showed;
+- ``self_check``: the tool's own checks in this run and the known-answer tests it ships;
+- ``provenance``: data digests, model, segmenters, package versions, device, seed;
+- ``run``: settings, command line, times, exit status, interruption.
+
+Everything but the fields in :data:`VOLATILE_FIELDS` is a function of the command, the seed and the inputs.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import os
 import platform
+import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "0.1"
-PACKAGES = ("mriq-validate", "torch", "monai", "pyiqa", "numpy", "scipy", "pydantic", "nibabel", "pytest")
+REPORT_SCHEMA_VERSION = "1.0"
+REPORT_FILE = "report.json"
+HTML_FILE = "report.html"
+LEGACY_FILE = "verdicts.json"  # the same document under its pre-1.0 name, kept for existing CI scripts
+SCHEMA_RESOURCE = "report_schema.json"
+PACKAGES = ("mriq-validate", "torch", "monai", "pyiqa", "numpy", "scipy", "pydantic", "nibabel", "pytest", "pytest-xdist",
+            "matplotlib")
+VERDICTS = ("PASS", "FAIL", "ERROR", "SKIP")
+NOT_RUN = "NOT RUN"
+
+#: Fields that may differ between two runs of the same command on the same inputs (times, durations, the command
+#: line and local paths). Paths are dotted; ``*`` matches every list element or every mapping key at that level.
+VOLATILE_FIELDS: tuple[str, ...] = (
+    "run.started",
+    "run.finished",
+    "run.duration_s",
+    "run.command_line",
+    "run.invocation_dir",
+    "run.settings.cache_dir",
+    "results.*.duration_s",
+    "provenance.contexts.*.segmenters.*.history.seconds",
+    "provenance.contexts.*.segmenters.*.history.epochs_per_s",
+)
+
+#: What each measure is known to be blind to or biased by. Keyed by metric name (the suite's ``metric:``).
+METRIC_LIMITATIONS: dict[str, list[str]] = {
+    "dice": [
+        "Protocol A (a segmenter trained on real data, applied to generated images) shows that lesions are where the "
+        "masks say and look like real lesions to a real-trained model; it does not show that a model trained on "
+        "generated images generalises to real scans.",
+        "Blind to errors outside the labelled regions (healthy anatomy, background artefacts) and inherits the "
+        "segmenter's own errors; the criterion ERRORs when the segmenter's Dice on real images is below min_real_dice.",
+        "Slice-level Dice weighs small lesions as much as large ones; thin structures (enhancing rim) are noisy.",
+    ],
+    "piqe": [
+        "No-reference and per image: insensitive to localised lesion edits and anatomical implausibility "
+        "(Deo et al. 2025); it cannot clear a model on its own.",
+        "Designed for camera distortions in natural images (blockiness, noise), not for MRI physics; values depend on "
+        "the intensity range and the background fraction of the slice.",
+    ],
+    "niqe": [
+        "No-reference: distance of natural-scene statistics to a pristine model; insensitive to localised lesion "
+        "edits (Deo et al. 2025).",
+        "Depends on the pristine model it is fitted to (natural images or MRI slices); compare values only under the "
+        "same model.",
+    ],
+    "brisque": [
+        "No-reference, trained on natural-image distortions; insensitive to localised lesion edits (Deo et al. 2025).",
+    ],
+    "fid": [
+        "Set-level: assumes Gaussian features; biased upwards at small n (hundreds of images give unstable values).",
+        "Feature extractor trained on natural images unless configured otherwise; insensitive to localised lesion "
+        "edits and does not detect memorisation (a copy of the training set scores well).",
+    ],
+    "kid": [
+        "Set-level, unbiased but high-variance at small n; same feature-extractor caveats as FID; does not detect "
+        "memorisation.",
+    ],
+    "mmd": [
+        "Set-level; the value depends on the kernel and its bandwidth (median heuristic by default); does not detect "
+        "memorisation.",
+    ],
+    "prdc": [
+        "k-nearest-neighbour manifold estimates: depend on k and on outliers; precision and density do not see "
+        "localised lesion errors; recall and coverage fall with mode collapse.",
+    ],
+    "vendi": [
+        "Diversity only (effective number of distinct samples): says nothing about fidelity; noise raises it.",
+    ],
+    "frd": [
+        "Radiomic features within the chosen region: sensitive to texture and intensity shifts, blind to errors "
+        "outside the region and to lesion position.",
+    ],
+    "memorisation": [
+        "Detects near-copies of training images in the embedding space used (pose-normalised thumbnails); heavily "
+        "augmented, partial or patch-level copies can escape it.",
+    ],
+}
+
+#: The known-answer and self-tests that ship with the tool's source (run ``make test``), summarised for the report.
+KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
+    {"where": "tests/test_downstream.py", "checks": "Dice known answers (identical masks 1, disjoint 0, empty vs empty 1); "
+     "segmenter training is deterministic on CPU"},
+    {"where": "tests/test_plugin.py", "checks": "identical paired images give a Dice difference of exactly 0; builtin:real "
+     "CLEARS and builtin:tumour-eraser FAILS the shipped brain-tumour suite; broken models ERROR, never pass"},
+    {"where": "tests/test_distribution.py", "checks": "FID of identical sets is 0 and matches scipy sqrtm; KID, MMD and "
+     "PRDC match reference formulas; mode collapse lowers recall, not precision"},
+    {"where": "tests/test_perturb.py", "checks": "perturbations are seeded and replayable; noise variance grows with its "
+     "strength; local edits change nothing outside the lesion"},
+    {"where": "tests/test_memorisation.py", "checks": "builtin:memoriser is flagged; held-out real images are flagged at "
+     "the null rate; 15 % duplication of training images is detected"},
+    {"where": "tests/test_niqe.py", "checks": "NIQE wrapper equals bare pyiqa; order clean < blur < noise"},
+    {"where": "tests/test_report.py", "checks": "report.json validates against the schema; same command gives the same "
+     "report; pytest-xdist runs merge into one report; interrupted runs are reported INCOMPLETE"},
+)
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
 
 
 def package_versions() -> dict[str, str | None]:
@@ -25,42 +141,429 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def decision(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """CLEARED when every gating criterion passed; INCOMPLETE when any criterion ERRORed or a gating one was skipped or
-    did not run; NOT CLEARED when a gating criterion FAILed (and nothing was incomplete)."""
-    gating = [r for r in results if r["gate"]]
-    errors = [r["item_id"] for r in results if r["verdict"] == "ERROR"]
-    skipped = [r["item_id"] for r in gating if r["verdict"] == "SKIP"]
-    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL"]
-    if errors or skipped or not gating:
-        status = "INCOMPLETE"
-    elif failed:
-        status = "NOT CLEARED"
-    else:
-        status = "CLEARED"
-    return {"status": status, "failed_gating": failed, "errors": errors, "skipped_gating": skipped,
-            "n_criteria": len(results), "n_gating": len(gating)}
-
-
 def now_iso() -> str:
     """UTC time, ISO 8601."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
-    """The JSON document: schema version, decision, run settings and provenance, results in node-id order."""
-    ordered = sorted(results, key=lambda r: r["item_id"])
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 (hex) of a file's bytes; None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def git_info(path: str | Path) -> dict[str, Any]:
+    """The commit checked out in the git repository holding ``path`` and whether ``path`` differs from it
+    (``dirty``: modified or untracked). ``commit`` is None outside a repository or without git."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--", p.name if p.is_file() else ".")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def hardware(devices: Iterable[str] = ()) -> dict[str, Any]:
+    """CPU count and the CUDA device name when a criterion ran on CUDA (torch is imported only then)."""
+    out: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "cuda_device": None}
+    if not any(str(d).startswith("cuda") for d in devices):
+        return out
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return out
+    try:
+        if torch.cuda.is_available():
+            out["cuda_device"] = torch.cuda.get_device_name(0)
+    except Exception:  # pragma: no cover - a broken CUDA set-up must not lose the report
+        pass
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- decision
+
+
+def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]] = (), interruption: str | None = None,
+             collection_errors: Iterable[dict[str, Any]] = (), deselected: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The release decision.
+
+    CLEARED when every gating criterion ran and passed; NOT CLEARED when the run is complete and a gating criterion
+    FAILed; INCOMPLETE when any criterion ERRORed, a gating criterion was skipped or deselected, a planned criterion
+    did not run, a suite file could not be collected, the run was interrupted, or no gating criterion ran.
+    """
+    not_run, collection_errors, deselected = list(not_run), list(collection_errors), list(deselected)
+    gating = [r for r in results if r["gate"]]
+    errors = [r["item_id"] for r in results if r["verdict"] == "ERROR"]
+    skipped = [r["item_id"] for r in gating if r["verdict"] == "SKIP"]
+    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL"]
+    advisory_failed = [r["item_id"] for r in results if not r["gate"] and r["verdict"] == "FAIL"]
+    deselected_gating = [d["item_id"] for d in deselected if d.get("gate")]
+    reasons: list[str] = []
+    if interruption:
+        reasons.append(f"the run was interrupted ({interruption})")
+    if collection_errors:
+        reasons.append(f"{len(collection_errors)} file(s) could not be collected")
+    if errors:
+        reasons.append(f"{len(errors)} criterion item(s) ERRORed (could not be evaluated)")
+    if skipped:
+        reasons.append(f"{len(skipped)} gating criterion item(s) were skipped")
+    if not_run:
+        reasons.append(f"{len(not_run)} planned criterion item(s) did not run")
+    if deselected_gating:
+        reasons.append(f"{len(deselected_gating)} gating criterion item(s) were deselected")
+    if not gating and not reasons:
+        reasons.append("no gating criterion ran")
+    if reasons:
+        status = "INCOMPLETE"
+        summary = "Incomplete: " + "; ".join(reasons) + "."
+        if failed:
+            summary += f" {len(failed)} gating criterion item(s) already FAILED, so the model cannot be cleared."
+    elif failed:
+        status = "NOT CLEARED"
+        summary = f"Not cleared: {len(failed)} of {len(gating)} gating criterion item(s) FAILED."
+    else:
+        status = "CLEARED"
+        summary = f"Cleared: all {len(gating)} gating criterion item(s) PASSED."
+    counts = {v: sum(r["verdict"] == v for r in results) for v in VERDICTS}
+    counts[NOT_RUN] = len(not_run)
+    return {"status": status, "complete": not reasons, "summary": summary, "incomplete_reasons": reasons,
+            "failed_gating": failed, "errors": errors, "skipped_gating": skipped, "not_run": [n["item_id"] for n in not_run],
+            "deselected_gating": deselected_gating, "advisory_failed": advisory_failed,
+            "collection_errors": [c["node_id"] for c in collection_errors], "interruption": interruption,
+            "counts": counts, "n_criteria": len(results), "n_gating": len(gating)}
+
+
+# ------------------------------------------------------------------------------------------------------ sections
+
+
+def _suites(suites: list[dict[str, Any]], results: list[dict[str, Any]], plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for s in sorted(suites, key=lambda s: s["path"]):
+        items = {r["item_id"] for r in [*results, *plan] if r.get("suite") == s["path"]}  # collected items, run or not
+        out.append({
+            "name": s.get("name"), "version": s.get("version"), "path": s["path"], "sha256": file_sha256(s["path"]),
+            "git": git_info(s["path"]), "description": (s.get("description") or "").strip() or None,
+            "context_of_use": (s.get("context_of_use") or "").strip(), "n_criteria": s.get("n_criteria"), "n_items": len(items),
+        })
+    return out
+
+
+def _deviations(run: dict[str, Any], results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "decision": decision(ordered),
-        "run": {**run, "python": sys.version.split()[0], "platform": platform.platform(), "packages": package_versions()},
-        "results": ordered,
+        "threshold_overrides": run.get("deviations", []),
+        "skipped": [{"item_id": r["item_id"], "criterion_id": r["criterion_id"], "gate": r["gate"], "reason": r.get("message")}
+                    for r in results if r["verdict"] == "SKIP"],
+        "not_run": [{"item_id": n["item_id"], "criterion_id": n["criterion_id"], "gate": n["gate"]} for n in not_run],
+        "deselected": [{"item_id": d["item_id"], "criterion_id": d["criterion_id"], "gate": d["gate"]} for d in run.get("deselected", [])],
+        "collection_errors": run.get("collection_errors", []),
     }
 
 
-def write_report(report: dict[str, Any], folder: Path) -> Path:
-    """Write ``verdicts.json`` into ``folder``; return its path."""
+def _level_text(level: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((level or {}).items()))
+
+
+def _sensitivity(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        if r.get("kind") != "sensitivity":
+            continue
+        metric = (r.get("metric") or {}).get("name") or r.get("metric_name") or "?"
+        pert = r.get("perturbation") or {}
+        spec = r.get("perturbation_spec") or {}
+        name = pert.get("name") or spec.get("name") or "?"
+        params = pert.get("params") or r.get("level") or {k: v for k, v in spec.items() if k != "name"}
+        what = f"{name} ({_level_text(params)})" if params else name
+        detected = {"PASS": True, "FAIL": False}.get(r["verdict"])
+        if detected is True:
+            statement = f"{metric} detects {what}"
+        elif detected is False:
+            statement = f"{metric} does not detect {what} at the required effect size"
+        else:
+            statement = f"{metric} on {what}: not established ({r['verdict']})"
+        if "checked" in r and detected is not None:
+            statement += f" (moved {r['checked']:.4g} towards worse; {_bounds_text(r.get('bounds'))})"
+        out.append({"item_id": r["item_id"], "criterion_id": r["criterion_id"], "metric": metric, "perturbation": name,
+                    "params": params, "verdict": r["verdict"], "detected": detected, "statement": statement})
+    return out
+
+
+def _bounds_text(bounds: dict[str, Any] | None) -> str:
+    parts = [f"{k} {v:.4g}" for k, v in (bounds or {}).items() if v is not None]
+    return "required " + " and ".join(parts) if parts else "no bound"
+
+
+def _metric_limitations(name: str) -> list[str]:
+    if name in METRIC_LIMITATIONS:
+        return METRIC_LIMITATIONS[name]
+    try:  # a metric may declare its own: a ``limitations`` class attribute (list of sentences)
+        from .metrics.base import METRICS
+
+        own = getattr(METRICS.get(name), "limitations", None)
+        if own:
+            return [own] if isinstance(own, str) else list(own)
+    except Exception:  # pragma: no cover - the report must not fail on a broken metric module
+        pass
+    return ["No limitations are recorded for this measure yet; treat its verdicts with care."]
+
+
+def _limitations(results: list[dict[str, Any]], plan: list[dict[str, Any]]) -> dict[str, Any]:
+    names = sorted({(r.get("metric") or {}).get("name") or r.get("metric_name") for r in [*results, *plan]} - {None})
+    advisory = sorted({r["criterion_id"] for r in [*results, *plan] if not r["gate"]})
+    return {"measures": {n: _metric_limitations(n) for n in names}, "sensitivity": _sensitivity(results),
+            "advisory_criteria": advisory}
+
+
+def _is_self_check(r: dict[str, Any]) -> bool:
+    return r["criterion_id"].startswith("SELF-") or r.get("kind") == "sensitivity"
+
+
+def _self_check(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
+    checks = [r for r in results if _is_self_check(r)]
+    missing = [n for n in not_run if _is_self_check(n)]
+    gating = [r for r in checks if r["gate"]]
+    if not checks and not missing:
+        status = "NOT RUN"
+    elif any(r["verdict"] == "ERROR" for r in checks) or missing or any(r["verdict"] == "SKIP" for r in gating):
+        status = "INCOMPLETE"
+    elif any(r["verdict"] == "FAIL" for r in gating):
+        status = "FAIL"
+    else:
+        status = "PASS"
+    return {
+        "status": status,
+        "criteria": [{"item_id": r["item_id"], "criterion_id": r["criterion_id"], "kind": r.get("kind"), "gate": r["gate"],
+                      "verdict": r["verdict"]} for r in checks],
+        "not_run": [n["item_id"] for n in missing],
+        "note": ("Criteria whose id starts with SELF- or whose kind is 'sensitivity' check the tool and its measures on "
+                 "known perturbations of real data in this run. Advisory sensitivity FAILs characterise a measure (what it "
+                 "does not detect); they are listed under limitations."),
+        "known_answer_tests": [dict(t) for t in KNOWN_ANSWER_TESTS],
+    }
+
+
+def _merge_contexts(contexts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per data spec; provenance from several processes (pytest-xdist workers) merged key by key."""
+    merged: dict[str, dict[str, Any]] = {}
+
+    def deep(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                a[k] = deep(dict(a[k]), v)
+            elif k not in a or a[k] in (None, "auto", {}, []):
+                a[k] = copy.deepcopy(v)
+        return a
+
+    for c in contexts:
+        key = json.dumps(c.get("data_spec"), sort_keys=True)
+        merged[key] = deep(merged.get(key, {}), c)
+    return [merged[k] for k in sorted(merged)]
+
+
+def _devices(contexts: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    found = sorted({str(c["device"]) for c in contexts if c.get("device")} - {"auto"})
+    return found or [str(settings.get("device", "auto"))]
+
+
+def _plan_order(results: list[dict[str, Any]], plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    index = {p["item_id"]: i for i, p in enumerate(plan)}
+    return sorted(results, key=lambda r: (index.get(r["item_id"], len(index)), r["item_id"]))
+
+
+# ---------------------------------------------------------------------------------------------------------- build
+
+
+def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """The report document (see the module docstring and ``report_schema.json``).
+
+    ``results``: the per-item records (``rep.mriq_record``); ``run``: what the plugin knows about the session
+    (see ``plugin._run_info``): settings, command line, times, suites, threshold overrides (``deviations``),
+    context provenance (``contexts``), the collected plan (``planned``: item id → record stub), ``deselected``,
+    ``collection_errors``, ``durations`` (item id → seconds), ``interruption`` and ``exit_status``.
+    Missing keys are treated as empty, so a partial ``run`` still gives a valid report.
+    """
+    plan = list((run.get("planned") or {}).values())
+    plan_by_id = {p["item_id"]: p for p in plan}
+    durations = run.get("durations") or {}
+    records = []
+    for r in results:
+        rec = {**plan_by_id.get(r["item_id"], {}), **r}
+        rec["duration_s"] = round(float(durations[r["item_id"]]), 3) if r["item_id"] in durations else None
+        records.append(rec)
+    records = _plan_order(records, plan)
+    done = {r["item_id"] for r in records}
+    not_run = [p for p in plan if p["item_id"] not in done]
+    contexts = _merge_contexts(run.get("contexts") or [])
+    settings = dict(run.get("settings") or {})
+    started, finished = run.get("started"), run.get("finished")
+    duration = None
+    if started and finished:
+        try:
+            duration = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        except ValueError:
+            duration = None
+    interruption = run.get("interruption")
+    dec = decision(records, not_run=not_run, interruption=interruption, collection_errors=run.get("collection_errors", []),
+                   deselected=run.get("deselected", []))
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "tool": {"name": "mriq-validate", "version": package_versions()["mriq-validate"]},
+        "decision": dec,
+        "suites": _suites(list(run.get("suites") or []), records, plan),
+        "results": records,
+        "deviations": _deviations(run, records, not_run),
+        "limitations": _limitations(records, plan),
+        "self_check": _self_check(records, not_run),
+        "provenance": {
+            "seed": settings.get("seed"),
+            "devices": _devices(contexts, settings),
+            "hardware": hardware(_devices(contexts, settings)),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": package_versions(),
+            "contexts": contexts,
+        },
+        "run": {
+            "settings": settings,
+            "command_line": list(run.get("command_line") or []),
+            "invocation_dir": run.get("invocation_dir"),
+            "started": started,
+            "finished": finished,
+            "duration_s": duration,
+            "exit_status": run.get("exit_status"),
+            "interruption": interruption,
+            "xdist_workers": int(run.get("xdist_workers") or 0),
+            "deviations": run.get("deviations", []),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- write
+
+
+def _json_text(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and inf become None (JSON has no NaN; the schema allows null where a value may be missing)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[str, Any] | None = None, html: bool = True) -> Path:
+    """Write ``report.json`` (and ``verdicts.json``, the same document under its old name) and, with ``html``,
+    the self-contained ``report.html`` into ``folder``; return the path of ``report.json``.
+
+    The JSON is written first, so a failure while drawing the HTML never loses it; such a failure is written into
+    ``report.html`` as a short error page and re-raised.
+    """
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "verdicts.json"
-    path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    text = _json_text(_finite(report))
+    path = folder / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    (folder / LEGACY_FILE).write_text(text, encoding="utf-8")
+    if html:
+        from .report_html import render_html
+
+        try:
+            page = render_html(json.loads(text), sample_images=sample_images)
+        except Exception as exc:
+            import html as _html
+
+            (folder / HTML_FILE).write_text(f"<!doctype html><meta charset='utf-8'><title>mriq-validate report</title><h1>"
+                                            f"report.html could not be drawn</h1><pre>{_html.escape(repr(exc))}</pre><p>"
+                                            f"See {REPORT_FILE} for the results.</p>", encoding="utf-8")
+            raise
+        (folder / HTML_FILE).write_text(page, encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------------------------------------ schema, volatile
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``report.json``, as shipped in the package."""
+    return json.loads(resources.files("mriq_validate").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``report`` does not follow the shipped schema."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator(report_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(report)
+
+
+def strip_volatile(report: dict[str, Any], fields: Iterable[str] = VOLATILE_FIELDS) -> dict[str, Any]:
+    """A deep copy of ``report`` without the volatile fields (for comparing two runs)."""
+    out = copy.deepcopy(report)
+    for field in fields:
+        _drop(out, field.split("."))
+    return out
+
+
+def _drop(node: Any, parts: list[str]) -> None:
+    if not parts:
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+        for child in children:
+            _drop(child, rest)
+    elif isinstance(node, dict) and head in node:
+        if rest:
+            _drop(node[head], rest)
+        else:
+            del node[head]
+
+
+# ------------------------------------------------------------------------------------- sample images (xdist transport)
+
+
+def _as_numpy(x: Any) -> Any:
+    import numpy as np
+
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def encode_arrays(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Arrays (numpy or torch) as JSON-able ``{dtype, shape, base64}`` (pytest-xdist workers → controller)."""
+    import base64
+
+    out = {}
+    for key, value in arrays.items():
+        if value is None:
+            continue
+        a = _as_numpy(value)
+        a = a.astype("float32") if a.dtype.kind == "f" else a
+        out[key] = {"dtype": a.dtype.str, "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+    return out
+
+
+def decode_arrays(encoded: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of :func:`encode_arrays`."""
+    import base64
+
+    import numpy as np
+
+    return {k: np.frombuffer(base64.b64decode(v["base64"]), dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
+            for k, v in encoded.items()}

@@ -33,37 +33,28 @@ def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return rng.integers(0, n, size=(n_boot, n))
 
 
-def estimate_from(statistic: Callable[[np.ndarray], float], n: int, indices: np.ndarray, level: float = 0.95) -> Estimate:
-    """Point value on ``range(n)`` and percentile CI over the given resample ``indices`` (n_boot × n).
-
-    Statistics evaluated on the same ``indices`` are paired.
-    """
-    full = float(statistic(np.arange(n)))
-    if indices.size == 0:
-        return Estimate(full, full, full, 0.0, n, 0, level)
-    reps = np.array([statistic(idx) for idx in indices], dtype=np.float64)
+def summarise(point: float, reps: np.ndarray, n: int, level: float = 0.95) -> Estimate:
+    """An :class:`Estimate` from a point value and its resampling replicates (non-finite replicates dropped)."""
+    reps = np.asarray(reps, dtype=np.float64)
     reps = reps[np.isfinite(reps)]
     if reps.size == 0:
-        return Estimate(full, float("nan"), float("nan"), float("nan"), n, 0, level)
+        return Estimate(float(point), float(point), float(point), 0.0, n, 0, level)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(reps, [alpha, 1 - alpha])
-    return Estimate(full, float(lo), float(hi), float(reps.std(ddof=1)) if reps.size > 1 else 0.0, n, int(reps.size), level)
+    return Estimate(float(point), float(lo), float(hi), float(reps.std(ddof=1)) if reps.size > 1 else 0.0, n, int(reps.size), level)
+
+
+def subsample_indices(n: int, n_sub: int, rng: np.random.Generator, fraction: float = 0.8) -> np.ndarray:
+    """``n_sub`` subsets of ``round(fraction·n)`` items of ``range(n)`` drawn without replacement (n_sub × m)."""
+    m = max(2, int(round(fraction * n)))
+    if n < 3:
+        raise ValueError(f"subsampling needs at least 3 items, got {n}")
+    return np.stack([rng.permutation(n)[:m] for _ in range(n_sub)]) if n_sub else np.empty((0, m), np.int64)
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, rng: np.random.Generator, n_boot: int = 1000,
               level: float = 0.95) -> Estimate:
     """Percentile bootstrap of ``statistic(index)`` over ``n_boot`` resamples of ``range(n)`` drawn from ``rng``."""
     indices = bootstrap_indices(n, n_boot, rng) if n_boot and n >= 2 else np.empty((0, n), dtype=np.int64)
-    return estimate_from(statistic, n, indices, level)
-
-
-def mean_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 1000, level: float = 0.95) -> Estimate:
-    """Mean of ``values`` with a percentile-bootstrap CI (vectorised)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2 or n_boot == 0:
-        m = float(v.mean()) if v.size else float("nan")
-        return Estimate(m, m, m, 0.0, int(v.size), 0, level)
-    reps = v[bootstrap_indices(v.size, n_boot, rng)].mean(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(reps, [alpha, 1 - alpha])
-    return Estimate(float(v.mean()), float(lo), float(hi), float(reps.std(ddof=1)), int(v.size), n_boot, level)
+    reps = np.array([statistic(idx) for idx in indices], dtype=np.float64)
+    return summarise(float(statistic(np.arange(n))), reps, n, level)

@@ -103,7 +103,7 @@ class Criterion(_Strict):
     perturbation: PerturbationSpec | None = None
     condition_on: Literal["test_masks", "train_masks"] = "test_masks"
     threshold: Threshold
-    n_boot: int = Field(default=1000, ge=0, le=100_000)
+    n_boot: int | None = Field(default=None, ge=0, le=100_000)  # None: the metric's default (1000 per-image, 100 set-level)
 
     @field_validator("metric")
     @classmethod
@@ -155,6 +155,20 @@ class Suite(_Strict):
                 raise ValueError(f"criterion id {c.id!r} appears twice")
             seen.add(c.id)
         return self
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. (YAML 1.1 reads ``on:``, ``yes``, ``no``, ``off`` as booleans, which would
+    turn the threshold key ``on:`` into ``True``.)"""
+
+
+SuiteLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def is_suite_text(text: str) -> bool:
@@ -209,8 +223,8 @@ def load_suite(path: Path) -> Suite:
     except OSError as exc:
         raise SuiteError(f"{path}: cannot be read ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
+        raw = yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a SafeLoader subclass)
+        root = yaml.compose(text, Loader=SuiteLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

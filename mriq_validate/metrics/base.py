@@ -49,6 +49,10 @@ class Metric(ABC):
     # True when ``value`` is an average over items of a fixed reference (e.g. Dice on the real test slices of a
     # segmenter trained on the sample), so two samples' values are paired item by item whatever the sample sizes.
     pairs_by_reference: ClassVar[bool] = False
+    # "bootstrap": resample items with replacement, value on the full set; "subsample": 80 % subsets without
+    # replacement for set-level measures that duplicates would bias, value = mean over the subsets.
+    resample: ClassVar[str] = "bootstrap"
+    default_n_boot: ClassVar[int] = 1000
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -140,4 +144,4 @@ def create_metric(name: str, params: dict[str, Any] | None = None, where: str = 
 
 def _load_all() -> None:
     from .. import downstream  # noqa: F401  (dice)
-    from . import iqa  # noqa: F401
+    from . import copying, distributional, diversity, iqa  # noqa: F401

@@ -1,0 +1,255 @@
+"""Figures for the evidence report, drawn with matplotlib's Agg canvas (no pyplot state, no display) and returned as
+PNG bytes or ``data:`` URIs, so ``report.html`` stays one self-contained file.
+
+- :func:`criteria_figure`: each criterion's compared quantity with its CI against the threshold (dot and whisker);
+- :func:`dose_response_figure`: sweeps (one criterion at several perturbation levels) as dose-response curves;
+- :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "ERROR": "#8250df", "SKIP": "#6e7781"}
+ADVISORY_FAIL = "#bf8700"
+LABEL_COLOURS = ("#ff4d4d", "#ffd11a", "#33ccff", "#66ff66", "#ff66ff", "#ff9933")
+FONT = 8
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (no timestamp metadata, so equal figures give equal bytes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for an ``<img src>``."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _colour(r: dict[str, Any]) -> str:
+    if r["verdict"] == "FAIL" and not r.get("gate", True):
+        return ADVISORY_FAIL
+    return VERDICT_COLOURS.get(r["verdict"], "#6e7781")
+
+
+def _label(r: dict[str, Any]) -> str:
+    return r["item_id"].split("::")[-1]
+
+
+def _quantity(r: dict[str, Any]) -> str:
+    th = r.get("threshold") or r.get("threshold_spec") or {}
+    metric = (r.get("metric") or {}).get("name") or r.get("metric_name") or "?"
+    region = (r.get("metric") or {}).get("region") or (r.get("params") or {}).get("region")
+    name = f"{metric} ({region})" if region else metric
+    if r.get("kind") == "sensitivity":
+        return f"{name}: change towards worse under the perturbation"
+    rel = th.get("relative", "none")
+    text = {"difference": f"{name}: generated − real", "ratio": f"{name}: generated / real"}.get(rel, f"{name}: generated")
+    on = th.get("on", "value")
+    if on != "value":
+        text += f" (checked: {on.replace('_', ' ')})"
+    return text
+
+
+def _finite(*xs: Any) -> list[float]:
+    return [float(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+
+
+def criteria_figure(results: list[dict[str, Any]]) -> Any | None:
+    """One row per criterion item: the compared quantity (value, difference or ratio to real) with its bootstrap CI,
+    the threshold bounds as red dashed lines and the acceptable region shaded; items that were not evaluated are
+    named with their verdict. None when there is nothing to draw."""
+    if not results:
+        return None
+    short = [_label(r) for r in results]
+    labels = [r["item_id"] if short.count(s) > 1 else s for r, s in zip(results, short)]
+    n = len(results)
+    row = 0.78
+    fig = _figure(10.5, row * n + 0.3)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, r, label in zip(axes, results, labels):
+        colour = _colour(r)
+        gate = "gate" if r.get("gate", True) else "advisory"
+        ax.set_yticks([0])
+        ax.set_yticklabels([label], fontsize=FONT + 1, fontweight="bold")
+        ax.tick_params(axis="x", labelsize=FONT - 1, length=2, pad=1)
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(-1, 1)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        if not isinstance(r.get("compared"), dict):
+            ax.set_xticks([])
+            ax.spines["bottom"].set_visible(False)
+            ax.text(0.0, 0.0, f"{r['verdict']} ({gate}): not evaluated", transform=ax.transAxes, va="center",
+                    fontsize=FONT + 1, color=colour, fontweight="bold")
+            continue
+        c, bounds = r["compared"], r.get("bounds") or {}
+        lo_b, hi_b = bounds.get("min"), bounds.get("max")
+        xs = _finite(c.get("value"), c.get("ci_low"), c.get("ci_high"), lo_b, hi_b, r.get("checked"))
+        lo, hi = (min(xs), max(xs)) if xs else (-1.0, 1.0)
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        left, right = lo - 0.08 * span, hi + 0.08 * span
+        ax.set_xlim(left, right)
+        ax.axvspan(lo_b if lo_b is not None else left, hi_b if hi_b is not None else right, color="#dafbe1", zorder=0)
+        for b in (lo_b, hi_b):
+            if b is not None:
+                ax.axvline(b, color="#cf222e", ls="--", lw=1.2, zorder=1)
+        value = c.get("value")
+        if c.get("n_boot") and _finite(c.get("ci_low"), c.get("ci_high")) and value is not None:
+            ax.errorbar([value], [0], xerr=[[max(value - c["ci_low"], 0.0)], [max(c["ci_high"] - value, 0.0)]], fmt="o",
+                        color=colour, ms=6, capsize=4, lw=1.6, zorder=3)
+        elif value is not None:
+            ax.plot([value], [0], "o", color=colour, ms=6, zorder=3)
+        checked = r.get("checked")
+        if checked is not None and value is not None and checked != value:
+            ax.plot([checked], [0], "|", color="black", ms=14, mew=2, zorder=4)
+        rule = " and ".join(f"{k} {v:.3g}" for k, v in bounds.items() if v is not None)
+        ax.text(0.0, 1.0, f"{r['verdict']} ({gate})", transform=ax.transAxes, ha="left", va="bottom", fontsize=FONT,
+                color=colour, fontweight="bold")
+        ax.text(0.16, 1.0, f"{_quantity(r)}    threshold: {rule}", transform=ax.transAxes, ha="left", va="bottom",
+                fontsize=FONT, color="#57606a")
+    fig.subplots_adjust(hspace=1.25, left=0.24, right=0.985, top=1 - 0.28 / (row * n + 0.3), bottom=0.18 / (row * n + 0.3))
+    return fig
+
+
+def sweep_groups(results: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """Records that share a criterion id (in one suite) at two or more levels of one parameter:
+    ``(criterion id, parameter, records sorted by level)``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("level"):
+            groups.setdefault((r.get("suite", ""), r["criterion_id"]), []).append(r)
+    out = []
+    for (_, cid), recs in groups.items():
+        if len(recs) < 2:
+            continue
+        keys = sorted({k for r in recs for k in r["level"]})
+        varying = [k for k in keys if len({repr(r["level"].get(k)) for r in recs}) > 1]
+        if not varying:
+            continue
+        key = varying[0]
+        try:
+            recs = sorted(recs, key=lambda r: float(r["level"][key]))
+        except (TypeError, ValueError):
+            recs = sorted(recs, key=lambda r: str(r["level"][key]))
+        out.append((cid, key, recs))
+    return out
+
+
+def dose_response_figure(results: list[dict[str, Any]]) -> Any | None:
+    """One panel per sweep: the compared quantity (with CI band) against the perturbation level, the threshold bounds
+    dashed, each level coloured by its verdict. None without sweeps."""
+    groups = sweep_groups(results)
+    if not groups:
+        return None
+    cols = min(2, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig = _figure(5.2 * cols, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    for ax, (cid, key, recs) in zip(axes, groups):
+        numeric = all(isinstance(r["level"][key], (int, float)) for r in recs)
+        xs = [float(r["level"][key]) if numeric else i for i, r in enumerate(recs)]
+        ok = [(x, r) for x, r in zip(xs, recs) if isinstance(r.get("compared"), dict)]
+        if ok:
+            px = [x for x, _ in ok]
+            val = [r["compared"]["value"] for _, r in ok]
+            lo = [r["compared"]["ci_low"] if r["compared"].get("ci_low") is not None else r["compared"]["value"] for _, r in ok]
+            hi = [r["compared"]["ci_high"] if r["compared"].get("ci_high") is not None else r["compared"]["value"] for _, r in ok]
+            ax.fill_between(px, lo, hi, color="#0969da", alpha=0.15, lw=0, label="95% CI")
+            ax.plot(px, val, "-", color="#0969da", lw=1.4)
+            for x, r in ok:
+                ax.plot([x], [r["compared"]["value"]], "o", color=_colour(r), ms=7, zorder=3)
+            for name in ("min", "max"):  # per level: bounds in standard errors differ from level to level
+                pts = [(x, (r.get("bounds") or {}).get(name)) for x, r in ok]
+                pts = [(x, b) for x, b in pts if b is not None]
+                if len({b for _, b in pts}) == 1:
+                    ax.axhline(pts[0][1], color="#cf222e", ls="--", lw=1.1, label=f"threshold ({name})")
+                elif pts:
+                    ax.plot([x for x, _ in pts], [b for _, b in pts], ls="--", color="#cf222e", lw=1.1, label=f"threshold ({name})")
+        for x, r in zip(xs, recs):
+            if not isinstance(r.get("compared"), dict):
+                ax.annotate(r["verdict"], (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
+                            ha="center", fontsize=FONT, color=_colour(r))
+        if not numeric:
+            ax.set_xticks(xs)
+            ax.set_xticklabels([str(r["level"][key]) for r in recs], fontsize=FONT)
+        ax.set_title(cid, fontsize=FONT + 2, fontweight="bold", loc="left")
+        ax.set_xlabel(key, fontsize=FONT + 1)
+        ax.set_ylabel(_quantity(recs[0]).replace(": change towards worse under the perturbation", ": change towards worse"), fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend(fontsize=FONT - 1, loc="best", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _slices(a: Any, n: int) -> np.ndarray:
+    arr = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    if arr.ndim == 4:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"sample images: expected N×H×W or N×1×H×W, got shape {arr.shape}")
+    return arr[:n]
+
+
+def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: dict[int, str] | None = None) -> Any | None:
+    """Real (top row) and generated (bottom row) slices, first ``n``, with the outline of each mask label drawn on
+    both. ``samples``: ``real``, ``generated`` and optionally ``masks`` (shared) or ``generated_masks``. None when
+    ``samples`` is missing or has neither row."""
+    if not samples:
+        return None
+    rows = [(name, _slices(samples[key], n)) for key, name in (("real", "real"), ("generated", "generated")) if samples.get(key) is not None]
+    if not rows:
+        return None
+    masks = _slices(samples["masks"], n) if samples.get("masks") is not None else None
+    gen_masks = _slices(samples["generated_masks"], n) if samples.get("generated_masks") is not None else masks
+    cols = max(len(a) for _, a in rows)
+    fig = _figure(1.75 * cols + 0.4, 1.85 * len(rows))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    labels = sorted({int(v) for m in (masks, gen_masks) if m is not None for v in np.unique(m) if v > 0})
+    for i, (name, arr) in enumerate(rows):
+        row_masks = masks if name == "real" else gen_masks
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(arr):
+                ax.set_visible(False)
+                continue
+            ax.imshow(arr[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if row_masks is not None and j < len(row_masks):
+                areas = {lab: int((row_masks[j] == lab).sum()) for lab in labels}
+                for k, lab in sorted(enumerate(labels), key=lambda kl: -areas[kl[1]]):  # smaller regions on top
+                    if areas[lab]:
+                        m = (row_masks[j] == lab).astype(float)
+                        ax.contour(m, levels=[0.5], colors=[LABEL_COLOURS[k % len(LABEL_COLOURS)]], linewidths=0.9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=FONT + 2, fontweight="bold")
+    if labels:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=LABEL_COLOURS[k % len(LABEL_COLOURS)], lw=2) for k in range(len(labels))]
+        names = [f"{lab} {(label_names or {}).get(lab, '')}".strip() for lab in labels]
+        fig.legend(handles, names, loc="lower center", ncol=len(labels), fontsize=FONT + 1, frameon=False, bbox_to_anchor=(0.5, -0.01))
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=0.09 if labels else 0.01)
+    return fig

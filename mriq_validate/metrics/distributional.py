@@ -1,0 +1,158 @@
+"""Set-level distribution metrics over features, against the real training split by default.
+
+Each compares the evaluated sample's features with a real reference split's features (``reference``), so the
+baseline (the same measure on the real test images) says what "as good as real data" looks like. CIs come from
+subsamples without replacement (``resample = "subsample"``): bootstrap duplicates would bias set distances and
+diversity scores (a resample with copies looks like a collapsed set).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from ..errors import MetricError
+from . import distribution as D
+from .base import Metric, Sample, register_metric
+from .features import features, make_extractor
+
+if TYPE_CHECKING:
+    from ..session import RunContext
+
+
+class FeatureSetMetric(Metric):
+    """Base: ``distance(sample_features, reference_features)``; subclasses set ``distance`` and the declarations."""
+
+    kind: ClassVar[Literal["per_image", "set", "paired"]] = "set"
+    resample: ClassVar[str] = "subsample"
+    default_n_boot: ClassVar[int] = 100
+    uses_reference: ClassVar[bool] = True
+
+    def __init__(self, features: dict[str, Any] | None = None, reference: str = "train", **params: Any) -> None:
+        if reference not in ("train", "test"):
+            raise MetricError(f"metric {self.name!r}: reference must be 'train' or 'test', got {reference!r}")
+        self.features, self.reference, self.params = dict(features or {}), reference, params
+        self.check_params()
+
+    def check_params(self) -> None:
+        if self.params:
+            raise MetricError(f"metric {self.name!r}: unknown parameter(s) {sorted(self.params)}")
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "features": {"extractor": "segmenter", **self.features},
+                "reference": f"real {self.reference} split" if self.uses_reference else None, **self.params,
+                "ci": "subsamples of 80% without replacement"}
+
+    def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        self.check_sample(sample)
+        ext = make_extractor(ctx, self.features)
+        self._extractor_config = ext.config
+        own = features(ctx, ext, sample.images, sample.masks)
+        ref = None
+        if self.uses_reference:
+            split = getattr(ctx.data, self.reference)
+            ref = features(ctx, ext, split.images, split.masks)
+        return own, ref
+
+    def size(self, prepared: tuple[np.ndarray, np.ndarray | None]) -> int:
+        return len(prepared[0])
+
+    def value(self, prepared: tuple[np.ndarray, np.ndarray | None], index: np.ndarray) -> float:
+        own, ref = prepared
+        return float(self.distance(own[index], ref))
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        raise NotImplementedError
+
+
+@register_metric
+class Fid(FeatureSetMetric):
+    """Fréchet distance between Gaussian fits of the features (FID when the features are Inception's)."""
+
+    name, higher_is_better, valid_range = "fid", False, (0.0, np.inf)
+    summary = "Fréchet distance of feature Gaussians vs the real reference (segmenter features by default)"
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        return D.fid_from_features(own, ref)
+
+
+@register_metric
+class Frd(Fid):
+    """FRD-style Fréchet radiomic distance: FID on z-scored handcrafted radiomic features."""
+
+    name = "frd"
+    summary = "Fréchet distance of radiomic (first-order + GLCM) features vs the real reference"
+
+    def __init__(self, features: dict[str, Any] | None = None, reference: str = "train", masked: bool = False) -> None:
+        super().__init__({"extractor": "radiomic", "masked": masked, **(features or {})}, reference)
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        assert ref is not None
+        mu, sd = ref.mean(0), ref.std(0) + 1e-8  # normalised by the reference, as in FRD (Konz et al.)
+        return D.fid_from_features((own - mu) / sd, (ref - mu) / sd)
+
+
+@register_metric
+class Kid(FeatureSetMetric):
+    """Kernel inception distance: unbiased MMD² with the cubic polynomial kernel, averaged over subsets."""
+
+    name, higher_is_better, valid_range = "kid", False, (-np.inf, np.inf)
+    summary = "KID (unbiased MMD², cubic kernel, subset mean) vs the real reference"
+
+    def check_params(self) -> None:
+        extra = set(self.params) - {"subsets", "subset_size"}
+        if extra:
+            raise MetricError(f"metric 'kid': unknown parameter(s) {sorted(extra)}; expected subsets, subset_size")
+        self.params = {"subsets": int(self.params.get("subsets", 50)), "subset_size": int(self.params.get("subset_size", 100))}
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        return float(D.kid(own, ref, subsets=self.params["subsets"], subset_size=self.params["subset_size"], rng=0).mean)
+
+
+@register_metric
+class Mmd(FeatureSetMetric):
+    """Unbiased MMD² with a Gaussian kernel (median-heuristic bandwidth)."""
+
+    name, higher_is_better, valid_range = "mmd", False, (-np.inf, np.inf)
+    summary = "MMD² (RBF kernel, median bandwidth) vs the real reference"
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        return float(D.mmd2(own, ref, kernel="rbf"))
+
+
+def _prdc_metric(component: str, higher: bool, text: str) -> type[FeatureSetMetric]:
+    class Prdc(FeatureSetMetric):
+        name, higher_is_better, valid_range, summary = component, higher, (0.0, np.inf if component == "density" else 1.0), text
+
+        def check_params(self) -> None:
+            extra = set(self.params) - {"k"}
+            if extra:
+                raise MetricError(f"metric {component!r}: unknown parameter(s) {sorted(extra)}; expected k")
+            self.params = {"k": int(self.params.get("k", 5))}
+
+        def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+            return float(D.prdc(ref, own, k=self.params["k"])[component])
+
+    Prdc.__name__ = f"Prdc_{component}"
+    Prdc.__doc__ = f"PRDC {component} (Naeem et al. 2020; k nearest neighbours in feature space). {text}"
+    return register_metric(Prdc)  # type: ignore[return-value]
+
+
+for _c, _t in {"precision": "fidelity: share of generated samples inside the real manifold",
+               "recall": "diversity: share of real samples inside the generated manifold",
+               "density": "fidelity: how densely generated samples fill real neighbourhoods",
+               "coverage": "diversity: share of real samples with a generated sample in their neighbourhood"}.items():
+    _prdc_metric(_c, True, _t)
+
+
+@register_metric
+class Vendi(FeatureSetMetric):
+    """Vendi score (Friedman & Dieng 2023): the effective number of distinct samples (cosine kernel)."""
+
+    name, higher_is_better, valid_range = "vendi", True, (1.0, np.inf)
+    summary = "Vendi diversity of the set (effective number of distinct images), features z-scored by the reference"
+
+    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
+        assert ref is not None  # only for the z-scoring: raw non-negative activations would make every cosine ≈ 1
+        return float(D.vendi_score((own - ref.mean(0)) / (ref.std(0) + 1e-8)))

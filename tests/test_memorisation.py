@@ -1,0 +1,169 @@
+"""Copy detection: the conformal NN rule on synthetic features and on the builtin MNI-tumour slices."""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mriq_validate.errors import MetricError
+from mriq_validate.metrics.memorisation import copy_flags, image_embedding, nn_distances
+
+ALPHA_SPLIT = 0.05  # a 64-image calibration half supports α ≥ 1/65; the default α = 0.01 needs ≥ 99 held-out images
+DUP_P = 0.15
+
+
+@pytest.fixture(scope="module")
+def data(mni):
+    """The builtin MNI-tumour cohort (session fixture from conftest)."""
+    return mni
+
+
+@pytest.fixture(scope="module")
+def emb(data):
+    return {"train": image_embedding(data.train.images), "test": image_embedding(data.test.images)}
+
+
+def light_augment(x: torch.Tensor, seed: int, max_deg: float = 5.0, noise_sd: float = 0.01) -> torch.Tensor:
+    """Rotation U(±max_deg), intensity gain U(0.9, 1.1), additive N(0, noise_sd²), clamped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    ang = (torch.rand(n, generator=g) * 2 - 1) * max_deg * math.pi / 180
+    gain = 0.9 + 0.2 * torch.rand(n, generator=g)
+    cos, sin, zero = torch.cos(ang), torch.sin(ang), torch.zeros(n)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    y = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    return (y * gain[:, None, None, None] + noise_sd * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------- nn_distances
+def test_nn_distances_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    q, r = rng.normal(size=(37, 6)), rng.normal(size=(23, 6))
+    d, i = nn_distances(q, r, batch_size=5)
+    full = np.linalg.norm(q[:, None] - r[None], axis=2)
+    np.testing.assert_allclose(d, full.min(1), rtol=1e-12)
+    np.testing.assert_array_equal(i, full.argmin(1))
+
+
+def test_nn_distances_exclude_self_and_exact_copy() -> None:
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(30, 4))
+    d0, i0 = nn_distances(r, r)
+    assert np.all(d0 == 0.0) and np.array_equal(i0, np.arange(30))
+    d, i = nn_distances(r, r, exclude_self=True, batch_size=7)
+    full = np.linalg.norm(r[:, None] - r[None], axis=2) + np.diag(np.full(30, np.inf))
+    np.testing.assert_allclose(d, full.min(1), rtol=1e-12)
+    assert not np.any(i == np.arange(30))
+
+
+def test_nn_distances_flattens_images() -> None:
+    x = torch.rand(5, 1, 8, 8)
+    d, _ = nn_distances(x, x.flatten(1).numpy())
+    assert np.all(d == 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+def test_conformal_null_rate_is_k_over_m_plus_1() -> None:
+    # exchangeable generated/held-out draws: P(flag) = k/(m+1) exactly; Monte-Carlo within 4 binomial SE
+    rng = np.random.default_rng(2)
+    m, reps, alpha = 99, 400, 0.03  # k = 3, rate 3/100
+    train = rng.normal(size=(50, 3))
+    flagged = 0
+    for _ in range(reps):
+        res = copy_flags(rng.normal(size=(5, 3)), train, rng.normal(size=(m, 3)), alpha=alpha)
+        flagged += res["n_flagged"]
+    rate = res["k"] / (m + 1)
+    assert res["null_rate"] == rate and res["k"] == 3
+    se = math.sqrt(rate * (1 - rate) / (5 * reps))
+    assert abs(flagged / (5 * reps) - rate) < 4 * se
+
+
+def test_copy_flags_fields_and_ci() -> None:
+    rng = np.random.default_rng(3)
+    train, null = rng.normal(size=(100, 4)), rng.normal(size=(150, 4))
+    gen = np.concatenate([train[:20], rng.normal(size=(80, 4))])
+    r = copy_flags(gen, train, null, alpha=0.01)
+    assert r["k"] == 1 and r["threshold"] == r["d_null"].min()
+    assert r["flags"][:20].all() and np.array_equal(r["nn_index"][:20], np.arange(20))
+    assert r["n_flagged"] == int(r["flags"].sum()) and r["fraction"] == r["n_flagged"] / 100
+    assert r["ci_low"] <= r["fraction"] <= r["ci_high"]
+    assert np.all((r["p_values"] <= r["alpha"]) == r["flags"])
+    assert r["p_excess"] < 1e-6 and r["null_rate"] <= r["alpha"] <= r["null_rate_high"]
+
+
+def test_copy_flags_validation() -> None:
+    rng = np.random.default_rng(4)
+    t = rng.normal(size=(10, 3))
+    with pytest.raises(MetricError, match="null_feats: alpha=0.01 needs at least 99"):
+        copy_flags(t, t, rng.normal(size=(50, 3)), alpha=0.01)
+    with pytest.raises(MetricError, match="alpha"):
+        copy_flags(t, t, t, alpha=1.5)
+    with pytest.raises(MetricError, match="dimensions differ"):
+        copy_flags(t, t, rng.normal(size=(200, 4)))
+    with pytest.raises(MetricError, match="duplicate a training image"):
+        copy_flags(t, t, np.concatenate([t, rng.normal(size=(100, 3))]), alpha=0.05)
+
+
+# ----------------------------------------------------------------------------------------------- embedding
+def test_image_embedding_invariances() -> None:
+    x = torch.zeros(3, 1, 64, 64)
+    x[:, :, 16:48, 24:40] = torch.linspace(0.2, 0.8, 32)[None, None, :, None]
+    e = image_embedding(x, size=16)
+    assert e.shape == (3, 256)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(image_embedding(0.5 * x + 0.1, size=16), e, atol=1e-6)  # intensity affine
+    assert np.all(image_embedding(torch.full((2, 1, 32, 32), 0.3), size=8) == 0.0)
+    with pytest.raises(MetricError, match="images"):
+        image_embedding(torch.rand(2, 3, 32, 32))
+
+
+def test_embedding_undoes_small_rotation_on_real_slices(data) -> None:
+    x = data.train.images[:32]
+    e, er = image_embedding(x), image_embedding(light_augment(x, seed=5, noise_sd=0.0))
+    raw, rawr = image_embedding(x, pose=False), image_embedding(light_augment(x, seed=5, noise_sd=0.0), pose=False)
+    assert np.median(np.linalg.norm(e - er, axis=1)) < 0.5 * np.median(np.linalg.norm(raw - rawr, axis=1))
+
+
+# ----------------------------------------------------------------------------------------------- builtin data
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[: n // 2], perm[n // 2:]
+
+
+def test_memoriser_is_flagged(data, emb) -> None:
+    r = copy_flags(emb["train"][:128], emb["train"], emb["test"])  # default α = 0.01, all 128 held-out slices
+    assert r["fraction"] == 1.0 and r["ci_low"] > r["null_rate_high"]
+    aug = image_embedding(light_augment(data.train.images[:128], seed=6))
+    ra = copy_flags(aug, emb["train"], emb["test"])
+    assert ra["ci_low"] > r["null_rate_high"] and ra["fraction"] >= 0.9
+
+
+def test_real_held_out_flagged_at_null_rate(emb) -> None:
+    rates = []
+    for seed in range(20):
+        cal, ev = _split(len(emb["test"]), seed)
+        r = copy_flags(emb["test"][ev], emb["train"], emb["test"][cal], alpha=ALPHA_SPLIT)
+        assert r["ci_low"] <= r["null_rate_high"]  # within the null range given this calibration half
+        rates.append(r["fraction"])
+    rate = r["null_rate"]
+    se_one_split = math.sqrt(rate * (1 - rate) / len(ev))
+    assert abs(np.mean(rates) - rate) < 2 * se_one_split
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["exact", "augmented"])
+def test_duplication_at_15_percent_is_detected(data, emb, augment: bool) -> None:
+    cal, ev = _split(len(emb["test"]), seed=7)
+    n_dup = round(DUP_P * len(ev))
+    rng = np.random.default_rng(8)
+    where = rng.choice(len(ev), n_dup, replace=False)
+    src = rng.choice(len(data.train), n_dup, replace=False)
+    gen = data.test.images[torch.as_tensor(ev)].clone()
+    copies = data.train.images[torch.as_tensor(src)]
+    gen[torch.as_tensor(where)] = light_augment(copies, seed=9) if augment else copies
+    r = copy_flags(image_embedding(gen), emb["train"], emb["test"][cal], alpha=ALPHA_SPLIT)
+    assert r["flags"][where].all()
+    assert r["ci_low"] > ALPHA_SPLIT and r["p_excess"] < 0.01
+    assert np.array_equal(r["nn_index"][where], src)
