@@ -256,6 +256,8 @@ class CriterionItem(pytest.Item):
 
         ctx = run.context(self.suite)
         self.outcome = evaluate(self.criterion, ctx, self.level)
+        if run.sample_images is None:
+            run.sample_images = ctx.sample_images()
         o = self.outcome
         for key, value in (("verdict", o.verdict), ("gate", o.gate), ("metric", o.metric["name"]), ("value", o.value.value),
                            ("ci_low", o.value.ci_low), ("ci_high", o.value.ci_high),

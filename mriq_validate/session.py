@@ -155,6 +155,18 @@ class RunContext:
             self._prepared[key] = metric.prepare(self, sample)
         return self._prepared[key]
 
+    def sample_images(self, k: int = 6) -> dict[str, Any] | None:
+        """The first ``k`` real test slices, the model's images for their masks, and the masks (numpy), for the report's
+        sample grid; None until the model has generated images for the test masks."""
+        lazy = self._generated["test"]
+        if not lazy.done or lazy.error is not None:
+            return None
+        sample, paired = lazy.value
+        if not paired:
+            return None
+        t = self.data.test
+        return {"real": t.images[:k, 0].numpy(), "generated": sample.images[:k, 0].numpy(), "masks": t.masks[:k, 0].numpy()}
+
     def provenance(self) -> dict[str, Any]:
         """What the report records about this run's data and model (only what has been loaded)."""
         out: dict[str, Any] = {"data_spec": self.data_spec, "seed": self.seed, "device": self.settings.device}
