@@ -10,8 +10,10 @@ T1-contrast-enhanced-like intensities). Slices are 128×128 at 1.5 mm so the gat
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,32 +197,34 @@ def hash_name(name: str) -> int:
     return int(content_hash(name)[:8], 16)
 
 
-@register_dataset("mni-tumour")
-def build_mni_tumour(cache: DiskCache) -> ReferenceData:
-    """The embedded default: ``N_TRAIN`` train and ``N_TEST`` test slices (cached by content hash)."""
+def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], build_split: Callable[[Template, int, str], Split],
+                    code: list[Path], labels: dict[str, int], regions: dict[str, tuple[int, ...]], provenance: dict[str, Any]) -> ReferenceData:
+    """A train/test cohort synthesised from the MNI template by ``build_split``, cached by the content hash of its
+    parameters, the generating code and the template files."""
     paths = template_paths()
-    params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": (N_TRAIN, N_TEST), "seed": DATA_SEED,
-              "sites": SITES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM}
-    key = content_hash(params, Path(__file__).read_bytes(), *(p.read_bytes() for p in paths.values()))
+    key = content_hash(params, *(p.read_bytes() for p in code), *(p.read_bytes() for p in paths.values()))
+    n_train, n_test = params["n"]
 
     def create() -> dict[str, Split]:
         tpl = load_template(paths)
-        return {"train": _build_split(tpl, N_TRAIN, "train"), "test": _build_split(tpl, N_TEST, "test")}
+        return {"train": build_split(tpl, n_train, "train"), "test": build_split(tpl, n_test, "test")}
 
-    splits = cache.get_or_create("data", f"mni-tumour-{key}", ".npz", create, save_splits, load_splits)
+    splits = cache.get_or_create("data", f"{name}-{key}", ".npz", create, save_splits, load_splits)
     return ReferenceData(
-        name="builtin:mni-tumour",
-        train=splits["train"],
-        test=splits["test"],
-        labels=dict(LABELS),
-        regions=dict(REGIONS),
+        name=f"builtin:{name}", train=splits["train"], test=splits["test"], labels=dict(labels), regions=dict(regions),
         spacing_mm=(VOXEL_MM, VOXEL_MM),
-        provenance={
-            "source": "MNI ICBM152 2009a nonlinear symmetric T1 + GM/WM maps (real, population-average), from the nilearn wheel",
-            "template_files": {k: str(p) for k, p in paths.items()},
-            "simulated": "axial level, elastic deformation, bias field, site contrast/noise, tumours and their labels",
-            "generator": params,
-            "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {SIZE[0]}x{SIZE[1]} at {VOXEL_MM} mm"},
-            "cache_key": key,
-        },
+        provenance={**provenance, "template_files": {k: str(p) for k, p in paths.items()}, "generator": params,
+                    "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {SIZE[0]}x{SIZE[1]} at {VOXEL_MM} mm"},
+                    "cache_key": key},
     )
+
+
+@register_dataset("mni-tumour")
+def build_mni_tumour(cache: DiskCache) -> ReferenceData:
+    """The embedded default: ``N_TRAIN`` train and ``N_TEST`` test slices (cached by content hash)."""
+    params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": (N_TRAIN, N_TEST), "seed": DATA_SEED,
+              "sites": SITES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM}
+    return template_cohort(cache, "mni-tumour", params, _build_split, [Path(__file__)], LABELS, REGIONS, {
+        "source": "MNI ICBM152 2009a nonlinear symmetric T1 + GM/WM maps (real, population-average), from the nilearn wheel",
+        "simulated": "axial level, elastic deformation, bias field, site contrast/noise, tumours and their labels",
+    })

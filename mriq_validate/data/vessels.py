@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..cache import DiskCache, content_hash
-from .core import ReferenceData, Split, load_splits, register_dataset, save_splits
-from .mni import AXIAL_RANGE_MM, SITE_WEIGHTS, SITES, SIZE, VOXEL_MM, Template, hash_name, load_template, template_paths
-from .preprocess import PREPROCESSING, axial_to_display, centre_crop, normalise_slice
+from ..cache import DiskCache
+from .core import ReferenceData, Split, register_dataset
+from .mni import AXIAL_RANGE_MM, SITE_WEIGHTS, SITES, SIZE, VOXEL_MM, Template, hash_name, template_cohort
+from .preprocess import axial_to_display, centre_crop, normalise_slice
 
 GENERATOR_VERSION = "mni-vessel/1"
 N_TRAIN, N_TEST = 192, 96
@@ -147,34 +147,14 @@ def _build_split(tpl: Template, n: int, split_name: str) -> Split:
 @register_dataset("mni-vessel")
 def build_mni_vessel(cache: DiskCache) -> ReferenceData:
     """``N_TRAIN`` train and ``N_TEST`` test MRA-like slices with vessel labels (cached by content hash)."""
-    paths = template_paths()
     params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": (N_TRAIN, N_TEST), "seed": DATA_SEED,
               "sites": SITES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM, "tree": TREE,
               "supersample": SUPERSAMPLE, "tissue_gain": TISSUE_GAIN, "vessel_signal": VESSEL_SIGNAL}
-    mni_code = (Path(__file__).parent / "mni.py").read_bytes()  # load_template and the site profiles live there
-    key = content_hash(params, Path(__file__).read_bytes(), mni_code, *(p.read_bytes() for p in paths.values()))
-
-    def create() -> dict[str, Split]:
-        tpl = load_template(paths)
-        return {"train": _build_split(tpl, N_TRAIN, "train"), "test": _build_split(tpl, N_TEST, "test")}
-
-    splits = cache.get_or_create("data", f"mni-vessel-{key}", ".npz", create, save_splits, load_splits)
-    return ReferenceData(
-        name="builtin:mni-vessel",
-        train=splits["train"],
-        test=splits["test"],
-        labels=dict(LABELS),
-        regions=dict(REGIONS),
-        spacing_mm=(VOXEL_MM, VOXEL_MM),
-        provenance={
-            "source": "MNI ICBM152 2009a nonlinear symmetric T1 (real, population-average), from the nilearn wheel: "
-                      "the dim stationary-tissue background only",
-            "template_files": {k: str(p) for k, p in paths.items()},
-            "simulated": "vessel trees (random-walk growth, widths 1-3 px, tapering branches) and their labels, "
-                         "TOF-like background suppression, bias field, site contrast/noise, axial level",
-            "real_vs_simulated_note": "no real angiography is involved; vessel geometry is not anatomical (no Circle of Willis)",
-            "generator": params,
-            "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {SIZE[0]}x{SIZE[1]} at {VOXEL_MM} mm"},
-            "cache_key": key,
-        },
-    )
+    code = [Path(__file__), Path(__file__).parent / "mni.py"]  # load_template and the site profiles live in mni.py
+    return template_cohort(cache, "mni-vessel", params, _build_split, code, LABELS, REGIONS, {
+        "source": "MNI ICBM152 2009a nonlinear symmetric T1 (real, population-average), from the nilearn wheel: "
+                  "the dim stationary-tissue background only",
+        "simulated": "vessel trees (random-walk growth, widths 1-3 px, tapering branches) and their labels, "
+                     "TOF-like background suppression, bias field, site contrast/noise, axial level",
+        "real_vs_simulated_note": "no real angiography is involved; vessel geometry is not anatomical (no Circle of Willis)",
+    })
