@@ -116,16 +116,18 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     metric = create_metric(crit.metric, crit.params, where=f"criterion {crit.id}: ")
     th = crit.threshold
     pert_record = None
+    # the perturbation's parameters: the sweep level, or (no sweep) the parameters written in the suite
+    pert_params = level or (crit.perturbation.params if crit.perturbation is not None else {})
     split = "train" if crit.condition_on == "train_masks" else "test"
     real = ctx.real(split)
 
     if crit.kind == "sensitivity":
-        subject, pert_record = _perturb(ctx, crit, level, real, seed)
+        subject, pert_record = _perturb(ctx, crit, pert_params, real, seed)
         reference, paired = real, True
     else:
         subject, paired = ctx.generated(split)
         if crit.perturbation is not None:
-            subject, pert_record = _perturb(ctx, crit, level, subject, seed)
+            subject, pert_record = _perturb(ctx, crit, pert_params, subject, seed)
         reference = real
 
     prepared = ctx.prepare(metric, subject)
@@ -164,7 +166,7 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
         sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
         compared = summarise(sign * (value.value - baseline.value), sign * (v_reps - r_reps), n)
         what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "
-                f"{level or crit.perturbation.params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")
+                f"{pert_params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")
     elif th.relative != "none":
         assert baseline is not None
         q = _quantity(th.relative)

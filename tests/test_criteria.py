@@ -1,0 +1,57 @@
+"""Criterion evaluation: parameters reach the perturbation, thresholds scale with their unit, seeds are per criterion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CACHE
+from mriq_validate.criteria import check_threshold, evaluate
+from mriq_validate.session import RunContext, RunSettings
+from mriq_validate.stats import Estimate
+from mriq_validate.suite import Criterion, Threshold
+
+
+@pytest.fixture(scope="module")
+def ctx() -> RunContext:
+    return RunContext(RunSettings(model="builtin:real", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(CACHE)),
+                      "builtin:mni-tumour")
+
+
+def criterion(**kw) -> Criterion:
+    base = {"id": "C", "requirement": "r", "rationale": "r", "metric": "copy_fraction", "threshold": {"max": 1.0}}
+    return Criterion.model_validate({**base, **kw})
+
+
+def test_perturbation_parameters_without_a_sweep_are_applied(ctx: RunContext) -> None:
+    crit = criterion(kind="sensitivity", perturbation={"name": "rician", "sigma": 0.3}, threshold={"min": -1.0})
+    out = evaluate(crit, ctx)
+    assert out.perturbation["params"] == {"sigma": 0.3}
+
+
+def test_sweep_levels_are_applied(ctx: RunContext) -> None:
+    crit = criterion(kind="sensitivity", perturbation={"name": "rician", "sigma": [0.01, 0.2]}, threshold={"min": -1.0})
+    assert [evaluate(crit, ctx, lvl).perturbation["params"]["sigma"] for lvl in crit.perturbation.levels()] == [0.01, 0.2]
+
+
+def test_external_duplication_is_caught_by_copy_fraction(ctx: RunContext) -> None:
+    """15 % of the real test set replaced by training images: the copy share rises well above its null."""
+    crit = criterion(kind="sensitivity", perturbation={"name": "external_duplication", "p": 0.15}, threshold={"min": 0.1})
+    out = evaluate(crit, ctx)
+    assert out.verdict == "PASS" and out.compared.ci_low > 0.05
+
+
+def test_threshold_units_scale_bounds() -> None:
+    est = Estimate(value=-0.2, ci_low=-0.3, ci_high=-0.1, se=0.05, n=10, n_boot=100)
+    ok, checked, bounds = check_threshold(Threshold(min=-3, unit="se"), est, 0.05)
+    assert not ok and checked == -0.2 and bounds["min"] == pytest.approx(-0.15)  # -3 SE of 0.05
+    ok, _, bounds = check_threshold(Threshold(min=-5, unit="se"), est, 0.05)
+    assert ok and bounds["min"] == pytest.approx(-0.25)
+    ok, checked, _ = check_threshold(Threshold(min=-0.25, on="lower_ci"), est, 1.0)
+    assert not ok and checked == -0.3
+
+
+def test_seeds_differ_per_criterion_and_repeat(ctx: RunContext) -> None:
+    a, b = criterion(id="A"), criterion(id="B")
+    assert evaluate(a, ctx).seed == evaluate(a, ctx).seed != evaluate(b, ctx).seed
+    assert np.isfinite(evaluate(a, ctx).value.value)
