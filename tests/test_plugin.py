@@ -183,10 +183,16 @@ def test_cuda_without_gpu_is_an_error(pytester: pytest.Pytester) -> None:
 
 def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester) -> None:
     """The acceptance check of the gate issue, on the shipped suite with the default segmenter."""
-    args = [str(SUITES), "--rootdir", str(pytester.path)]
+    args = [str(SUITES / "brain_tumour.yaml"), "--rootdir", str(pytester.path)]
     real = run(pytester, *args, "--mriq-model=builtin:real", "--mriq-report=real")
     assert real.ret == 0, real.stdout.str()
     assert json.loads((pytester.path / "real" / "verdicts.json").read_text())["decision"]["status"] == "CLEARED"
     eraser = run(pytester, *args, "--mriq-model=builtin:tumour-eraser")
     assert eraser.ret == pytest.ExitCode.TESTS_FAILED
     eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*"])
+
+
+def test_shipped_vessel_suite_clears_real(pytester: pytest.Pytester) -> None:
+    real = run(pytester, str(SUITES / "vessels.yaml"), "--rootdir", str(pytester.path), "--mriq-model=builtin:real")
+    assert real.ret == 0, real.stdout.str()
+    real.stdout.fnmatch_lines(["*release decision: CLEARED*"])
