@@ -16,7 +16,7 @@ from .metrics.base import Metric, Sample, create_metric
 from .perturb import PerturbContext, apply
 from .seeding import derive_seed, rng_for
 from .session import RunContext
-from .stats import Estimate, bootstrap_indices, subsample_indices, summarise
+from .stats import Estimate, bootstrap_indices, jackknife_widen, subsample_indices, summarise
 from .suite import Criterion, Threshold
 
 
@@ -150,28 +150,32 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     # replicates (paired replicates share their index rows). Subsampled set metrics take the mean replicate as value.
     idx = draw(n)
     v_reps = np.array([metric.value(prepared, i) for i in idx], dtype=np.float64)
+
+    def widen(reps: np.ndarray, size: int, rows: np.ndarray) -> np.ndarray:
+        return jackknife_widen(reps, size, rows.shape[1]) if subsample else reps
+
     v_point = float(v_reps.mean()) if subsample and v_reps.size else metric.value(prepared, np.arange(n))
-    value = summarise(v_point, v_reps, n)
+    value = summarise(v_point, widen(v_reps, n, idx), n)
     baseline, r_reps = None, np.empty(0)
     if prepared_ref is not None:
         ref_idx = idx if paired else draw(n_ref)
         r_reps = np.array([metric.value(prepared_ref, i) for i in ref_idx], dtype=np.float64)
         r_point = float(r_reps.mean()) if subsample and r_reps.size else metric.value(prepared_ref, np.arange(n_ref))
-        baseline = summarise(r_point, r_reps, n_ref)
+        baseline = summarise(r_point, widen(r_reps, n_ref, ref_idx), n_ref)
 
     if crit.kind == "sensitivity":
         assert baseline is not None and crit.perturbation is not None
         if not paired:
             raise MetricError(f"criterion {crit.id}: the perturbation changed the number of images ({n_ref} → {n})")
         sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
-        compared = summarise(sign * (value.value - baseline.value), sign * (v_reps - r_reps), n)
+        compared = summarise(sign * (value.value - baseline.value), widen(sign * (v_reps - r_reps), n, idx), n)
         what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "
                 f"{pert_params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")
     elif th.relative != "none":
         assert baseline is not None
         q = _quantity(th.relative)
         # paired: replicate-wise on shared rows; unpaired: independent replicates of each side, combined row by row
-        compared = summarise(q(value.value, baseline.value), np.array([q(a, b) for a, b in zip(v_reps, r_reps)]), n)
+        compared = summarise(q(value.value, baseline.value), widen(np.array([q(a, b) for a, b in zip(v_reps, r_reps)]), n, idx), n)
         what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on {reference.origin} "
                 f"images: {th.relative} {_fmt(compared)}")
     else:

@@ -3,7 +3,8 @@
 Each compares the evaluated sample's features with a real reference split's features (``reference``), so the
 baseline (the same measure on the real test images) says what "as good as real data" looks like. CIs come from
 subsamples without replacement (``resample = "subsample"``): bootstrap duplicates would bias set distances and
-diversity scores (a resample with copies looks like a collapsed set).
+diversity scores (a resample with copies looks like a collapsed set); their spread is widened by the delete-d
+jackknife factor sqrt(m/(n-m)) so it estimates the full set's sampling noise.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class FeatureSetMetric(Metric):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "features": {"extractor": "segmenter", **self.features},
                 "reference": f"real {self.reference} split" if self.uses_reference else None, **self.params,
-                "ci": "subsamples of 80% without replacement"}
+                "ci": "80% subsamples without replacement, spread widened by the delete-d jackknife factor sqrt(m/(n-m))"}
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
         self.check_sample(sample)
