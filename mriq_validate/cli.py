@@ -65,6 +65,50 @@ def _export_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _downstream_table(args: argparse.Namespace) -> int:
+    from .cache import default_cache_dir
+    from .tables import TSTR_MODELS, downstream_table
+
+    models = args.models.split(",") if args.models else None
+    tstr = args.tstr_models.split(",") if args.tstr_models else list(TSTR_MODELS)
+    table = downstream_table(args.data, cache_dir=args.cache or default_cache_dir(), device=args.device, seed=args.seed,
+                             region=args.region, n_boot=args.n_boot, models=models, tstr_models=tstr,
+                             progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
+    text = table.markdown()
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"mriq-validate downstream-table: written to {Path(args.out).resolve()}", file=sys.stderr)
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .cache import default_cache_dir
+    from .study import StudyConfig, run_study, write_outputs
+
+    cfg = StudyConfig(data=args.data, seed=args.seed, quick=args.quick, cache_dir=str(args.cache or default_cache_dir()), device=args.device,
+                      n_boot=args.n_boot)
+    res = run_study(cfg, progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
+    paths = write_outputs(res, Path(args.out))
+    print(f"mriq-validate study: {len(res.rows)} (measure, condition) cells in {res.provenance['runtime_s']} s; "
+          f"written {', '.join(p.name for p in paths.values())} to {Path(args.out).resolve()}/")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .cache import default_cache_dir
+    from .calibrate import calibrate_suite
+
+    changes = calibrate_suite(Path(args.suite), Path(args.out), data=args.data, k=args.k, seed=args.seed,
+                              cache_dir=args.cache or default_cache_dir(), device=args.device, n_boot=args.n_boot,
+                              progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
+    for c in changes:
+        print(f"  {c['criterion']}: {c['bound']} {c['old']} -> {c['new']:.4g} ({c['rule']})")
+    print(f"mriq-validate calibrate: {len(changes)} threshold(s) re-derived; written {Path(args.out).resolve()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mriq-validate`` console script."""
     parser = argparse.ArgumentParser(prog="mriq-validate", description=__doc__)
@@ -81,6 +125,36 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--data", default="builtin:mni-tumour")
     exp.add_argument("--cache", default=None)
     exp.set_defaults(fn=_export_masks)
+    tab = sub.add_parser("downstream-table", help="TRTR / protocol A / TSTR Dice and PIQE of the builtin stand-ins, as a markdown table")
+    tab.add_argument("--out", default=None, help="also write the markdown to this file")
+    tab.add_argument("--data", default="builtin:mni-tumour")
+    tab.add_argument("--region", default="whole_tumour")
+    tab.add_argument("--device", default="auto")
+    tab.add_argument("--seed", type=int, default=0)
+    tab.add_argument("--n-boot", type=int, default=1000)
+    tab.add_argument("--cache", default=None)
+    tab.add_argument("--models", default=None, help="comma-separated builtin stand-ins (default: all)")
+    tab.add_argument("--tstr-models", default=None, help="comma-separated stand-ins to train TSTR segmenters on (default: real,noisy,boundary-blur,collapse)")
+    tab.set_defaults(fn=_downstream_table)
+    st = sub.add_parser("study", help="the Deo et al. 2025 metric study: every measure x every perturbation and stand-in, vs Dice")
+    st.add_argument("--data", default="builtin:mni-tumour")
+    st.add_argument("--out", default="mriq-study")
+    st.add_argument("--quick", action="store_true", help="a few measures, perturbations and stand-ins, small n_boot (about 1-2 min)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--n-boot", type=int, default=None, help="resamples for the clean-real noise floors (default 200 per-image, 50 set)")
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--cache", default=None)
+    st.set_defaults(fn=_study)
+    cal = sub.add_parser("calibrate", help="re-derive a suite's relative thresholds as k x the measured noise floor on your data")
+    cal.add_argument("--suite", required=True)
+    cal.add_argument("--out", required=True, help="the new suite file")
+    cal.add_argument("--data", default=None, help="data to calibrate on (default: the suite's data.default)")
+    cal.add_argument("--k", type=float, default=3.0)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--n-boot", type=int, default=1000)
+    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--cache", default=None)
+    cal.set_defaults(fn=_calibrate)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

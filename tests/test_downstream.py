@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mriq_validate.downstream import SegmenterConfig, dice_per_image, train_segmenter
+from mriq_validate.downstream import SegmenterConfig, cpu_threads, dice_per_image, train_segmenter
 from mriq_validate.errors import MetricError
 
 
@@ -33,6 +33,30 @@ def test_training_is_deterministic_on_cpu(mni) -> None:
         assert torch.equal(v1, v2), k
     net3, _ = train_segmenter(x, y, 4, SegmenterConfig(**{**cfg.__dict__, "seed": 1}), torch.device("cpu"))
     assert not all(torch.equal(a, b) for a, b in zip(net1.state_dict().values(), net3.state_dict().values()))
+
+
+def test_training_reports_progress_and_restores_threads(mni, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MRIQ_TORCH_THREADS", raising=False)
+    cfg = SegmenterConfig(channels=(4, 8), strides=(2,), num_res_units=0, epochs=2, batch_size=8)
+    lines: list[str] = []
+    before = torch.get_num_threads()
+    _, history = train_segmenter(mni.train.images[:16], mni.train.masks[:16], 4, cfg, torch.device("cpu"), lines.append)
+    assert torch.get_num_threads() == before and history["cpu_threads"] == 1 and history["device"] == "cpu"
+    assert [line.split(" loss")[0] for line in lines] == ["segmenter unet: epoch 1/2", "segmenter unet: epoch 2/2"]
+    assert all("epochs/s, 16 slices, cpu)" in line for line in lines)
+
+
+def test_cpu_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MRIQ_TORCH_THREADS", raising=False)
+    assert cpu_threads() == 1
+    monkeypatch.setenv("MRIQ_TORCH_THREADS", "0")
+    assert cpu_threads() is None
+    monkeypatch.setenv("MRIQ_TORCH_THREADS", "3")
+    assert cpu_threads() == 3
+    for bad in ("two", "-1"):
+        monkeypatch.setenv("MRIQ_TORCH_THREADS", bad)
+        with pytest.raises(MetricError, match="MRIQ_TORCH_THREADS"):
+            cpu_threads()
 
 
 def test_labels_outside_the_classes_are_an_error(mni) -> None:
