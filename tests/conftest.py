@@ -25,7 +25,9 @@ def _preload_heavy_modules() -> None:
     import numpy.fft  # noqa: F401
     import scipy.ndimage  # noqa: F401
     import scipy.linalg  # noqa: F401
+    import contourpy  # noqa: F401  (registers FillType once)
     import matplotlib  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
 
     import mriq_validate.criteria  # noqa: F401
     import mriq_validate.plugin  # noqa: F401

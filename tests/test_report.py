@@ -119,7 +119,8 @@ def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pyt
     assert not RESOURCE_RE.search(page), RESOURCE_RE.search(page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "NOT CLEARED" in page and "Context of use" in page and "report-test" in page
-    assert page.count('<img src="data:image/png;base64,') == 2  # criteria vs thresholds, dose-response (no samples)
+    # criteria vs thresholds, dose-response, and the real-vs-generated sample grid filled from the run
+    assert page.count('<img src="data:image/png;base64,') == 3 and "Samples: real vs generated" in page
     for item_id in ITEMS:
         assert f"<td class='mono'>{html.escape(item_id)}</td>" in page
     for text in ("missed tumours", "does not detect rician", "Known-answer tests", "--mriq-threshold", "Deo et al. 2025"):
