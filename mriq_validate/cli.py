@@ -19,7 +19,7 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     code = pytest.main([str(suites), "--mriq-model", args.model, "--mriq-report", str(out), "-p", "no:cacheprovider", "-q", *args.pytest_args])
     print(f"\nmriq-validate demo: model {args.model} on the embedded data, {time.perf_counter() - start:.1f} s; "
-          f"results in {out.resolve()}/ (verdicts.json); pytest exit code {int(code)}")
+          f"results in {out.resolve()}/ (report.html, report.json); pytest exit code {int(code)}")
     return int(code)
 
 

@@ -69,7 +69,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "Default: 0. ini: mriq_seed")
     group.addoption(CACHE_OPTION, metavar="DIR", help="cache folder for data, trained segmenters and features (content-hash keys). "
                     "Default: $MRIQ_CACHE_DIR or ~/.cache/mriq-validate. ini: mriq_cache")
-    group.addoption(REPORT_OPTION, metavar="DIR", help="write the evidence report (verdicts.json) into DIR. ini: mriq_report")
+    group.addoption(REPORT_OPTION, metavar="DIR", help="write the evidence report (report.json, report.html) into DIR. ini: mriq_report")
     group.addoption(THRESHOLD_OPTION, metavar="ID.FIELD=VALUE", action="append", type=_override, default=[],
                     help="override a criterion's threshold without editing the suite, e.g. DICE-WT.min=-0.1 (repeatable; "
                     "recorded as a deviation). ini: mriq_thresholds (one per line)")

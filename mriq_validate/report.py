@@ -33,7 +33,6 @@ from typing import Any
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_FILE = "report.json"
 HTML_FILE = "report.html"
-LEGACY_FILE = "verdicts.json"  # the same document under its pre-1.0 name, kept for existing CI scripts
 SCHEMA_RESOURCE = "report_schema.json"
 PACKAGES = ("mriq-validate", "torch", "monai", "pyiqa", "numpy", "scipy", "pydantic", "nibabel", "pytest", "pytest-xdist",
             "matplotlib")
@@ -468,7 +467,7 @@ def _finite(obj: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[str, Any] | None = None, html: bool = True) -> Path:
-    """Write ``report.json`` (and ``verdicts.json``, the same document under its old name) and, with ``html``,
+    """Write ``report.json`` and, with ``html``,
     the self-contained ``report.html`` into ``folder``; return the path of ``report.json``.
 
     The JSON is written first, so a failure while drawing the HTML never loses it; such a failure is written into
@@ -479,7 +478,6 @@ def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[st
     text = _json_text(_finite(report))
     path = folder / REPORT_FILE
     path.write_text(text, encoding="utf-8")
-    (folder / LEGACY_FILE).write_text(text, encoding="utf-8")
     if html:
         from .report_html import render_html
 

@@ -224,7 +224,7 @@ def test_tstr_criterion_through_the_plugin(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", "--mriq-device=cpu", "--mriq-model=builtin:real",
                                 "--mriq-report=out")
     result.assert_outcomes(passed=1)
-    (rec,) = json.loads((pytester.path / "out" / "verdicts.json").read_text())["results"]
+    (rec,) = json.loads((pytester.path / "out" / "report.json").read_text())["results"]
     assert rec["verdict"] == "PASS" and rec["metric"]["name"] == "dice_tstr"
     assert rec["compared"]["value"] == 0.0  # builtin:real's training pairs are the real ones: TSTR is TRTR
     assert rec["samples"]["paired"] and rec["samples"]["n"] == 128 and rec["samples"]["evaluated"] == "generated (train masks)"

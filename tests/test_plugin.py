@@ -53,7 +53,7 @@ def test_real_passes_and_report_is_written(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*mriq-validate: model=builtin:real*", "*release decision: CLEARED*"])
-    report = json.loads((pytester.path / "out" / "verdicts.json").read_text())
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert report["decision"]["status"] == "CLEARED"
     (rec,) = report["results"]
     assert rec["verdict"] == "PASS" and rec["criterion_id"] == "DICE-WT"
@@ -82,7 +82,7 @@ def test_threshold_override_from_command_line_and_ini(pytester: pytest.Pytester)
     pytester.makefile(".yaml", suite=tiny_suite())
     result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-threshold=DICE-WT.min=-1", "--mriq-report=out")
     result.assert_outcomes(passed=1)
-    dev = json.loads((pytester.path / "out" / "verdicts.json").read_text())["run"]["deviations"]
+    dev = json.loads((pytester.path / "out" / "report.json").read_text())["run"]["deviations"]
     assert dev[0]["criterion"] == "DICE-WT" and dev[0]["value"] == -1.0 and dev[0]["source"] == "--mriq-threshold"
     pytester.makeini("[pytest]\nmriq_model = builtin:tumour-eraser\nmriq_thresholds =\n    DICE-WT.min=-1\n")
     run(pytester).assert_outcomes(passed=1)
@@ -152,7 +152,7 @@ def test_user_model_file(pytester: pytest.Pytester, factory: str, outcome: str |
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*DICE-WT ERROR (could not be evaluated; this is never a pass)*"])
     result.stdout.fnmatch_lines([message])
-    report = json.loads((pytester.path / "out" / "verdicts.json").read_text())
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert report["decision"]["status"] == "INCOMPLETE" and report["results"][0]["verdict"] == "ERROR"
 
 
@@ -186,7 +186,7 @@ def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester) -
     args = [str(SUITES / "brain_tumour.yaml"), "--rootdir", str(pytester.path)]
     real = run(pytester, *args, "--mriq-model=builtin:real", "--mriq-report=real")
     assert real.ret == 0, real.stdout.str()
-    assert json.loads((pytester.path / "real" / "verdicts.json").read_text())["decision"]["status"] == "CLEARED"
+    assert json.loads((pytester.path / "real" / "report.json").read_text())["decision"]["status"] == "CLEARED"
     eraser = run(pytester, *args, "--mriq-model=builtin:tumour-eraser")
     assert eraser.ret == pytest.ExitCode.TESTS_FAILED
     eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*"])
