@@ -17,7 +17,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     start = time.perf_counter()
-    code = pytest.main([str(suites), "--mriq-model", args.model, "--mriq-report", str(out), "-p", "no:cacheprovider", "-q", *args.pytest_args])
+    code = pytest.main([str(suites), "--mriq-model", args.model, "--mriq-report", str(out), "-p", "no:cacheprovider", "-q",
+                         "-W", "ignore::pytest.PytestAssertRewriteWarning", *args.pytest_args])  # this module imported the package first
     print(f"\nmriq-validate demo: model {args.model} on the embedded data, {time.perf_counter() - start:.1f} s; "
           f"results in {out.resolve()}/ (report.html, report.json); pytest exit code {int(code)}")
     return int(code)
