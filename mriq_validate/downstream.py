@@ -258,15 +258,17 @@ def _key_fields(cfg: SegmenterConfig) -> dict[str, Any]:
     return fields
 
 
-def segmenter_key(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig) -> str:
-    """The content-hash cache key of the segmenter trained on (images, masks) with ``cfg``."""
-    return content_hash(TRAINER_VERSION, _key_fields(cfg), n_classes, images, masks)
+def segmenter_key(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device_type: str = "cpu") -> str:
+    """The content-hash cache key of the segmenter trained on (images, masks) with ``cfg``. Training on another device
+    type gives other weights (kernels differ), so a non-CPU device is part of the key."""
+    extra = () if device_type == "cpu" else (device_type,)
+    return content_hash(TRAINER_VERSION, _key_fields(cfg), n_classes, images, masks, *extra)
 
 
 def get_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device: torch.device,
                   cache: DiskCache, progress: Callable[[str], None] | None = None) -> Segmenter:
     """The segmenter trained on (images, masks), loaded from the cache when the same data, config and seed were seen."""
-    key = segmenter_key(images, masks, n_classes, cfg)
+    key = segmenter_key(images, masks, n_classes, cfg, device.type)
 
     def create() -> dict[str, Any]:
         net, history = train_segmenter(images, masks, n_classes, cfg, device, progress)
