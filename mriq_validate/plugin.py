@@ -134,6 +134,8 @@ class MriqRun:
         # optional sample grid for report.html: numpy arrays "real", "generated", "masks" (first few slices, N×H×W or
         # N×1×H×W); None → the report has no sample figure
         self.sample_images: dict[str, Any] | None = None
+        self.figure_paths: list[Path] = []
+        self.figure_error: str | None = None
         self.report_path: Path | None = None
         self.html_path: Path | None = None
         self.report_decision: dict[str, Any] | None = None
@@ -460,6 +462,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except Exception as exc:  # the JSON is written before the HTML; say what failed instead of losing the summary
         run.report_path = run.report_dir / "report.json" if (run.report_dir / "report.json").exists() else None
         run.report_error = f"{type(exc).__name__}: {exc}"
+    _write_perturbation_figures(run)
+
+
+def _write_perturbation_figures(run: MriqRun) -> None:
+    """``perturbations-<data>.png`` in the report folder: every perturbation at every strength on one test slice of
+    each dataset the run used, so a person can see what the sensitivity criteria did."""
+    from .cache import DiskCache
+    from .data import load_data
+    from .perturb.figure import perturbation_figure
+
+    specs = {c.data_spec for c in run.contexts.values()} or {run.settings.data or "builtin:mni-tumour"}
+    for spec in sorted(specs):
+        try:
+            data = load_data(spec, DiskCache(run.settings.cache_dir))
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name.removeprefix("builtin:")).strip("-")
+            run.figure_paths.append(perturbation_figure(data.test.images[0, 0], data.test.masks[0, 0],
+                                                        run.report_dir / f"perturbations-{name}.png", seed=run.settings.seed))
+        except Exception as exc:  # a figure is an aid; the report is already written
+            run.figure_error = f"perturbation figure for {spec} could not be drawn: {type(exc).__name__}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -502,3 +523,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"report: {run.report_path}" + (f"  {run.html_path}" if run.html_path else ""))
     if run.report_error:
         tr.write_line(f"report.html could not be written: {run.report_error}", red=True)
+    if run.figure_paths:
+        tr.write_line(f"perturbation figure(s): {'  '.join(map(str, run.figure_paths))}")
+    if run.figure_error:
+        tr.write_line(run.figure_error, yellow=True)

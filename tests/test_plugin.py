@@ -59,6 +59,9 @@ def test_real_passes_and_report_is_written(pytester: pytest.Pytester) -> None:
     assert rec["verdict"] == "PASS" and rec["criterion_id"] == "DICE-WT"
     assert rec["compared"]["value"] == 0.0  # the same images: the paired difference is exactly zero
     assert report["run"]["settings"]["seed"] == 0
+    figure = pytester.path / "out" / "perturbations-mni-tumour.png"  # every perturbation at every strength, one slice
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result.stdout.fnmatch_lines(["*perturbation figure(s): out/perturbations-mni-tumour.png*"])
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="mriq.verdict" value="PASS"' in junit
 

@@ -79,7 +79,7 @@ def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pyt
     result.assert_outcomes(failed=1, passed=3)
     result.stdout.fnmatch_lines(["*release decision: NOT CLEARED (failing gates: suite.yaml::DICE-WT)*", "*report: *report.json*report.html*"])
     out = pytester.path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["perturbations-mni-tumour.png", "report.html", "report.json"]
     report = load(pytester)
 
     schema = report_schema()
@@ -144,7 +144,7 @@ def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Py
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(["*2 workers*", "*release decision: NOT CLEARED*"])
     assert result.stdout.str().count("release decision:") == 1
-    assert sorted(p.name for p in (pytester.path / "xdist").iterdir()) == ["report.html", "report.json"]
+    assert sorted(p.name for p in (pytester.path / "xdist").iterdir()) == ["perturbations-mni-tumour.png", "report.html", "report.json"]
     merged = load(pytester, "xdist")
     validate_report(merged)
     assert merged["run"]["xdist_workers"] == 2 and a["run"]["xdist_workers"] == 0
