@@ -1,25 +1,54 @@
-"""Content-hash keys and a small on-disk cache for expensive, deterministic results.
+"""Content-hash keys and a verified on-disk cache for expensive, deterministic results.
 
 Keys hash the *content* (array bytes, configuration, code version), never paths or times, so a cache
 entry is reused exactly when the result would be identical.
+
+The cache is verified, never trusted. Each entry ``<root>/<kind>/<key><suffix>`` is written atomically (a temporary
+file in the same folder, flushed and ``fsync``-ed, then ``os.replace``-d) and described by a sidecar
+``<entry>.meta.json`` (SHA-256, size, kind, key, creation time, package version) written after it the same way.
+Before an entry is loaded its size and SHA-256 are checked against the sidecar; an entry that fails the check, has no
+sidecar, or whose loader raises is removed, rebuilt and recorded in :attr:`DiskCache.events`. A marker file
+``mriq-cache.json`` at the root tells ``mriq-validate cache clear`` that the folder is this tool's cache. Builds are
+serialised per entry with OS file locks (``filelock``), which the OS releases when a process dies, so a crashed
+run never leaves a lock that blocks the next one.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
+
+from .errors import CacheError
 
 T = TypeVar("T")
 
 DEFAULT_CACHE_ENV = "MRIQ_CACHE_DIR"
+MARKER = "mriq-cache.json"
+SIDECAR_SUFFIX = ".meta.json"
+LOCK_SUFFIX = ".lock"
+TEMP_SUFFIX = ".tmp"
+CACHE_FORMAT = 1
+LOCK_TIMEOUT_S = 2 * 3600.0  # the slowest entry (a segmenter trained on CPU) takes minutes; waiting longer means a hung builder
+_CHUNK = 1 << 20
+_TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))  # tempfile.mkstemp(prefix=name + ".", suffix=".tmp")
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -52,11 +81,130 @@ def _update(h: "hashlib._Hash", part: Any) -> None:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
 
 
-class DiskCache:
-    """A folder of files named by content keys. Writes are atomic (temp file + rename)."""
+def sidecar_of(entry: Path) -> Path:
+    """The metadata file recorded next to ``entry``."""
+    return entry.with_name(entry.name + SIDECAR_SUFFIX)
 
-    def __init__(self, root: Path | str) -> None:
+
+def lock_of(entry: Path) -> Path:
+    """The lock file that serialises builds of ``entry``."""
+    return entry.with_name(entry.name + LOCK_SUFFIX)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(SHA-256 hex, size in bytes) of the file at ``path``."""
+    with open(path, "rb") as fh:
+        return _sha256(fh)
+
+
+def _sha256(fh: BinaryIO) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def check_entry(entry: Path) -> str | None:
+    """Why the entry at ``entry`` cannot be trusted, or None when its size and SHA-256 match its sidecar."""
+    if entry.is_dir():
+        return "a directory is where the entry file should be"
+    if not entry.is_file():
+        return "the entry file is missing"
+    side = sidecar_of(entry)
+    if not side.is_file():
+        return (f"no sidecar {side.name} (an entry written by an older version, or a write interrupted between the "
+                "entry and its sidecar)")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        recorded, size = str(meta["sha256"]), int(meta["size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"sidecar {side.name} unreadable ({type(exc).__name__}: {exc})"
+    try:
+        found_size = entry.stat().st_size
+        if found_size != size:
+            return f"size mismatch: recorded {size} bytes, found {found_size} (truncated or overwritten)"
+        found, _ = file_sha256(entry)
+    except OSError as exc:
+        return f"entry unreadable ({exc})"
+    if found != recorded:
+        return f"sha256 mismatch: recorded {recorded[:16]}..., found {found[:16]}..."
+    return None
+
+
+def _advice(root: Path) -> str:
+    return (f"point the cache at a writable folder with room (pytest --mriq-cache DIR, or ${DEFAULT_CACHE_ENV}=DIR), "
+            f"or empty this one with `mriq-validate cache clear --cache {root}`")
+
+
+@lru_cache(maxsize=1)
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mriq-validate")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); Windows cannot open a folder for fsync, some file systems refuse."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _temp_in(folder: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_atomic(target: Path, write: Callable[[Path], None]) -> tuple[str, int]:
+    """``write`` a temporary file next to ``target``, fsync it, rename it onto ``target``; its (SHA-256, size)."""
+    tmp = _temp_in(target.parent, target.name)
+    try:
+        write(tmp)
+        with open(tmp, "r+b") as fh:  # hash what is on disk, not what the writer meant to write
+            digest = _sha256(fh)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return digest
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _write_json(target: Path, obj: dict[str, Any]) -> None:
+    write_atomic(target, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8"))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class DiskCache:
+    """A folder of files named by content keys, each checked against its recorded SHA-256 before it is loaded.
+
+    ``events`` lists, in order, every entry this object found untrustworthy and rebuilt, as JSON-ready dicts
+    ``{"kind", "key", "path", "action": "rebuilt", "reason", "time"}`` (``reason`` e.g. ``"sha256 mismatch:
+    recorded ab12..., found cd34..."``, ``time`` ISO-8601 UTC); run reports carry them as evidence.
+    """
+
+    def __init__(self, root: Path | str, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
         self.root = Path(root)
+        self.lock_timeout = float(lock_timeout)
+        self.events: list[dict[str, str]] = []
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         """Where the entry ``kind/key.suffix`` lives."""
@@ -71,24 +219,263 @@ class DiskCache:
         save: Callable[[T, Path], None],
         load: Callable[[Path], T],
     ) -> T:
-        """Load the entry if present, else ``create()`` it, save it atomically, and return it."""
+        """Load the verified entry if present, else ``create()`` it, save it atomically with its SHA-256, and return it.
+
+        A bad entry (hash or size mismatch, no sidecar, a directory in its place, or ``load`` raising) is rebuilt and
+        recorded in :attr:`events`. :class:`CacheError` when the folder cannot be written or the lock not taken.
+        """
         target = self.path(kind, key, suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # One process computes, concurrent ones (pytest-xdist workers, parallel CI jobs) wait and then load.
-        with open(target.with_name(target.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if target.exists():
+        if check_entry(target) is None:  # the common case takes no lock and writes nothing (read-only caches work)
+            try:
+                return load(target)
+            except Exception:  # noqa: BLE001 - decided, and recorded, under the lock below
+                pass
+        self._prepare(target.parent)
+        with self._lock(target):  # one process builds; concurrent ones wait here, then load what it wrote
+            present = os.path.lexists(target)
+            reason = check_entry(target) if present else None
+            if present and reason is None:
                 try:
                     return load(target)
-                except Exception:  # a truncated or stale entry: recompute rather than fail
-                    target.unlink(missing_ok=True)
+                except Exception as exc:  # noqa: BLE001 - a loader that rejects verified bytes: rebuild, never blame the data
+                    reason = f"load failed: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                self._discard(target, kind, key, reason)
             value = create()
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=suffix + ".tmp")
-            os.close(fd)
-            try:
-                save(value, Path(tmp))
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            self._write(target, kind, key, value, save, rebuilding=reason is not None)
             return value
+
+    def _prepare(self, folder: Path) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / MARKER).is_file():
+                _write_json(self.root / MARKER, {"tool": "mriq-validate", "format": CACHE_FORMAT, "created": _now(),
+                                                 "note": "cache of mriq-validate; `mriq-validate cache clear` removes its entries"})
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cache folder {self.root} cannot be written ({exc}); {_advice(self.root)}") from exc
+
+    @contextmanager
+    def _lock(self, target: Path) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        lock_file = lock_of(target)
+        lock = FileLock(str(lock_file), timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise CacheError(
+                f"waited {self.lock_timeout:g} s for the lock {lock_file} of cache entry {target}: another process "
+                "(a pytest-xdist worker or a parallel job) has held it that long while building the entry. Wait for it "
+                "or stop it (the OS releases the lock when the process ends; the lock file left behind is harmless), or "
+                "give this run its own cache folder (--mriq-cache DIR)") from None
+        except OSError as exc:
+            raise CacheError(f"cannot create the lock file {lock_file} ({exc}); {_advice(self.root)}") from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _discard(self, target: Path, kind: str, key: str, reason: str) -> None:
+        event = {"kind": kind, "key": key, "path": str(target), "action": "rebuilt", "reason": reason, "time": _now()}
+        self.events.append(event)
+        log.warning("mriq cache: rebuilding %s: %s", target, reason)
+        try:
+            _remove(target)
+            sidecar_of(target).unlink(missing_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cache entry {target} is bad ({reason}) and cannot be removed ({exc}); run "
+                             f"`mriq-validate cache clear --kind {kind} --cache {self.root}` or delete it by hand") from exc
+
+    def _write(self, target: Path, kind: str, key: str, value: T, save: Callable[[T, Path], None], rebuilding: bool) -> None:
+        try:
+            sidecar_of(target).unlink(missing_ok=True)  # a stale sidecar must never describe the new bytes
+            digest, size = write_atomic(target, lambda tmp: save(value, tmp))
+            _write_json(sidecar_of(target), {"sha256": digest, "size": size, "kind": kind, "key": key, "file": target.name,
+                                             "created": _now(), "package_version": _package_version(), "format": CACHE_FORMAT})
+        except OSError as exc:
+            what = "rebuild" if rebuilding else "write"
+            full = "the disk is full: free space, or " if exc.errno in _DISK_FULL else ""
+            raise CacheError(f"cannot {what} cache entry {target} ({exc}); {full}{_advice(self.root)}") from exc
+
+
+@dataclass
+class Inventory:
+    """What a cache folder holds, by the names :class:`DiskCache` gives its files (no hashing)."""
+
+    root: Path
+    marked: bool
+    entries: list[Path] = field(default_factory=list)  # entry files (or whatever sits at an entry path)
+    sidecars: list[Path] = field(default_factory=list)
+    locks: list[Path] = field(default_factory=list)
+    temps: list[Path] = field(default_factory=list)  # left by builds that crashed; never loaded
+    other: list[Path] = field(default_factory=list)  # files the cache did not write (no sidecar or lock next to them)
+
+    @property
+    def orphans(self) -> list[Path]:
+        """Sidecars whose entry is gone."""
+        return [p for p in self.sidecars if not os.path.lexists(p.with_name(p.name[: -len(SIDECAR_SUFFIX)]))]
+
+    def without_sidecar(self) -> list[Path]:
+        """Entries with no sidecar (an older version, or an interrupted write): rebuilt when next used."""
+        return [p for p in self.entries if not sidecar_of(p).is_file()]
+
+    def owned(self) -> list[Path]:
+        """Every path the cache wrote: entries, sidecars, locks, temporary files."""
+        return sorted(self.entries + self.sidecars + self.locks + self.temps)
+
+
+def entry_size(path: Path) -> int:
+    """Bytes of the file at ``path`` (0 for a folder or anything unreadable)."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _owner(name: str) -> str:
+    """The entry a cache file belongs to: ``<entry>``, ``<entry>.meta.json``, ``<entry>.lock``, ``<file>.<rand>.tmp``."""
+    if _TEMP_NAME.fullmatch(name):
+        name = name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[0]
+    for suffix in (LOCK_SUFFIX, SIDECAR_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def scan(root: Path) -> Inventory:
+    """Classify the files of the cache at ``root``; CacheError if ``root`` is a file.
+
+    Each folder under ``root`` is a kind; a file there is the cache's when it is a sidecar, lock or temporary file of
+    the cache's naming, or an entry with a sidecar or lock next to it. Everything else is ``other`` and never removed.
+    """
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"cache folder {root} is a file, not a folder; {_advice(root)}")
+    inv = Inventory(root, (root / MARKER).is_file())
+    if not root.is_dir():
+        return inv
+    for item in sorted(root.iterdir()):
+        if not item.is_dir():
+            if item.name != MARKER:
+                inv.other.append(item)
+            continue
+        names = {p.name for p in item.iterdir()}
+        for name in sorted(names):
+            p = item / name
+            if _TEMP_NAME.fullmatch(name):
+                inv.temps.append(p)
+            elif name.endswith(LOCK_SUFFIX):
+                inv.locks.append(p)
+            elif name.endswith(SIDECAR_SUFFIX):
+                inv.sidecars.append(p)
+            elif name + SIDECAR_SUFFIX in names or name + LOCK_SUFFIX in names:
+                inv.entries.append(p)
+            else:
+                inv.other.append(p)
+    return inv
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _try_lock(entry: Path) -> Iterator[bool]:
+    """Take ``entry``'s lock without waiting; yields False when another process holds it (building the entry)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_of(entry)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def require_marker(root: Path) -> None:
+    """CacheError unless ``root`` carries the marker :class:`DiskCache` writes, so no user file is ever deleted."""
+    if root.is_dir() and not (root / MARKER).is_file():
+        raise CacheError(
+            f"{root} does not look like an mriq-validate cache (no {MARKER} at its root), so nothing was removed. "
+            f"Pass the cache folder with --cache DIR (default: ${DEFAULT_CACHE_ENV} or ~/.cache/mriq-validate); a cache "
+            "written by an older mriq-validate has no marker: delete that folder by hand")
+
+
+@dataclass
+class Removal:
+    """What :func:`clear` did."""
+
+    removed: list[Path] = field(default_factory=list)
+    busy: list[Path] = field(default_factory=list)  # entries whose lock another process holds (being built)
+    kept: list[Path] = field(default_factory=list)  # files the cache did not write
+
+
+def clear(root: Path, kind: str | None = None) -> Removal:
+    """Remove what the cache wrote (entries, sidecars, locks, temporary files) for one ``kind`` or all.
+
+    Entries being built by another process are skipped; files the cache did not write are kept; a folder without the
+    cache marker is refused (CacheError).
+    """
+    out = Removal()
+    inv = scan(root)
+    if not root.is_dir():
+        return out
+    require_marker(root)
+    kinds = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if kind is not None and kind not in kinds:
+        raise CacheError(f"cache {root} has no kind {kind!r}; kinds: {', '.join(kinds) or 'none'}")
+    mine = [p for p in inv.owned() if kind is None or p.parent.name == kind]
+    out.kept = [p for p in inv.other if p.parent != root and (kind is None or p.parent.name == kind)]
+    groups: dict[Path, list[Path]] = {}
+    for p in mine:
+        groups.setdefault(p.parent / _owner(p.name), []).append(p)
+    try:
+        for entry, paths in groups.items():
+            with _try_lock(entry) as free:
+                if free:
+                    for p in paths:
+                        if p != lock_of(entry):
+                            _remove(p)
+                            out.removed.append(p)
+            if not free:
+                out.busy.append(entry)
+                continue
+            lock_of(entry).unlink(missing_ok=True)  # free a moment ago; removed last, after what it guarded
+            if lock_of(entry) in paths:
+                out.removed.append(lock_of(entry))
+        for folder in {p.parent for p in mine}:
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    except OSError as exc:
+        raise CacheError(f"cannot clear cache {root} ({exc}); delete the folder by hand") from exc
+    return out
+
+
+def verify(root: Path, fix: bool = False) -> tuple[Inventory, list[tuple[Path, str]], list[Path]]:
+    """Check every entry of the cache at ``root`` against its sidecar: (inventory, [(bad entry, why)], [busy]).
+
+    ``fix`` removes each bad entry and its sidecar (they are rebuilt on next use) unless another process holds its lock.
+    """
+    inv = scan(root)
+    bad = [(p, why) for p in inv.entries if (why := check_entry(p)) is not None]
+    busy: list[Path] = []
+    if fix and bad:
+        require_marker(root)
+        try:
+            for p, _ in bad:
+                with _try_lock(p) as free:
+                    if not free:
+                        busy.append(p)
+                        continue
+                    _remove(p)
+                    sidecar_of(p).unlink(missing_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot remove bad entries of cache {root} ({exc}); {_advice(root)}") from exc
+    return inv, bad, busy

@@ -72,7 +72,7 @@ def _downstream_table(args: argparse.Namespace) -> int:
 
     models = args.models.split(",") if args.models else None
     tstr = args.tstr_models.split(",") if args.tstr_models else list(TSTR_MODELS)
-    table = downstream_table(args.data, cache_dir=args.cache or default_cache_dir(), device=args.device, seed=args.seed,
+    table = downstream_table(args.data, cache_dir=args.cache or default_cache_dir(), device=args.device, seed=args.seed, suite=args.suite,
                              region=args.region, n_boot=args.n_boot, models=models, tstr_models=tstr,
                              progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
     text = table.markdown()
@@ -110,6 +110,75 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _cache_info(root: Path, args: argparse.Namespace) -> int:
+    from .cache import MARKER, entry_size, scan
+
+    inv = scan(root)
+    if not root.is_dir():
+        print(f"mriq cache {root}: does not exist yet (nothing has been cached)")
+        return 0
+    print(f"mriq cache {root}" + ("" if inv.marked else f"  [no {MARKER}: not written by this mriq-validate; `cache clear` refuses it]"))
+    kinds = sorted({p.parent.name for p in inv.entries})
+    for kind in kinds:
+        entries = [p for p in inv.entries if p.parent.name == kind]
+        print(f"  {kind:<12} {len(entries):>5} entries  {_mib(sum(map(entry_size, entries))):>11}")
+    print(f"  {'total':<12} {len(inv.entries):>5} entries  {_mib(sum(map(entry_size, inv.entries))):>11}")
+    for label, paths, note in (
+        ("entries without sidecar", inv.without_sidecar(), "older version or interrupted write: rebuilt on next use"),
+        ("temporary files", inv.temps, "left by interrupted builds, never loaded; `cache clear` removes them"),
+        ("orphan sidecars", inv.orphans, "their entry is gone; `cache clear` removes them"),
+        ("other files", inv.other, "not written by mriq-validate; never removed"),
+    ):
+        if paths:
+            print(f"  {label}: {len(paths)} ({_mib(sum(map(entry_size, paths)))}; {note})")
+            for q in paths:
+                print(f"    {q.relative_to(root)}")
+    return 0
+
+
+def _cache_verify(root: Path, args: argparse.Namespace) -> int:
+    from .cache import verify
+
+    inv, bad, busy = verify(root, fix=args.fix)
+    for path, why in bad:
+        state = " (being built by another process; left)" if path in busy else " (removed: rebuilt on next use)" if args.fix else ""
+        print(f"  BAD {path.relative_to(root)}: {why}{state}")
+    print(f"mriq cache {root}: {len(inv.entries)} entries checked against their recorded SHA-256, {len(bad)} bad"
+          + (f", {len(bad) - len(busy)} removed" if args.fix and bad else ""))
+    return 0 if not bad or (args.fix and not busy) else 1
+
+
+def _cache_clear(root: Path, args: argparse.Namespace) -> int:
+    from .cache import clear
+
+    out = clear(root, args.kind)
+    for entry in out.busy:
+        print(f"  skipped {entry.relative_to(root)}: another process holds its lock (building it)")
+    for path in out.kept:
+        print(f"  kept {path.relative_to(root)}: not written by mriq-validate")
+    print(f"mriq cache {root}: removed {len(out.removed)} files" + (f" of kind {args.kind}" if args.kind else ""))
+    return 1 if out.busy else 0
+
+
+CACHE_ACTIONS = {"info": _cache_info, "verify": _cache_verify, "clear": _cache_clear}
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .cache import default_cache_dir
+    from .errors import MriqError
+
+    root = Path(args.cache) if args.cache else default_cache_dir()
+    try:
+        return CACHE_ACTIONS[args.action](root, args)
+    except MriqError as exc:
+        print(f"mriq-validate cache {args.action}: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mriq-validate`` console script."""
     parser = argparse.ArgumentParser(prog="mriq-validate", description=__doc__)
@@ -129,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     tab = sub.add_parser("downstream-table", help="TRTR / protocol A / TSTR Dice and PIQE of the builtin stand-ins, as a markdown table")
     tab.add_argument("--out", default=None, help="also write the markdown to this file")
     tab.add_argument("--data", default="builtin:mni-tumour")
-    tab.add_argument("--region", default="whole_tumour")
+    tab.add_argument("--suite", default=None, help="suite whose criteria IQA-PIQE, DICE-WT and DICE-TSTR-WT set the metrics and flags "
+                     "(default: the shipped suites/brain_tumour.yaml)")
+    tab.add_argument("--region", default=None, help="override the criteria's region (default: the suite's)")
     tab.add_argument("--device", default="auto")
     tab.add_argument("--seed", type=int, default=0)
     tab.add_argument("--n-boot", type=int, default=1000)
@@ -156,6 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--device", default="cpu")
     cal.add_argument("--cache", default=None)
     cal.set_defaults(fn=_calibrate)
+    cache = sub.add_parser("cache", help="inspect, verify or clear the cache (data, trained segmenters, features)")
+    actions = cache.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", default=None, help="the cache folder (default: $MRIQ_CACHE_DIR or ~/.cache/mriq-validate)")
+    actions.add_parser("info", parents=[common], help="entries per kind with count and size; temporary and orphan files")
+    ver = actions.add_parser("verify", parents=[common], help="check every entry against its recorded SHA-256; exit 1 if any is bad")
+    ver.add_argument("--fix", action="store_true", help="remove bad entries (they are rebuilt on next use); exit 0 once all are removed")
+    clr = actions.add_parser("clear", parents=[common], help="remove what the cache wrote (refuses a folder that is not an mriq cache)")
+    clr.add_argument("--kind", default=None, help="only this kind (a folder of the cache: data, segmenters, features, niqe)")
+    cache.set_defaults(fn=_cache)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

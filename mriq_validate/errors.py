@@ -29,3 +29,7 @@ class MissingFileError(MriqError):
 
 class MetricError(MriqError):
     """A metric cannot be computed on the given input (wrong parameters, too few images, ...)."""
+
+
+class CacheError(MriqError):
+    """The on-disk cache cannot be written, locked or repaired; the message names the folder or entry and the fix."""
