@@ -5,6 +5,10 @@ Forms: ``builtin:NAME`` (stand-ins with known behaviour), ``path/file.py:NAME`` 
 A model has ``generate(masks, *, seed)`` (mask-conditioned) and/or ``sample(n, *, seed)`` (unconditional,
 images or (images, masks)). Every output is checked; a violation raises :class:`ModelError` saying what was
 expected and what came back.
+
+User code (python files, modules, TorchScript) is imported, built and called in a child process behind an
+:class:`~mriq_validate.isolation.IsolatedModel` (see isolation.py), so a model that hangs, exits or crashes cannot
+take the run down; the builtin stand-ins and folder models are this tool's own code and run in-process.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from .cache import content_hash
 from .data.core import ReferenceData
 from .errors import ModelError
+from .isolation import DEFAULT_TIMEOUT_S, IsolatedModel
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,22 @@ class ModelContext:
     device: torch.device
     seed: int
     labels: dict[str, int] = field(default_factory=dict)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (numpy's included), torch's OutOfMemoryError, or the CPU allocator's "can't allocate memory"."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: message (at file:line)`` with the innermost frame of the traceback."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{type(exc).__name__}: {exc}" + (f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else "")
+
+
+def describe_raise(spec: str, what: str, exc: BaseException) -> str:
+    """What the model raised in ``what`` (type, message, file:line), for a :class:`ModelError`."""
+    return f"model {spec} {'ran out of memory in' if _out_of_memory(exc) else 'raised in'} {what}: {_raised(exc)}"
 
 
 def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str) -> torch.Tensor:
@@ -97,9 +118,16 @@ class ModelAdapter:
     def _call(self, what: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return getattr(self.model, what)(*args, **kwargs)
+        except ModelError:  # already says what went wrong (e.g. the model process died or timed out)
+            raise
         except Exception as exc:  # the model raised: report where, never pass
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            raise ModelError(f"model {self.spec} raised in {what}(): {type(exc).__name__}: {exc} (at {tb.filename}:{tb.lineno})") from exc
+            raise ModelError(describe_raise(self.spec, f"{what}()", exc)) from exc
+
+    def close(self) -> None:
+        """Release the model (stop its process when it runs in one)."""
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()
 
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
         """Images for ``masks`` (N×1×H×W), checked."""
@@ -246,14 +274,6 @@ BUILTIN_MODELS: dict[str, Builtin] = {
 # ---------------------------------------------------------------- loading
 
 
-def _from_factory(factory: Callable[[ModelContext], Any], spec: str, ctx: ModelContext, provenance: dict[str, Any]) -> ModelAdapter:
-    try:
-        model = factory(ctx)
-    except Exception as exc:
-        raise ModelError(f"--mriq-model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
-    return ModelAdapter(model, spec, ctx, provenance)
-
-
 def _load_file(path: Path, name: str, spec: str) -> Callable[[ModelContext], Any]:
     if not path.is_file():
         raise ModelError(f"--mriq-model {spec}: file {path} does not exist")
@@ -282,7 +302,8 @@ def _load_module(module_name: str, name: str, spec: str) -> Callable[[ModelConte
 
 
 class TorchScriptModel:
-    """A TorchScript file called as ``generate``: ``module(masks.float())`` → images, under ``torch.manual_seed(seed)``."""
+    """A TorchScript file called as ``generate``: ``module(masks.float())`` → images, with torch's default generators
+    seeded with ``seed`` for the call only (a scripted module draws from them; the caller's RNG state is restored)."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
         try:
@@ -293,12 +314,52 @@ class TorchScriptModel:
 
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        torch.manual_seed(seed)
-        return self.module(masks.float().to(self.device))
+        cuda: list[int] = []
+        if self.device.type == "cuda":
+            cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            return self.module(masks.float().to(self.device))
 
 
-def load_model(spec: str, ctx: ModelContext, data: ReferenceData) -> ModelAdapter:
-    """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`."""
+def _call_factory(factory: Callable[[ModelContext], Any], spec: str, ctx: ModelContext) -> Any:
+    try:
+        return factory(ctx)
+    except Exception as exc:
+        oom = " (out of memory)" if _out_of_memory(exc) else ""
+        raise ModelError(f"--mriq-model {spec}: the factory raised {_raised(exc)}{oom}") from exc
+
+
+# user-code forms: kind → build(target, name, spec, ctx); called in the model process (isolation.py)
+USER_MODEL_BUILDERS: dict[str, Callable[[str, str, str, ModelContext], Any]] = {
+    "python-file": lambda target, name, spec, ctx: _call_factory(_load_file(Path(target), name, spec), spec, ctx),
+    "module": lambda target, name, spec, ctx: _call_factory(_load_module(target, name, spec), spec, ctx),
+    "torchscript": lambda target, name, spec, ctx: TorchScriptModel(Path(target), ctx.device),
+}
+
+
+def build_user_model(kind: str, target: str, name: str, spec: str, ctx: ModelContext) -> Any:
+    """Import and build user code of form ``kind``; ModelError when it cannot be loaded or has neither method."""
+    model = USER_MODEL_BUILDERS[kind](target, name, spec, ctx)
+    ModelAdapter(model, spec, ctx)  # neither generate nor sample: the same error as for any model
+    return model
+
+
+def _isolated(kind: str, target: str, name: str, spec: str, ctx: ModelContext, timeout: float,
+              provenance: dict[str, Any]) -> ModelAdapter:
+    model = IsolatedModel(kind, target, name, spec, ctx, timeout)
+    try:
+        return ModelAdapter(model, spec, ctx, {"kind": kind, **provenance, "isolation": "process", "timeout_s": timeout})
+    except BaseException:
+        model.close()
+        raise
+
+
+def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: float = DEFAULT_TIMEOUT_S) -> ModelAdapter:
+    """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`; user code runs in a child process whose
+    every call (loading included) must return within ``timeout`` seconds."""
     from .folder_model import FolderModel
 
     if spec.startswith("builtin:"):
@@ -306,22 +367,23 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData) -> ModelAdapte
         if name not in BUILTIN_MODELS:
             raise ModelError(f"--mriq-model {spec}: unknown builtin; expected one of {sorted('builtin:' + n for n in BUILTIN_MODELS)}")
         b = BUILTIN_MODELS[name]
-        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.behaviour})
+        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.behaviour, "isolation": "in-process"})
     path = Path(spec)
     if path.suffix in {".pt", ".pth", ".ts", ".torchscript"}:
         if not path.is_file():
             raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
-        return ModelAdapter(TorchScriptModel(path, ctx.device), spec, ctx, {"kind": "torchscript", "sha256_16": content_hash(path.read_bytes())})
+        return _isolated("torchscript", str(path.resolve()), "", spec, ctx, timeout, {"sha256_16": content_hash(path.read_bytes())})
     if path.is_dir():
-        return ModelAdapter(FolderModel(path, ctx.image_shape), spec, ctx, {"kind": "folder", **FolderModel.describe(path)})
+        folder = FolderModel(path, ctx.image_shape, set(ctx.labels.values()))
+        return ModelAdapter(folder, spec, ctx, {"kind": "folder", **folder.describe(), "isolation": "in-process"})
     if ":" in spec:
         target, name = spec.rsplit(":", 1)
         if target.endswith(".py"):
             p = Path(target)
-            factory = _load_file(p, name, spec)
-            return _from_factory(factory, spec, ctx, {"kind": "python-file", "sha256_16": content_hash(p.read_bytes())})
-        factory = _load_module(target, name, spec)
-        return _from_factory(factory, spec, ctx, {"kind": "module"})
+            if not p.is_file():
+                raise ModelError(f"--mriq-model {spec}: file {p} does not exist")
+            return _isolated("python-file", str(p.resolve()), name, spec, ctx, timeout, {"sha256_16": content_hash(p.read_bytes())})
+        return _isolated("module", target, name, spec, ctx, timeout, {})
     raise ModelError(
         f"--mriq-model {spec!r}: not understood (or the folder does not exist); expected builtin:NAME "
         f"({', '.join(sorted(BUILTIN_MODELS))}), path/file.py:NAME, package.module:NAME, a folder of images, or a TorchScript .pt file"

@@ -18,6 +18,7 @@ from .cache import DiskCache, content_hash
 from .data.core import ReferenceData, load_data
 from .downstream import Segmenter, SegmenterConfig, get_segmenter
 from .errors import MriqError
+from .isolation import DEFAULT_TIMEOUT_S
 from .metrics.base import Metric, Sample
 from .models import ModelAdapter, ModelContext, load_model
 from .seeding import derive_seed
@@ -44,6 +45,7 @@ class RunSettings:
     seed: int = 0
     cache_dir: str = ""
     data_options: dict[str, Any] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds per model call, loading included (--mriq-timeout)
 
 
 class _Lazy:
@@ -90,6 +92,11 @@ class RunContext:
         return self._data.get()
 
     @property
+    def data_loaded(self) -> bool:
+        """Whether the reference data has been loaded without error (nothing is loaded by asking)."""
+        return self._data.done and self._data.error is None
+
+    @property
     def model(self) -> ModelAdapter:
         return self._model.get()
 
@@ -100,7 +107,12 @@ class RunContext:
         ctx = ModelContext(data.train.images, data.train.masks, data.image_shape, self.device, derive_seed(self.seed, "model"),
                            dict(data.labels))
         self.progress(f"loading model {self.settings.model}")
-        return load_model(self.settings.model, ctx, data)
+        return load_model(self.settings.model, ctx, data, timeout=self.settings.timeout)
+
+    def close(self) -> None:
+        """Release what the run holds outside this process: the model's child process."""
+        if self._model.done and self._model.error is None:
+            self.model.close()
 
     def _generate(self, split: str) -> tuple[Sample, bool]:
         model, real = self.model, getattr(self.data, split)
@@ -169,7 +181,8 @@ class RunContext:
 
     def provenance(self) -> dict[str, Any]:
         """What the report records about this run's data and model (only what has been loaded)."""
-        out: dict[str, Any] = {"data_spec": self.data_spec, "seed": self.seed, "device": self.settings.device}
+        out: dict[str, Any] = {"data_spec": self.data_spec, "data_options": dict(self.settings.data_options), "seed": self.seed,
+                               "device": self.settings.device, "cache_events": list(self.cache.events)}
         if self._data.done and self._data.error is None:
             d = self.data
             out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
