@@ -5,7 +5,9 @@ Which criteria change:
 * model criteria with ``relative: difference`` (value − real baseline);
 * sensitivity criteria (the move towards worse under a known perturbation).
 
-Others (``relative: none`` or ``ratio``) are copied unchanged.
+Others (``relative: none`` or ``ratio``) are copied unchanged. The data are loaded as a pytest run of the suite loads
+them (:func:`suite_context`): ``data`` or the suite's ``data.default``, with the suite's ``data:`` options (modality,
+crop, test_fraction, slices) for a NIfTI folder.
 
 The spread (the measure's noise floor on the real data):
 
@@ -69,6 +71,12 @@ def calibrate_criterion(crit: Criterion, m: dict[str, Any], k: float, data_spec:
         new_th = Threshold(min=bound, max=None, relative="none", on=th.on, unit="absolute")
         side, new = "min", bound
         meaning = f"the measure must move towards worse by at least {bound:.4g} (absolute units)"
+    elif th.unit == "seed_sd":  # stay in seed SDs: the gate widens the bound for the SD's own uncertainty (criteria.NoiseUnit)
+        side, new = "min", -k
+        new_th = Threshold(min=-k, relative="difference", on=th.on, unit="seed_sd")
+        meaning = (f"generated minus real may be at most {k:g} seed-to-seed SDs worse (about {bound:.4g} in absolute units "
+                   f"before the gate widens it for the SD's own uncertainty; false-alarm rate {_tail(k / 2 ** 0.5)} for a "
+                   f"difference of two trainings)")
     else:
         higher = bool(m["higher_is_better"])
         side = "min" if th.min is not None and (higher or th.max is None) else "max"
@@ -79,12 +87,12 @@ def calibrate_criterion(crit: Criterion, m: dict[str, Any], k: float, data_spec:
                (f"max {old['max']}" if old["max"] is not None else "") + f" ({old['unit']})"
     rationale = (f"Calibrated by `mriq-validate calibrate` on {data_spec} (seed {seed}, k = {k:g}): {m['kind']} = {spread:.4g} "
                  f"(real value {m['baseline']:.4g}); bound = k × spread = {k:g} × {spread:.4g} = {bound:.4g}, so {meaning}. "
-                 f"k = {k:g} spreads is a one-sided false-alarm rate of about {_tail(k)} under normality. "
-                 f"Previous bound: {old_text}. Previous rationale: {crit.rationale.strip()}")
+                 + ("" if th.unit == "seed_sd" else f"k = {k:g} spreads is a one-sided false-alarm rate of about {_tail(k)} under normality. ")
+                 + f"Previous bound: {old_text}. Previous rationale: {crit.rationale.strip()}")
     change = {"criterion": crit.id, "metric": crit.metric, "bound": side, "old": old_text, "new": new, "spread": spread,
               "spread_kind": m["kind"], "se": m["se"], "seed_sd": m["seed_sd"], "k": k,
               "rule": f"{side} = {'-' if new < 0 else ''}{k:g} x {spread:.4g}"}
-    requirement = (crit.requirement.strip() + f" [Recalibrated: the bound is now {side} {new:.4g} in absolute units, "
+    requirement = (crit.requirement.strip() + f" [Recalibrated: the bound is now {side} {new:.4g} in {new_th.unit} units, "
                    f"{k:g} × the measured noise floor; numbers above are the original suite's.]")
     return crit.model_copy(update={"threshold": new_th, "rationale": rationale, "requirement": requirement}), change
 
@@ -95,6 +103,16 @@ def _tail(k: float) -> str:
     return f"{0.5 * erfc(k / sqrt(2)):.2%}"
 
 
+def suite_context(suite: Suite, data: str | None, seed: int, cache_dir: str, device: str,
+                  progress: Callable[[str], None] | None = None) -> RunContext:
+    """The run context a pytest run of ``suite`` would use: ``data`` (else the suite's ``data.default``), loaded with the
+    suite's ``data:`` options (modality, crop, test_fraction, slices) for a NIfTI folder, as the plugin does."""
+    spec = data or suite.data.default
+    options = suite.data.options_for(spec)
+    settings = RunSettings(model=None, data=spec, device=device, seed=seed, cache_dir=str(cache_dir), data_options=options)
+    return RunContext(settings, spec, progress=progress)
+
+
 def calibrate_suite(suite_path: Path, out_path: Path, *, data: str | None = None, k: float = 3.0, seed: int = 0, cache_dir: str = "",
                     device: str = "cpu", n_boot: int = 1000, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Write the calibrated suite to ``out_path`` (it loads again with :func:`load_suite`); return the changes."""
@@ -102,8 +120,11 @@ def calibrate_suite(suite_path: Path, out_path: Path, *, data: str | None = None
         raise MriqError(f"calibrate: k must be positive, got {k}")
     say = progress or (lambda msg: None)
     suite: Suite = load_suite(Path(suite_path))
-    spec = data or suite.data.default
-    ctx = RunContext(RunSettings(model=None, data=spec, device=device, seed=seed, cache_dir=str(cache_dir)), spec, progress=say)
+    ctx = suite_context(suite, data, seed, cache_dir, device, say)
+    spec = ctx.data_spec
+    shape = "×".join(map(str, ctx.data.image_shape[1:]))
+    say(f"calibrate: data {spec}: {len(ctx.data.train)} train and {len(ctx.data.test)} test slices of {shape} px"
+        + (f" (suite data options {ctx.settings.data_options})" if ctx.settings.data_options else ""))
     criteria, changes = [], []
     for crit in suite.criteria:
         if not (crit.kind == "sensitivity" or crit.threshold.relative == "difference"):

@@ -1,4 +1,4 @@
-"""``mriq-validate study``: the Deo et al. 2025 ("Metrics that matter") experiment on the user's data.
+"""``mriq-validate study``: the Deo et al. 2025 ("Metrics that matter", arXiv 2505.07175) experiment on the user's data.
 
 Grid: every registered measure that makes sense on the data × every perturbation family at its
 :data:`~mriq_validate.perturb.figure.DEFAULT_SWEEPS` strengths (applied to the real test images) and every
@@ -718,7 +718,12 @@ def _findings_text(res: StudyResult) -> str:
 
 
 def paper_comparison(res: StudyResult) -> list[str]:
-    """Each qualitative claim of Deo et al. 2025 (paper.md §8) against this run: agrees / disagrees, with the numbers."""
+    """Each qualitative claim of Deo et al. 2025 against this run: agrees / disagrees, with the numbers.
+
+    The claims are those of the paper's abstract (arXiv 2505.07175): poor correlation with downstream task suitability,
+    insensitivity to localised anatomical details, misleading scores under memorisation; and, from the abstract in the
+    authors' repository README (github.com/YashDeo-York/GenMed), sensitivity to global distributional characteristics
+    and downstream evaluation being "more discriminative and better aligned with practical model utility"."""
     f, out = res.findings, []
     g = f.get("global_noise") or {}
     if g:
@@ -781,7 +786,7 @@ def render_markdown(res: StudyResult, fig_dir: str = "figures") -> str:
         f"{' --quick' if res.config['quick'] else ''}` in {res.provenance['runtime_s']} s "
         f"({len(res.measures)} measures × {len(res.conditions)} conditions, main region `{res.region}`).",
         "### Findings (numbers from this run)\n\n" + _findings_text(res),
-        "### Against the paper's claims (Deo et al. 2025, paper.md §8)\n\n" + "\n".join(paper_comparison(res)),
+        "### Against the paper's claims (Deo et al. 2025, arXiv 2505.07175, abstract)\n\n" + "\n".join(paper_comparison(res)),
         "### Correlation with Dice across conditions\n\nMeasure signed so that higher = worse; a measure aligned with "
         "downstream utility has a clearly negative correlation (CI entirely below 0).\n\n" +
         _md_table(["measure", "family", "n", "spearman [95% CI]", "pearson [95% CI]", "label"], corr),

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.memorisation import copy_flags, image_embedding, nn_distances
+from mriq_validate.metrics.memorisation import (CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags,
+                                                image_embedding, nn_distances)
 
 ALPHA_SPLIT = 0.05  # a 64-image calibration half supports α ≥ 1/65; the default α = 0.01 needs ≥ 99 held-out images
 DUP_P = 0.15
+INV = CopyInvariance()  # copy_fraction's default: flips, shifts up to ±4 thumbnail px (±16 px on the 128-px slices)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,10 @@ def data(mni):
 
 @pytest.fixture(scope="module")
 def emb(data):
-    return {"train": image_embedding(data.train.images), "test": image_embedding(data.test.images)}
+    """Copy embeddings (what copy_fraction compares), with the invariant held-out → train distances computed once."""
+    out = {"train": copy_embedding(data.train.images), "test": copy_embedding(data.test.images)}
+    out["d_test"], out["i_test"] = copy_distances(out["test"], out["train"], INV)
+    return out
 
 
 def light_augment(x: torch.Tensor, seed: int, max_deg: float = 5.0, noise_sd: float = 0.01) -> torch.Tensor:
@@ -134,23 +139,71 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_memoriser_is_flagged(data, emb) -> None:
-    r = copy_flags(emb["train"][:128], emb["train"], emb["test"])  # default α = 0.01, all 128 held-out slices
-    assert r["fraction"] == 1.0 and r["ci_low"] > r["null_rate_high"]
-    aug = image_embedding(light_augment(data.train.images[:128], seed=6))
-    ra = copy_flags(aug, emb["train"], emb["test"])
+    r = copy_flags(emb["train"][:128], emb["train"], emb["test"], invariance=INV)  # default α = 0.01, all 128 held-out slices
+    assert r["fraction"] == 1.0 and r["ci_low"] > r["null_rate_high"] and np.all(r["d_gen"] == 0)
+    aug = copy_embedding(light_augment(data.train.images[:128], seed=6))
+    ra = copy_flags(aug, emb["train"], emb["test"], invariance=INV)
     assert ra["ci_low"] > r["null_rate_high"] and ra["fraction"] >= 0.9
 
 
 def test_real_held_out_flagged_at_null_rate(emb) -> None:
+    """Held-out real images under the invariant distance are flagged at k/(m+1) ≈ α: the minimum over flips and shifts
+    lowers held-out and generated distances alike, so the conformal rate is unchanged."""
     rates = []
     for seed in range(20):
         cal, ev = _split(len(emb["test"]), seed)
-        r = copy_flags(emb["test"][ev], emb["train"], emb["test"][cal], alpha=ALPHA_SPLIT)
+        r = conformal_flags(emb["d_test"][ev], emb["i_test"][ev], emb["d_test"][cal], alpha=ALPHA_SPLIT)
         assert r["ci_low"] <= r["null_rate_high"]  # within the null range given this calibration half
         rates.append(r["fraction"])
     rate = r["null_rate"]
     se_one_split = math.sqrt(rate * (1 - rate) / len(ev))
     assert abs(np.mean(rates) - rate) < 2 * se_one_split
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` moved by (dy, dx) pixels, the uncovered border filled with 0 (background), the far border cut off."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_flipped_and_shifted_training_copies_are_flagged(data, emb) -> None:
+    """Training slices flipped (left-right, up-down, both) and moved by up to ±4 thumbnail px (±16 px, any integer
+    shift, border cut off): the invariant rule flags at least 90 % of each kind; the plain rule misses most of them."""
+    src = data.train.images[:96]
+    g = torch.Generator().manual_seed(11)
+    moves = torch.randint(-16, 17, (len(src), 2), generator=g).tolist()
+    shifted = torch.cat([_shift(src[i : i + 1], dy, dx) for i, (dy, dx) in enumerate(moves)])
+    kinds = {"left-right": src.flip(-1), "up-down": src.flip(-2), "both": src.flip(-2, -1), "shifted": shifted,
+             "shifted and flipped": shifted.flip(-1)}
+    plain = {}
+    for kind, x in kinds.items():
+        e = copy_embedding(x)
+        r = copy_flags(e, emb["train"], emb["test"], invariance=INV)  # default α = 0.01
+        assert r["fraction"] >= 0.9 and r["ci_low"] > r["null_rate_high"], (kind, r["fraction"])
+        assert np.mean(r["nn_index"][r["flags"]] == np.arange(len(src))[r["flags"]]) >= 0.9, kind  # found its source
+        pose = slice(0, 32 * 32)  # the pose-normalised thumbnail alone: the rule without flips and shifts
+        plain[kind] = copy_flags(e[:, pose], emb["train"][:, pose], emb["test"][:, pose])["fraction"]
+    assert max(plain[k] for k in ("left-right", "up-down", "both", "shifted and flipped")) < 0.1, plain
+    assert plain["shifted"] < 0.7, plain
+
+
+def test_copy_distance_undoes_flips_and_shifts_exactly() -> None:
+    """On smooth synthetic images whose shifts are whole fine-grid pixels (H/(2·size)), a flipped and shifted copy is
+    at distance ~0 (the window it shares with its source matches exactly); an unrelated image is not."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 72, 72, generator=g), 9, stride=1)[..., :64, :64]  # 64 px, smooth
+    ref = copy_embedding(x, size=16)
+    cases = [x[:3].flip(-1), _shift(x[:3], 8, -4), _shift(x[:3], -2, 6).flip(-2), _shift(x[:3].flip(-1, -2), 14, 10)]
+    for q in cases:
+        d, i = copy_distances(copy_embedding(q, size=16), ref, INV)
+        np.testing.assert_array_equal(i, [0, 1, 2])
+        assert np.all(d < 1e-5), d  # float32 pooling
+    d_other, _ = copy_distances(copy_embedding(torch.rand(3, 1, 64, 64, generator=g), size=16), ref, INV)
+    assert np.all(d_other > 0.3)
+    with pytest.raises(MetricError, match="max_shift"):
+        CopyInvariance(max_shift=-1)
 
 
 @pytest.mark.parametrize("augment", [False, True], ids=["exact", "augmented"])
@@ -163,7 +216,27 @@ def test_duplication_at_15_percent_is_detected(data, emb, augment: bool) -> None
     gen = data.test.images[torch.as_tensor(ev)].clone()
     copies = data.train.images[torch.as_tensor(src)]
     gen[torch.as_tensor(where)] = light_augment(copies, seed=9) if augment else copies
-    r = copy_flags(image_embedding(gen), emb["train"], emb["test"][cal], alpha=ALPHA_SPLIT)
+    r = copy_flags(copy_embedding(gen), emb["train"], emb["test"][cal], alpha=ALPHA_SPLIT, invariance=INV)
     assert r["flags"][where].all()
     assert r["ci_low"] > ALPHA_SPLIT and r["p_excess"] < 0.01
     assert np.array_equal(r["nn_index"][where], src)
+
+
+# ----------------------------------------------------------------------------------------------- the metric
+def test_copy_fraction_metric_is_flip_and_shift_invariant(data, cache_dir) -> None:
+    from mriq_validate.metrics.base import Sample, create_metric
+    from mriq_validate.session import RunContext, RunSettings
+
+    ctx = RunContext(RunSettings(model=None, data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
+                     "builtin:mni-tumour")
+    metric = create_metric("copy_fraction", {})
+    assert metric.config()["invariance"]["max_shift_thumbnail_px"] == 4  # the range is recorded with every value
+    mirrored = Sample(_shift(data.train.images[:64].flip(-1), 6, -10), None, "mirrored, moved training slices")
+    assert ctx.prepare(metric, mirrored).mean() >= 0.9
+    assert ctx.prepare(metric, ctx.real("test")).mean() == 0.0  # the held-out images themselves: never below τ
+    plain = create_metric("copy_fraction", {"flips": False, "max_shift": 0})
+    assert ctx.prepare(plain, mirrored).mean() < 0.1
+    with pytest.raises(MetricError, match="copy_fraction.*'pixels' extractor"):
+        create_metric("copy_fraction", {"features": {"extractor": "radiomic"}, "max_shift": 2})
+    with pytest.raises(MetricError, match=r"copy_fraction': max_shift.*\[0, 8\], got 9"):
+        create_metric("copy_fraction", {"max_shift": 9})

@@ -174,3 +174,17 @@ def test_calibrate_criterion_rule_and_direction() -> None:
                                      "threshold": {"max": 3, "relative": "difference", "unit": "se"}})
     new, _ = calibrate_criterion(piqe, {**m, "spread": 0.5, "higher_is_better": False}, 2.0, "builtin:x", 0)
     assert new.threshold.max == pytest.approx(1.0) and new.threshold.min is None
+
+
+def test_calibrate_keeps_seed_sd_criteria_in_seed_sds() -> None:
+    """A train-on-synthetic bound stays in seed SDs, so the gate still widens it for the SD's own uncertainty."""
+    from mriq_validate.calibrate import calibrate_criterion
+    from mriq_validate.suite import Criterion
+
+    tstr = Criterion.model_validate({"id": "T", "requirement": "r", "rationale": "old", "metric": "dice_tstr",
+                                     "condition_on": "train_masks",
+                                     "threshold": {"min": -3, "relative": "difference", "unit": "seed_sd"}})
+    m = {"spread": 0.0158, "kind": "seed-to-seed SD", "baseline": 0.77, "se": 0.01, "seed_sd": 0.0158, "higher_is_better": True}
+    new, change = calibrate_criterion(tstr, m, 2.5, "builtin:x", 0)
+    assert new.threshold.unit == "seed_sd" and new.threshold.min == -2.5 and change["new"] == -2.5
+    assert "2.5 seed-to-seed SDs" in new.rationale and "3.85%" in new.rationale  # Phi(-2.5 / sqrt(2)) = 0.0385

@@ -46,6 +46,8 @@ class Metric(ABC):
     valid_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
     needs: ClassVar[tuple[str, ...]] = ()  # e.g. ("masks", "segmenter", "reference", "train", "weights")
     summary: ClassVar[str] = ""
+    # What the measure is blind to or biased by, one honest sentence each; the evidence report lists them per measure.
+    limitations: ClassVar[tuple[str, ...]] = ()
     # True when ``value`` is an average over items of a fixed reference (e.g. Dice on the real test slices of a
     # segmenter trained on the sample), so two samples' values are paired item by item whatever the sample sizes.
     pairs_by_reference: ClassVar[bool] = False
@@ -144,4 +146,4 @@ def create_metric(name: str, params: dict[str, Any] | None = None, where: str = 
 
 def _load_all() -> None:
     from .. import downstream  # noqa: F401  (dice)
-    from . import copying, distributional, diversity, iqa  # noqa: F401
+    from . import copying, distributional, diversity, intensity, iqa  # noqa: F401

@@ -8,11 +8,16 @@ import numpy as np
 
 from ..errors import MetricError
 from .base import PerImageMetric, Sample, register_metric
-from .features import features, make_extractor
-from .memorisation import copy_flags
+from ..cache import content_hash
+from .features import FEATURES_VERSION, Extractor, features, make_extractor
+from .memorisation import CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags
 
 if TYPE_CHECKING:
+    import torch
+
     from ..session import RunContext
+
+COPY_VERSION = "copy/1"  # bump when copy_embedding or copy_distances change what they compute (keys the cache)
 
 
 @register_metric
@@ -21,28 +26,61 @@ class CopyFraction(PerImageMetric):
 
     Per image: 1 when its nearest-training-image distance is below the ``⌊α(m+1)⌋``-th smallest held-out→train
     distance (see :mod:`.memorisation`), else 0. For images drawn anew from the data distribution the expected
-    value is at most ``alpha``; the real test images' own value (the baseline) is 0 by construction.
+    value is at most ``alpha``; the real test images' own value (the baseline) is 0 by construction. With the default
+    ``pixels`` features the distance is invariant to flips (``flips``) and to shifts of up to ``max_shift`` thumbnail
+    pixels, for the held-out and the evaluated images alike.
     """
 
     name = "copy_fraction"
     higher_is_better = False
     valid_range = (0.0, 1.0)
     needs = ("train", "reference")
-    summary = "share of images flagged as training copies (NN distance below the held-out real null)"
+    summary = "share of images flagged as training copies (NN distance below the held-out real null; flip/shift invariant)"
+    limitations = (
+        "Detects near-copies of whole training images in a low-resolution thumbnail space (32 × 32 by default), up to "
+        "intensity gain and offset, "
+        "small rotations, flips and shifts of up to max_shift thumbnail pixels; heavily augmented (large rotations, "
+        "crops, elastic deformation), partial or patch-level copies can escape it.",
+        "Its false-flag rate α holds for images exchangeable with the held-out real test split; held-out images that "
+        "are near-duplicates of training images (adjacent slices of one patient in both splits) raise the threshold "
+        "and hide copies, so split by patient.",
+        "Blind to memorisation in other spaces (a copied lesion on new anatomy, copied texture) and says nothing about "
+        "fidelity or utility: a model that never copies can still be useless.",
+    )
 
-    def __init__(self, alpha: float = 0.01, features: dict[str, Any] | None = None) -> None:
+    def __init__(self, alpha: float = 0.01, features: dict[str, Any] | None = None, flips: bool | None = None,
+                 max_shift: int | None = None) -> None:
         if not 0 < alpha < 0.5:
             raise MetricError(f"metric 'copy_fraction': alpha must be in (0, 0.5), got {alpha!r}")
         self.alpha = float(alpha)
         self.features = dict(features or {"extractor": "pixels"})
+        pixels = self.features.get("extractor", "segmenter") == "pixels"
+        if not pixels and (flips or max_shift):
+            raise MetricError(f"metric 'copy_fraction': flips and max_shift act on the thumbnails of the 'pixels' extractor, "
+                              f"not on {self.features.get('extractor', 'segmenter')!r} features; remove them or use pixels")
+        try:
+            self.invariance = (CopyInvariance(flips=True if flips is None else flips, max_shift=4 if max_shift is None else max_shift)
+                               if pixels else None)
+        except MetricError as exc:
+            raise MetricError(f"metric 'copy_fraction': {exc}") from None
 
     def config(self) -> dict[str, Any]:
+        size = int(self.features.get("size", 32))
         return {"name": self.name, "alpha": self.alpha, "features": self.features, "training_set": "real train split",
-                "null": "real test split → train NN distances", "rule": "conformal NN test (memorisation.py)"}
+                "null": "real test split → train NN distances", "rule": "conformal NN test (memorisation.py)",
+                "invariance": self.invariance.config(size) if self.invariance else "none (features other than pixels)"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        ext = make_extractor(ctx, self.features)
         train, test = ctx.data.train, ctx.data.test
-        out = copy_flags(features(ctx, ext, sample.images, None), features(ctx, ext, train.images, None),
-                         features(ctx, ext, test.images, None), alpha=self.alpha)
-        return out["flags"].astype(np.float64)
+        ext = make_extractor(ctx, self.features)  # also validates the pixels options
+        if self.invariance is None:
+            gen, ref, null = (features(ctx, ext, x.images, None) for x in (sample, train, test))
+            return copy_flags(gen, ref, null, alpha=self.alpha)["flags"].astype(np.float64)
+        size, inv = int(self.features.get("size", 32)), self.invariance
+        ref = copy_embedding(train.images, size, inv)  # cheap (~0.3 ms a slice): not worth the disk cache
+        # the held-out → train distances are the same for every sample of a run: computed once, kept in the cache
+        null = Extractor("copy-null", lambda x, m: copy_distances(copy_embedding(x, size, inv), ref, inv)[0][:, None],
+                         content_hash(FEATURES_VERSION, COPY_VERSION, "null", ref, inv.flips, inv.max_shift), {"extractor": "copy null"})
+        d_null = features(ctx, null, test.images, None)[:, 0]
+        d_gen, nn_index = copy_distances(copy_embedding(sample.images, size, inv), ref, inv)
+        return conformal_flags(d_gen, nn_index, d_null, self.alpha)["flags"].astype(np.float64)

@@ -73,6 +73,12 @@ class Fid(FeatureSetMetric):
 
     name, higher_is_better, valid_range = "fid", False, (0.0, np.inf)
     summary = "Fréchet distance of feature Gaussians vs the real reference (segmenter features by default)"
+    limitations = (
+        "Set-level: fits a Gaussian to the features and is biased upwards at small n (hundreds of images give unstable "
+        "values), so compare only sets of equal size under the same feature extractor.",
+        "Features come from the real-data segmenter's encoder unless configured otherwise; insensitive to localised lesion "
+        "edits, and blind to memorisation: copies of the training set score as well as new images (Deo et al. 2025).",
+    )
 
     def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
         return D.fid_from_features(own, ref)
@@ -84,6 +90,11 @@ class Frd(Fid):
 
     name = "frd"
     summary = "Fréchet distance of radiomic (first-order + GLCM) features vs the real reference"
+    limitations = (
+        "22 handcrafted features (first order, GLCM, gradient), not the full PyRadiomics set of Konz et al.'s FRD: "
+        "sensitive to texture and intensity shifts, blind to lesion position and to anatomy beyond texture.",
+        "Computed on the whole slice unless masked; same small-n bias as FID, and blind to memorisation.",
+    )
 
     def __init__(self, features: dict[str, Any] | None = None, reference: str = "train", masked: bool = False) -> None:
         super().__init__({"extractor": "radiomic", "masked": masked, **(features or {})}, reference)
@@ -100,6 +111,10 @@ class Kid(FeatureSetMetric):
 
     name, higher_is_better, valid_range = "kid", False, (-np.inf, np.inf)
     summary = "KID (unbiased MMD², cubic kernel, subset mean) vs the real reference"
+    limitations = (
+        "Set-level: unbiased but high-variance at small n (the subsets are drawn from the run seed); the same "
+        "feature-extractor caveats as FID, and blind to memorisation.",
+    )
 
     def check_params(self) -> None:
         extra = set(self.params) - {"subsets", "subset_size"}
@@ -107,8 +122,19 @@ class Kid(FeatureSetMetric):
             raise MetricError(f"metric 'kid': unknown parameter(s) {sorted(extra)}; expected subsets, subset_size")
         self.params = {"subsets": int(self.params.get("subsets", 50)), "subset_size": int(self.params.get("subset_size", 100))}
 
-    def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
-        return float(D.kid(own, ref, subsets=self.params["subsets"], subset_size=self.params["subset_size"], rng=0).mean)
+    def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """The features, and the seed of the subset draws: derived from the run seed and this measure's configuration,
+        so a run is replayable and another run seed draws other subsets."""
+        import json
+
+        from ..seeding import derive_seed
+
+        own, ref = super().prepare(ctx, sample)
+        return own, ref, derive_seed(ctx.seed, "kid-subsets", json.dumps(self.config(), sort_keys=True, default=str))
+
+    def value(self, prepared: tuple[np.ndarray, np.ndarray | None, int], index: np.ndarray) -> float:  # type: ignore[override]
+        own, ref, seed = prepared
+        return float(D.kid(own[index], ref, subsets=self.params["subsets"], subset_size=self.params["subset_size"], rng=seed).mean)
 
 
 @register_metric
@@ -117,14 +143,24 @@ class Mmd(FeatureSetMetric):
 
     name, higher_is_better, valid_range = "mmd", False, (-np.inf, np.inf)
     summary = "MMD² (RBF kernel, median bandwidth) vs the real reference"
+    limitations = (
+        "Set-level: the value depends on the kernel and its bandwidth, which the median heuristic takes from the pooled "
+        "sample, so it is comparable only between sets of similar spread; blind to memorisation.",
+        "The estimate is unbiased and can be slightly negative when the sets come from one distribution.",
+    )
 
     def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
         return float(D.mmd2(own, ref, kernel="rbf"))
 
 
-def _prdc_metric(component: str, higher: bool, text: str) -> type[FeatureSetMetric]:
+PRDC_LIMITATION = ("k-nearest-neighbour manifold estimates (Naeem et al. 2020): they depend on k, on the feature extractor and "
+                   "on outliers, which inflate the neighbourhoods they lie in.")
+
+
+def _prdc_metric(component: str, higher: bool, text: str, limitation: str) -> type[FeatureSetMetric]:
     class Prdc(FeatureSetMetric):
         name, higher_is_better, valid_range, summary = component, higher, (0.0, np.inf if component == "density" else 1.0), text
+        limitations = (PRDC_LIMITATION, limitation)
 
         def check_params(self) -> None:
             extra = set(self.params) - {"k"}
@@ -140,11 +176,18 @@ def _prdc_metric(component: str, higher: bool, text: str) -> type[FeatureSetMetr
     return register_metric(Prdc)  # type: ignore[return-value]
 
 
-for _c, _t in {"precision": "fidelity: share of generated samples inside the real manifold",
-               "recall": "diversity: share of real samples inside the generated manifold",
-               "density": "fidelity: how densely generated samples fill real neighbourhoods",
-               "coverage": "diversity: share of real samples with a generated sample in their neighbourhood"}.items():
-    _prdc_metric(_c, True, _t)
+for _c, _t, _lim in (
+    ("precision", "fidelity: share of generated samples inside the real manifold",
+     "Fidelity only: a collapsed set of realistic images keeps full precision; it does not see localised lesion errors, "
+     "and copies of the training images score perfectly."),
+    ("recall", "diversity: share of real samples inside the generated manifold",
+     "Diversity only: falls with mode collapse, but a set of copies of the training images has full recall."),
+    ("density", "fidelity: how densely generated samples fill real neighbourhoods",
+     "Fidelity only and not bounded by 1: many images near dense real regions (or copies of them) raise it."),
+    ("coverage", "diversity: share of real samples with a generated sample in their neighbourhood",
+     "Diversity only: falls with mode collapse, but a set of copies of the training images has full coverage."),
+):
+    _prdc_metric(_c, True, _t, _lim)
 
 
 @register_metric
@@ -153,6 +196,10 @@ class Vendi(FeatureSetMetric):
 
     name, higher_is_better, valid_range = "vendi", True, (1.0, np.inf)
     summary = "Vendi diversity of the set (effective number of distinct images), features z-scored by the reference"
+    limitations = (
+        "Diversity only (the effective number of distinct images): it says nothing about fidelity, and noise raises it.",
+        "It grows with the number of images up to the feature dimension, so compare only sets of equal size.",
+    )
 
     def distance(self, own: np.ndarray, ref: np.ndarray | None) -> float:
         assert ref is not None  # only for the z-scoring: raw non-negative activations would make every cosine ≈ 1

@@ -18,13 +18,20 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 
 
 def ms_ssim_setup(size: int, kernel_size: int = 7) -> tuple[int, tuple[float, ...]]:
-    """Kernel and scale weights that fit a ``size``-pixel slice: as many of the 5 standard scales as satisfy
-    ``(kernel - 1)·2^(scales-1) < size`` (MONAI's condition), weights renormalised to sum to 1."""
-    scales = 5
-    while scales > 1 and (kernel_size - 1) * 2 ** (scales - 1) >= size:
-        scales -= 1
-    w = np.array(MS_SSIM_WEIGHTS[:scales])
-    return kernel_size, tuple(float(x) for x in w / w.sum())
+    """Kernel and scale weights that fit a ``size``-pixel slice: the most of the 5 standard scales (Wang et al. 2003) for
+    which MONAI's ``compute_ms_ssim`` runs, weights renormalised to sum to 1.
+
+    Two conditions must hold for ``s`` scales (MONAI 1.x, ``monai.metrics.regression``): its own size check
+    ``size // max(1, s - 1)² > kernel - 1``, and the coarsest scale, after ``s - 1`` halvings by 2 × 2 average pooling
+    (``size // 2^(s-1)`` pixels), must hold the kernel of its valid convolution. MetricError naming the size when even
+    one scale (plain SSIM) does not fit, i.e. the slice is smaller than the kernel.
+    """
+    for scales in range(len(MS_SSIM_WEIGHTS), 0, -1):
+        if size // max(1, scales - 1) ** 2 > kernel_size - 1 and size // 2 ** (scales - 1) >= kernel_size:
+            w = np.array(MS_SSIM_WEIGHTS[:scales])
+            return kernel_size, tuple(float(x) for x in w / w.sum())
+    raise MetricError(f"metric 'ms_ssim_diversity': a {size}-pixel slice is smaller than the {kernel_size}-pixel SSIM kernel; "
+                      f"set params.kernel_size to an odd number ≤ {size}")
 
 
 def pair_indices(n: int, n_pairs: int) -> np.ndarray:
@@ -44,6 +51,12 @@ class MsSsimDiversity(PerImageMetric):
     higher_is_better = False
     valid_range = (-1.0, 1.0)
     summary = "intra-set MS-SSIM over random pairs (MONAI, kernel/scales fitted to the slice); higher = less diverse"
+    limitations = (
+        "Structural similarity of random pairs of whole images: it sees whole-image mode collapse, not the collapse of a "
+        "sub-region or lesion type, and it says nothing about fidelity.",
+        "Noise and artefacts lower it, so a degraded set looks more diverse; the number of scales follows the slice size, "
+        "so compare values only at one slice size and kernel.",
+    )
 
     def __init__(self, n_pairs: int = 500, kernel_size: int = 7) -> None:
         if n_pairs < 10 or kernel_size < 3 or kernel_size % 2 == 0:
@@ -82,6 +95,11 @@ class RegionPresence(PerImageMetric):
     valid_range = (0.0, 1.0)
     needs: ClassVar[tuple[str, ...]] = ("segmenter",)
     summary = "share of images where the real-data segmenter finds the region (sub-region collapse)"
+    limitations = (
+        "Counts presence only (at least min_px pixels): a lesion of the wrong size, shape or place still counts as present.",
+        "Inherits the real-data segmenter's errors: lesions it misses on real images are reported absent on generated "
+        "images too, and hallucinated findings count as present.",
+    )
 
     def __init__(self, region: str = "whole_tumour", min_px: int = 5, segmenter: dict[str, Any] | None = None) -> None:
         from ..downstream import SegmenterConfig

@@ -3,7 +3,8 @@
 * ``segmenter``: task-aware features, the global-average-pooled activations of every encoder level of the
   downstream segmenter trained on real data (MONAI UNet), concatenated (16+32+64+128 = 240 dims by default).
 * ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.radiomics`), for an FRD-style distance.
-* ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.memorisation.image_embedding`), for copy detection.
+* ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.memorisation.image_embedding`), for copy detection
+  (``copy_fraction`` adds the twice-resolution plain image for its flip- and shift-invariant distance).
 * ``torchscript`` (``path``) or ``module`` (``module: pkg.mod:NAME``): any user network, e.g. RadImageNet or
   Inception weights the user has; grey slices are repeated to ``channels`` and resized to ``size`` as configured.
 """

@@ -10,8 +10,11 @@ import torch
 from ..errors import MriqError
 from .base import PerturbContext, apply, get
 
-# Strength levels per perturbation (values of its ``strength`` parameter), mildest first. Noise and duplication
-# levels follow Deo et al. 2025 / Mem-index (paper.md §5.1, §5.3); the others span "barely visible" to "obvious".
+# Strength levels per perturbation (values of its ``strength`` parameter), mildest first. The families are those of
+# Deo et al. 2025 (arXiv 2505.07175: noise, localised morphological alterations, distribution shifts including
+# memorisation); the paper's levels are not public. The duplication fractions (5, 15, 30, 45 %) are the defaults of the
+# same group's memorisation code (github.com/YashDeo-York/Mem-index, core/create_contamination.py); the noise levels
+# span σ = 0.01-0.1 on [0, 1] slices, and the others span "barely visible" to "obvious".
 DEFAULT_SWEEPS: dict[str, list[float]] = {
     "gaussian": [0.01, 0.02, 0.05, 0.1],
     "rician": [0.01, 0.02, 0.05, 0.1],

@@ -95,7 +95,7 @@ def healthy_fill(img: np.ndarray, region: np.ndarray, rng: np.random.Generator) 
 )
 def boundary_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, sigma: float, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Blur the lesion border: inside the band dilate(M, width) \\ erode(M, width) only, I is replaced by its
-    Gaussian-smoothed value (Deo et al. 2025 §5.2). Changes stay within dilate(M, width). Valid sigma: 0 to 8 px."""
+    Gaussian-smoothed value (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Changes stay within dilate(M, width). Valid sigma: 0 to 8 px."""
     region = _local("boundary_blur", masks, ctx)
     if sigma == 0:
         return images.clone(), masks
@@ -115,7 +115,7 @@ def boundary_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
 def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Change the intensity gradient inside the lesion: I' = I·(1 + alpha·g) on M, where g is a linear ramp across
     the lesion's bounding box, in a direction drawn from ``rng`` per image, normalised to [-1, 1] at the box corners
-    (Deo et al. 2025 §5.2). Only pixels of M change. Valid alpha: 0 to 1."""
+    (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change. Valid alpha: 0 to 1."""
     region = _local("gradient", masks, ctx)
     if alpha == 0:
         return images.clone(), masks
@@ -141,7 +141,7 @@ def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
 )
 def texture_flatten(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten the lesion's internal texture: I' = (1 - beta)·I + beta·mean(I | M) on M (per image), which keeps the
-    lesion's mean intensity but removes its heterogeneity (Deo et al. 2025 §5.2). Only pixels of M change.
+    lesion's mean intensity but removes its heterogeneity (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change.
     Valid beta: 0 to 1."""
     region = _local("texture_flatten", masks, ctx)
     if beta == 0:
@@ -314,7 +314,7 @@ def _vessel_gaps(v: np.ndarray, gaps: int, length: int, rng: np.random.Generator
 def vessel_break(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, gaps: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Break vessels: ``gaps`` cuts of ``length`` px across the vessel at random centreline points, each
     in-painted with the local background (a Gaussian-weighted mean of nearby non-vessel tissue plus matched
-    noise), so a connected tree falls apart (Deo et al. 2025 §5.2, vessel break). The vessel label is
+    noise), so a connected tree falls apart (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations, vessel break). The vessel label is
     ``ctx.lesion_labels`` (or every label > 0). Changes stay within dilate(V, 1). Valid gaps: 0 to 20."""
     region = _local("vessel_break", masks, ctx)
     if gaps == 0:
@@ -366,7 +366,7 @@ def vessel_prune(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     """Prune small vessels: the vessel mask is thinned to its centreline (Zhang–Suen) and cut at junctions;
     terminal branches and isolated pieces with fewer than ``min_area`` vessel pixels are erased from the image
     and in-painted with local background (one pass; a branch that becomes terminal is not pruned again)
-    (Deo et al. 2025 §5.2, vessel removal). Changes stay within dilate(V, 1) minus the kept vessel.
+    (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations, vessel removal). Changes stay within dilate(V, 1) minus the kept vessel.
     Valid min_area: 0 to 400 px."""
     region = _local("vessel_prune", masks, ctx)
     if min_area == 0:
