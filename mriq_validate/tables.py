@@ -11,6 +11,10 @@ stand-in model (:data:`mriq_validate.models.BUILTIN_MODELS`):
 
 plus TRTR Dice itself with its seed spread. Every value carries a percentile-bootstrap 95% CI; differences are
 paired (same resampled test slices on both sides). Segmenters come from the on-disk cache (trained once).
+
+The flags apply the thresholds of a suite's criteria (:data:`FLAG_CRITERIA`, default the shipped brain-tumour suite)
+with the gate's own rule (:func:`mriq_validate.criteria.noise_unit` and :func:`~mriq_validate.criteria.check_threshold`),
+so the table and the gate cannot disagree on where a bound lies.
 """
 
 from __future__ import annotations
@@ -19,19 +23,99 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .downstream import torch_threads
 from .stats import Estimate, bootstrap_indices
 
+if TYPE_CHECKING:
+    from .criteria import NoiseUnit
+    from .metrics.base import Metric
+    from .session import RunContext
+    from .suite import Criterion
+
 TSTR_MODELS: tuple[str, ...] = ("real", "noisy", "boundary-blur", "collapse")
 
-# The flag rules (the shipped suite's tolerances; see the table's footnote).
-PIQE_SE_TOLERANCE = 3.0  # IQA-PIQE: worse than real by more than 3 bootstrap SEs of the real mean
-DICE_A_TOLERANCE = -0.05  # DICE-WT: protocol A Dice more than 0.05 below real
-TSTR_SEED_SD_TOLERANCE = -2.0  # TSTR Dice more than 2 seed-to-seed SDs below TRTR
+#: The suite the flags are read from by default: the shipped brain-tumour suite of the source tree.
+SHIPPED_SUITE = Path(__file__).resolve().parents[1] / "suites" / "brain_tumour.yaml"
+#: Flag → (criterion id, metric it must use): the criteria whose thresholds flag the table's columns.
+FLAG_CRITERIA: dict[str, tuple[str, str]] = {"PIQE": ("IQA-PIQE", "piqe"), "Dice A": ("DICE-WT", "dice"),
+                                             "TSTR": ("DICE-TSTR-WT", "dice_tstr")}
+
+
+@dataclass
+class FlagRule:
+    """A column's flag: the criterion's threshold on the paired difference, in its noise unit, as the gate applies it."""
+
+    flag: str
+    criterion_id: str
+    threshold: dict[str, Any]
+    unit: "NoiseUnit"
+    bounds: dict[str, float | None]
+
+    def flags(self, difference: Estimate) -> bool:
+        """Whether the gate's rule fails ``difference`` (subject − reference)."""
+        from .criteria import check_threshold
+        from .suite import Threshold
+
+        return not check_threshold(Threshold(**self.threshold), difference, self.unit)[0]
+
+    def text(self) -> str:
+        """The rule in words, with its bound on the difference."""
+        from .suite import Threshold
+
+        th, u = self.threshold, self.unit
+        parts = []
+        for key, sign in (("min", "<"), ("max", ">")):
+            c = th[key]
+            if c is None:
+                continue
+            bound = self.bounds[key]
+            if u.unit == "absolute":
+                parts.append(f"Δ {sign} {c:g}")
+            elif u.unit == "se":
+                parts.append(f"Δ {sign} {c:g} bootstrap SEs of the real mean ({bound:+.3g})")
+            else:
+                rec = u.record(Threshold(**th))["noise_unit"]["bounds"][key]
+                parts.append(f"Δ {sign} {c:g} seed SDs, widened ×{rec['inflation']:.2f} for an SD from {u.seeds} seeds to keep its "
+                             f"{100 * rec['false_alarm']:.1f} % false-alarm rate ({bound:+.4f})")
+        return f"**{self.flag}** ({self.criterion_id}) when " + " or ".join(parts)
+
+
+def flag_criteria(suite: str | Path | None = None) -> dict[str, "Criterion"]:
+    """The criteria of :data:`FLAG_CRITERIA` in ``suite`` (default :data:`SHIPPED_SUITE`), each a model criterion with
+    ``relative: difference`` on the expected metric; SuiteError naming the file and criterion otherwise."""
+    from .errors import SuiteError
+    from .suite import load_suite
+
+    path = Path(suite) if suite is not None else SHIPPED_SUITE
+    if not path.is_file():
+        raise SuiteError(f"downstream table: suite {path} not found (the flags read their thresholds from it); pass a suite path")
+    by_id = {c.id: c for c in load_suite(path).criteria}
+    out = {}
+    for flag, (cid, metric) in FLAG_CRITERIA.items():
+        crit = by_id.get(cid)
+        if crit is None:
+            raise SuiteError(f"{path}: the downstream table flags {flag} by criterion {cid}, which the suite does not have")
+        if crit.metric != metric or crit.kind != "model" or crit.threshold.relative != "difference":
+            raise SuiteError(f"{path}: criterion {cid} must be a model criterion on metric {metric!r} with relative: difference to flag "
+                             f"the table's {flag} column; it has metric {crit.metric!r}, kind {crit.kind}, relative "
+                             f"{crit.threshold.relative}")
+        out[flag] = crit
+    return out
+
+
+def flag_rule(flag: str, crit: "Criterion", metric: "Metric", ctx: "RunContext", reference: Estimate) -> FlagRule:
+    """The rule that flags a column: ``crit``'s threshold in the noise unit the gate would use for ``metric`` with
+    ``reference`` as the baseline (:func:`mriq_validate.criteria.noise_unit`)."""
+    from .criteria import noise_unit
+
+    unit = noise_unit(crit, metric, ctx, reference)
+    th = crit.threshold
+    bounds = {k: unit.bound(c) if c is not None else None for k, c in (("min", th.min), ("max", th.max))}
+    return FlagRule(flag, crit.id, th.model_dump(), unit, bounds)
 
 
 @dataclass
@@ -69,7 +153,8 @@ class DownstreamTable:
     trtr: Estimate
     seed_means: list[float]
     seed_sd: float
-    real_piqe_se: float
+    suite: str
+    rules: list[FlagRule]
     rows: list[ModelRow]
     seconds: float
 
@@ -102,10 +187,8 @@ class DownstreamTable:
             "same resampled test slices (model − real, or TSTR − TRTR). Dice A: the real-data (TRTR) segmenter applied to the "
             "images each model generates for the real test masks. TSTR: a segmenter of the same architecture and budget trained "
             "on the images each model generates for the real training masks, tested on the real test images. "
-            f"Flags: **PIQE** when ΔPIQE > {PIQE_SE_TOLERANCE:g} standard errors of the real mean PIQE "
-            f"({PIQE_SE_TOLERANCE * self.real_piqe_se:.2f}); **Dice A** when ΔDice A < {DICE_A_TOLERANCE:g}; "
-            f"**TSTR** when ΔTSTR < {TSTR_SEED_SD_TOLERANCE:g} seed SDs ({TSTR_SEED_SD_TOLERANCE * self.seed_sd:+.4f}). "
-            f"Computed in {self.seconds:.0f} s.",
+            f"Flags apply the thresholds of `{self.suite}` with the gate's own rule: "
+            + "; ".join(r.text() for r in self.rules) + f". Computed in {self.seconds:.0f} s.",
         ]
         return "\n".join(lines) + "\n"
 
@@ -143,24 +226,26 @@ def paired_estimates(subject: np.ndarray, reference: np.ndarray, rng: np.random.
 
 
 def downstream_table(data_spec: str = "builtin:mni-tumour", *, cache_dir: str | Path | None = None, device: str = "auto",
-                     seed: int = 0, region: str = "whole_tumour", segmenter: dict[str, Any] | None = None, noise_seeds: int = 3,
-                     n_boot: int = 1000, models: Sequence[str] | None = None, tstr_models: Sequence[str] = TSTR_MODELS,
-                     progress: Callable[[str], None] | None = None) -> DownstreamTable:
+                     seed: int = 0, suite: str | Path | None = None, region: str | None = None, segmenter: dict[str, Any] | None = None,
+                     noise_seeds: int | None = None, n_boot: int = 1000, models: Sequence[str] | None = None,
+                     tstr_models: Sequence[str] = TSTR_MODELS, progress: Callable[[str], None] | None = None) -> DownstreamTable:
     """Compute the downstream table (see the module docstring) for builtin ``models`` (default: all of them).
 
+    The metrics' parameters and the flags' thresholds come from ``suite``'s criteria (:func:`flag_criteria`);
+    ``region``, ``segmenter`` and ``noise_seeds``, when given, override those parameters for the Dice columns.
     On CPU everything runs with ``$MRIQ_TORCH_THREADS`` torch threads (default 1; see
     :func:`mriq_validate.downstream.cpu_threads`), which on shared CPUs is many times faster than torch's default.
     """
     from .session import resolve_device
 
     with torch_threads(resolve_device(device)):
-        return _downstream_table(data_spec, cache_dir=cache_dir, device=device, seed=seed, region=region, segmenter=segmenter,
+        return _downstream_table(data_spec, cache_dir=cache_dir, device=device, seed=seed, suite=suite, region=region, segmenter=segmenter,
                                  noise_seeds=noise_seeds, n_boot=n_boot, models=models, tstr_models=tstr_models, progress=progress)
 
 
-def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: str, seed: int, region: str,
-                      segmenter: dict[str, Any] | None, noise_seeds: int, n_boot: int, models: Sequence[str] | None,
-                      tstr_models: Sequence[str], progress: Callable[[str], None] | None) -> DownstreamTable:
+def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: str, seed: int, suite: str | Path | None,
+                      region: str | None, segmenter: dict[str, Any] | None, noise_seeds: int | None, n_boot: int,
+                      models: Sequence[str] | None, tstr_models: Sequence[str], progress: Callable[[str], None] | None) -> DownstreamTable:
     from .cache import default_cache_dir
     from .downstream import Dice, DiceTSTR
     from .metrics.base import Sample, create_metric
@@ -174,14 +259,25 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     unknown = sorted(set(names) - set(BUILTIN_MODELS)) + sorted(set(tstr_models) - set(BUILTIN_MODELS))
     if unknown:
         raise ValueError(f"unknown builtin model(s) {unknown}; expected some of {sorted(BUILTIN_MODELS)}")
+    criteria = flag_criteria(suite)
+    overrides = {k: v for k, v in (("region", region), ("segmenter", segmenter), ("noise_seeds", noise_seeds)) if v is not None}
+
+    def metric_for(flag: str, params: dict[str, Any]) -> Any:
+        crit = criteria[flag]
+        return create_metric(crit.metric, {**crit.params, **params}, where=f"criterion {crit.id}: ")
+
     settings = RunSettings(model=None, data=data_spec, device=device, seed=seed, cache_dir=str(cache_dir or default_cache_dir()))
     ctx = RunContext(settings, data_spec, say)
     data = ctx.data
-    dice_a, tstr = Dice(region, segmenter, noise_seeds=noise_seeds), DiceTSTR(region, segmenter, noise_seeds=noise_seeds)
-    piqe = create_metric("piqe")
+    dice_a, tstr, piqe = metric_for("Dice A", overrides), metric_for("TSTR", overrides), metric_for("PIQE", {})
+    assert isinstance(dice_a, Dice) and isinstance(tstr, DiceTSTR)
+    if dice_a.segmenter != tstr.segmenter or dice_a.region != tstr.region:
+        raise ValueError(f"the downstream table needs one segmenter and region for protocols A and B; the suite's criteria "
+                         f"{criteria['Dice A'].id} and {criteria['TSTR'].id} differ (region {dice_a.region} vs {tstr.region})")
+    region = tstr.region
     real_test, real_train = ctx.real("test"), ctx.real("train")
 
-    say(f"downstream table: TRTR segmenter and its seed spread over {noise_seeds} seeds")
+    say(f"downstream table: TRTR segmenter and its seed spread over {tstr.noise_seeds} seeds")
     trtr = ctx.prepare(tstr, real_train)
     seed_means = tstr.seed_means(ctx)
     seed_sd = float(np.std(seed_means, ddof=1))
@@ -190,6 +286,15 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
         raise AssertionError("protocol A's real-test Dice differs from TRTR's: they must be the same segmenter")
     say("downstream table: PIQE on the real test images")
     real_piqe = ctx.prepare(piqe, real_test)
+
+    def mean_estimate(scores: np.ndarray, *key: str) -> Estimate:
+        idx = bootstrap_indices(scores.size, n_boot, rng_for(seed, "downstream-table", *key)) if n_boot else np.empty((0, scores.size), np.int64)
+        return estimate_from(lambda i: scores[i].mean(), scores.size, idx)
+
+    trtr_est = mean_estimate(trtr, "trtr")
+    rules = {"PIQE": flag_rule("PIQE", criteria["PIQE"], piqe, ctx, mean_estimate(real_piqe, "real-piqe")),
+             "Dice A": flag_rule("Dice A", criteria["Dice A"], dice_a, ctx, trtr_est),
+             "TSTR": flag_rule("TSTR", criteria["TSTR"], tstr, ctx, trtr_est)}
 
     rows = []
     for name in names:
@@ -208,15 +313,15 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
             row.tstr = paired_estimates(ctx.prepare(tstr, gen_train), trtr, rng, n_boot)
         rows.append(row)
 
-    real_piqe_se = float(np.std(real_piqe, ddof=1) / np.sqrt(real_piqe.size))
     for row in rows:
-        if row.piqe.difference.value > PIQE_SE_TOLERANCE * real_piqe_se:
-            row.flags.append("PIQE")
-        if row.dice_a.difference.value < DICE_A_TOLERANCE:
-            row.flags.append("Dice A")
-        if row.tstr is not None and row.tstr.difference.value < TSTR_SEED_SD_TOLERANCE * seed_sd:
-            row.flags.append("TSTR")
-    trtr_est = estimate_from(lambda i: trtr[i].mean(), trtr.size, bootstrap_indices(trtr.size, n_boot, rng_for(seed, "downstream-table", "trtr"))
-                             if n_boot else np.empty((0, trtr.size), np.int64))
+        for flag, paired in (("PIQE", row.piqe), ("Dice A", row.dice_a), ("TSTR", row.tstr)):
+            if paired is not None and rules[flag].flags(paired.difference):
+                row.flags.append(flag)
     return DownstreamTable(data_spec, region, asdict(tstr.segmenter), str(ctx.device), len(data.test), len(data.train), n_boot, trtr_est,
-                           seed_means, seed_sd, real_piqe_se, rows, time.perf_counter() - start)
+                           seed_means, seed_sd, _display_path(suite), list(rules.values()), rows,
+                           time.perf_counter() - start)
+
+
+def _display_path(suite: str | Path | None) -> str:
+    """The suite as the table names it: the path given, or the shipped suite relative to the source tree."""
+    return str(suite) if suite is not None else str(SHIPPED_SUITE.relative_to(SHIPPED_SUITE.parents[1]))

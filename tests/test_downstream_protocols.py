@@ -18,6 +18,7 @@ from conftest import CACHE
 from mriq_validate import downstream
 from mriq_validate.downstream import (Dice, DiceAugmented, DiceTSTR, Hd95, SegmenterConfig, dice_per_image, get_segmenter,
                                       hd95_per_image, segmenter_key)
+from mriq_validate.criteria import seed_sd_multiplier
 from mriq_validate.errors import MetricError
 from mriq_validate.metrics.base import Sample, create_metric
 from mriq_validate.session import RunContext, RunSettings
@@ -67,9 +68,75 @@ def test_hd95_empty_masks_are_decided_not_nan() -> None:
 def test_hd95_metric_declares_lower_is_better_and_its_empty_rules() -> None:
     m = create_metric("hd95", {"region": "whole_tumour"})
     assert isinstance(m, Hd95) and not m.higher_is_better
+    assert m.config()["definition"] == "monai" and "larger of the two one-way 95th percentiles" in m.config()["hd95"]
     assert "both empty = 0 mm" in m.config()["hd95"] and "diagonal" in m.config()["hd95"]
+    brats = create_metric("hd95", {"definition": "brats"})
+    assert brats.config()["definition"] == "brats" and "pooled" in brats.config()["hd95"] and "374 mm" in brats.config()["hd95"]
     with pytest.raises(MetricError, match="spacing"):
         hd95_per_image(square(1, 1), square(1, 1), (1.5, 1.5, 1.5))
+    with pytest.raises(MetricError, match=r"definition 'medpy' unknown; expected one of \['brats', 'monai'\]"):
+        create_metric("hd95", {"definition": "medpy"})
+
+
+def test_hd95_definitions_by_hand() -> None:
+    """Reference: one pixel at (5, 5). Prediction: that pixel and one 10 px away. A one-pixel mask is its own boundary.
+    prediction→reference distances [0, 10], reference→prediction [0]; 95th percentiles (linear interpolation):
+    MONAI max(9.5, 0) = 9.5; pooled over [0, 0, 10]: position 0.95 · 2 = 1.9 → 0.9 · 10 = 9.0."""
+    ref = torch.zeros(1, 1, 20, 30, dtype=torch.bool)
+    ref[0, 0, 5, 5] = True
+    pred = ref.clone()
+    pred[0, 0, 5, 15] = True
+    assert hd95_per_image(pred, ref, (1.0, 1.0)) == pytest.approx([9.5])
+    assert hd95_per_image(pred, ref, (1.0, 1.0), "brats") == pytest.approx([9.0])
+    assert hd95_per_image(pred, ref, (2.0, 0.5), "brats") == pytest.approx([4.5])  # the 10 px lie along the 0.5 mm axis
+
+
+def brute_force_hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+    """(MONAI's, pooled) HD95 from all pairwise distances between the boundary pixels (mask minus its 4-neighbour erosion)."""
+    from scipy.ndimage import binary_erosion
+
+    def boundary(m: np.ndarray) -> np.ndarray:
+        return np.argwhere(m & ~binary_erosion(m)) * np.asarray(spacing)
+
+    bp, br = boundary(pred), boundary(ref)
+    d = np.sqrt(((bp[:, None, :] - br[None, :, :]) ** 2).sum(-1))
+    p_to_r, r_to_p = d.min(1), d.min(0)
+    return max(np.percentile(p_to_r, 95), np.percentile(r_to_p, 95)), float(np.percentile(np.concatenate([p_to_r, r_to_p]), 95))
+
+
+def test_hd95_definitions_against_brute_force() -> None:
+    """A 12×12 reference square; predictions with a small far-away false positive, a missed corner, and a shifted square:
+    the definitions differ where one direction has a tail the other lacks, and each matches its brute-force value."""
+    ref = np.zeros((64, 64), bool)
+    ref[20:32, 20:32] = True
+    blob = ref.copy()
+    blob[50, 50:53] = True  # a 3 px false positive ~30 px away: 3 of 47 boundary pixels (> 5 %), 3 of 91 pooled (< 5 %)
+    corner = ref.copy()
+    corner[26:32, 26:32] = False  # a quarter missed
+    shifted = np.roll(ref, (2, 5), axis=(0, 1))
+    preds = np.stack([blob, corner, shifted])
+    refs = np.stack([ref] * 3)
+    spacing = (1.5, 1.0)
+    monai = hd95_per_image(torch.from_numpy(preds)[:, None], torch.from_numpy(refs)[:, None], spacing)
+    pooled = hd95_per_image(torch.from_numpy(preds)[:, None], torch.from_numpy(refs)[:, None], spacing, "brats")
+    expected = [brute_force_hd95(p, r, spacing) for p, r in zip(preds, refs)]
+    np.testing.assert_allclose(monai, [e[0] for e in expected], rtol=1e-5)  # MONAI's distances are float32
+    np.testing.assert_allclose(pooled, [e[1] for e in expected], rtol=1e-5)
+    assert monai[0] > 20 and pooled[0] == 0.0  # the far-away blob: MONAI's one-way tail; pooled, it is below the 5 %
+
+
+def test_hd95_brats_empty_mask_is_374_mm() -> None:
+    empty = torch.zeros(1, 1, 128, 128, dtype=torch.bool)
+    got = hd95_per_image(torch.cat([empty, square(5, 5), empty]), torch.cat([empty, empty, square(5, 5)]), (1.5, 1.5), "brats")
+    np.testing.assert_array_equal(got, [0.0, 374.0, 374.0])
+
+
+def test_downstream_metrics_state_their_limitations() -> None:
+    for name in ("dice", "hd95", "dice_tstr", "dice_augmented"):
+        lim = create_metric(name).limitations
+        assert lim and all(isinstance(t, str) and len(t) > 40 for t in lim), name
+    assert any("training randomness only" in t for t in DiceTSTR.limitations)
+    assert any("more optimisation steps" in t for t in DiceAugmented.limitations)
 
 
 def test_hd95_on_real_test_images(ctx: RunContext) -> None:
@@ -163,7 +230,7 @@ def test_noise_floor_is_positive_and_cached(ctx: RunContext, monkeypatch: pytest
         assert (CACHE / "segmenters" / f"{key}.pt").is_file()
     # a fresh run loads the three segmenters from disk (no training) and protocol A has the same floor
     monkeypatch.setattr(downstream, "train_segmenter", lambda *a, **k: pytest.fail("noise-floor segmenters must come from the cache"))
-    assert Dice().noise_floor(make_ctx()) == pytest.approx(floor)
+    assert Dice(noise_seeds=3).noise_floor(make_ctx()) == pytest.approx(floor)
 
 
 # ---------------------------------------------------------------- 3D
@@ -228,8 +295,11 @@ def test_tstr_criterion_through_the_plugin(pytester: pytest.Pytester) -> None:
     assert rec["verdict"] == "PASS" and rec["metric"]["name"] == "dice_tstr"
     assert rec["compared"]["value"] == 0.0  # builtin:real's training pairs are the real ones: TSTR is TRTR
     assert rec["samples"]["paired"] and rec["samples"]["n"] == 128 and rec["samples"]["evaluated"] == "generated (train masks)"
-    floor = DiceTSTR().noise_floor(make_ctx())
-    assert rec["bounds"]["min"] == pytest.approx(-2 * floor)
+    floor = DiceTSTR().noise_floor(make_ctx())  # over the default 5 seeds
+    assert rec["bounds"]["min"] == pytest.approx(-seed_sd_multiplier(2, 5) * floor)  # -2 SDs, widened for an SD from 5 seeds
+    noise = rec["threshold"]["noise_unit"]
+    assert noise["seeds"] == 5 and noise["seed_sd"] == pytest.approx(floor) and len(noise["seed_means"]) == 5
+    assert noise["bounds"]["min"]["false_alarm"] == pytest.approx(0.0786, abs=1e-4)  # Φ(-2/√2)
     assert "seed-to-seed SDs" in rec["message"]
 
     result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", "--mriq-device=cpu", "--mriq-model=builtin:tumour-eraser")
@@ -252,8 +322,14 @@ def test_downstream_table_small() -> None:
     assert rows["real"].dice_a.difference.value == 0.0 and rows["real"].flags == []
     assert table.trtr.value == pytest.approx(rows["real"].tstr.value.value)
     assert "Dice A" in rows["tumour-eraser"].flags and rows["tumour-eraser"].tstr is None
+    # the flags are the shipped suite's criteria, with the gate's noise unit: -3 seed SDs widened for 5 seeds
+    rules = {r.flag: r for r in table.rules}
+    assert [r.criterion_id for r in table.rules] == ["IQA-PIQE", "DICE-WT", "DICE-TSTR-WT"] and len(table.seed_means) == 5
+    assert rules["TSTR"].bounds["min"] == pytest.approx(-seed_sd_multiplier(3, 5) * table.seed_sd)
+    assert rules["Dice A"].bounds["min"] == -0.05
     md = table.markdown()
     assert "**TRTR**" in md and "| tumour-eraser |" in md and f"{table.seed_sd:.4f}" in md
+    assert "**TSTR** (DICE-TSTR-WT) when Δ < -3 seed SDs, widened ×1.29 for an SD from 5 seeds to keep its 1.7 % false-alarm rate" in md
     assert asdict(table.rows[0].piqe.value)["n"] == 128
 
 
