@@ -41,7 +41,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  builtin:{name}")
     print("metrics (metric: in a suite):")
     for name, cls in sorted(METRICS.items()):
-        print(f"  {name:<22} {'higher' if cls.higher_is_better else 'lower'} is better; {cls.kind}; {cls.summary}")
+        direction = "direction per pyiqa metric" if name == "pyiqa" else f"{'higher' if cls.higher_is_better else 'lower'} is better"
+        print(f"  {name:<22} {direction}; {cls.kind}; {cls.summary}")
     print("perturbations (perturbation: {name: ...}):")
     for name, p in sorted(REGISTRY.items()):
         params = ", ".join(f"{q.name}={q.default} [{q.low}, {q.high}]" for q in p.params)

@@ -29,6 +29,7 @@ SEED_OPTION = "--mriq-seed"
 CACHE_OPTION = "--mriq-cache"
 REPORT_OPTION = "--mriq-report"
 THRESHOLD_OPTION = "--mriq-threshold"
+TIMEOUT_OPTION = "--mriq-timeout"
 DEFAULT_DATA = "builtin:mni-tumour (or the suite's data.default)"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -39,6 +40,12 @@ def _device(value: str) -> str:
     return value
 
 
+def _spec(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; expected a model or data spec (e.g. builtin:real, my_model.py:build, a folder)")
+    return value.strip()
+
+
 def _seed(value: str) -> int:
     try:
         seed = int(value)
@@ -47,6 +54,16 @@ def _seed(value: str) -> int:
     if seed < 0:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a non-negative integer")
     return seed
+
+
+def _timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive number of seconds")
+    return seconds
 
 
 def _override(value: str) -> tuple[str, str, Any]:
@@ -60,9 +77,9 @@ def _override(value: str) -> tuple[str, str, Any]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mriq-validate", "gate generative MRI models on fitness-for-purpose criteria")
-    group.addoption(MODEL_OPTION, metavar="SPEC", help="model under test: builtin:NAME, file.py:NAME, module:NAME, a folder of "
+    group.addoption(MODEL_OPTION, metavar="SPEC", type=_spec, help="model under test: builtin:NAME, file.py:NAME, module:NAME, a folder of "
                     "images or a TorchScript .pt file. Without it, suite criteria SKIP. ini: mriq_model")
-    group.addoption(DATA_OPTION, metavar="SPEC", help=f"reference data: builtin:NAME or a NIfTI folder (BraTS or imagesTr/labelsTr). "
+    group.addoption(DATA_OPTION, metavar="SPEC", type=_spec, help=f"reference data: builtin:NAME or a NIfTI folder (BraTS or imagesTr/labelsTr). "
                     f"Default: {DEFAULT_DATA}. ini: mriq_data")
     group.addoption(DEVICE_OPTION, metavar="DEV", type=_device, help="auto (CUDA if available), cpu, cuda or cuda:N. Default: auto. ini: mriq_device")
     group.addoption(SEED_OPTION, metavar="INT", type=_seed, help="run seed; every random draw derives from it and the criterion id. "
@@ -73,12 +90,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(THRESHOLD_OPTION, metavar="ID.FIELD=VALUE", action="append", type=_override, default=[],
                     help="override a criterion's threshold without editing the suite, e.g. DICE-WT.min=-0.1 (repeatable; "
                     "recorded as a deviation). ini: mriq_thresholds (one per line)")
+    from .isolation import DEFAULT_TIMEOUT_S
+
+    group.addoption(TIMEOUT_OPTION, metavar="SECONDS", type=_timeout, help="each call into the model under test (loading, "
+                    "generate, sample) must return within SECONDS, else the model's process is stopped and the criteria that "
+                    f"need it ERROR; user code runs in a child process, so a hang or crash cannot stop the run. "
+                    f"Default: {DEFAULT_TIMEOUT_S:g}. ini: mriq_timeout")
     parser.addini("mriq_model", "default for --mriq-model")
     parser.addini("mriq_data", "default for --mriq-data")
     parser.addini("mriq_device", "default for --mriq-device", default="auto")
     parser.addini("mriq_seed", "default for --mriq-seed", default="0")
     parser.addini("mriq_cache", "default for --mriq-cache")
     parser.addini("mriq_report", "default for --mriq-report")
+    parser.addini("mriq_timeout", "default for --mriq-timeout", default=f"{DEFAULT_TIMEOUT_S:g}")
     parser.addini("mriq_thresholds", "threshold overrides ID.FIELD=VALUE, one per line", type="linelist", default=[])
 
 
@@ -87,6 +111,7 @@ class MriqRun:
 
     def __init__(self, config: pytest.Config) -> None:
         from .cache import default_cache_dir
+        from .isolation import DEFAULT_TIMEOUT_S
         from .report import now_iso
         from .session import RunSettings
 
@@ -109,7 +134,9 @@ class MriqRun:
             device=pick(DEVICE_OPTION, "mriq_device", _device) or "auto",
             seed=pick(SEED_OPTION, "mriq_seed", _seed) or 0,
             cache_dir=str(pick(CACHE_OPTION, "mriq_cache") or default_cache_dir()),
+            timeout=pick(TIMEOUT_OPTION, "mriq_timeout", _timeout) or DEFAULT_TIMEOUT_S,
         )
+        config.add_cleanup(lambda: [c.close() for c in self.contexts.values()])  # stop the model's child process
         report = pick(REPORT_OPTION, "mriq_report")
         self.report_dir = Path(report) if report else None
         self.overrides: list[tuple[str, str, Any, str]] = [(*o, THRESHOLD_OPTION) for o in config.getoption(THRESHOLD_OPTION)]
@@ -124,8 +151,9 @@ class MriqRun:
         self.suites: dict[str, dict[str, Any]] = {}
         self.started = now_iso()
         # for the evidence report (see report.py): the collected plan, what did not run and why
-        self.planned: dict[str, dict[str, Any]] = {}  # item id → record stub, in collection order
-        self.deselected: list[dict[str, Any]] = []
+        self.collected: dict[str, dict[str, Any]] = {}  # every item the collected suites ask for → record stub
+        self.planned: dict[str, dict[str, Any]] = {}  # the items selected to run (after -k, -m, node ids), in order
+        self.criterion_ids: set[str] = set()
         self.collection_errors: list[dict[str, Any]] = []
         self.durations: dict[str, float] = {}  # item id → seconds (setup + call + teardown)
         self.interruption: str | None = None
@@ -146,7 +174,7 @@ class MriqRun:
         from .session import RunContext, RunSettings
 
         spec = self.settings.data or suite.data.default
-        options = suite.data.model_dump(exclude={"default"}) if not spec.startswith("builtin:") else {}
+        options = suite.data.options_for(spec)
         key = json.dumps([spec, options], sort_keys=True)
         if key not in self.contexts:
             settings = RunSettings(**{**self.settings.__dict__, "data": spec, "data_options": options})
@@ -170,7 +198,6 @@ RUN_KEY = pytest.StashKey[MriqRun]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # pyiqa / hub: a missing weight fails at once, never downloads
     config.addinivalue_line("markers", "mriq_gate: a gating mriq-validate criterion (FAIL blocks release)")
     config.addinivalue_line("markers", "mriq_advisory: an advisory mriq-validate criterion (reported, never fails the run)")
     config.stash[RUN_KEY] = MriqRun(config)
@@ -181,20 +208,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = run.settings
     return [
         f"mriq-validate: model={s.model or '(none: criteria will SKIP)'} data={s.data or DEFAULT_DATA} device={s.device} "
-        f"seed={s.seed} cache={s.cache_dir} report={run.report_dir or '(none)'}"
+        f"seed={s.seed} timeout={s.timeout:g}s cache={s.cache_dir} report={run.report_dir or '(none)'}"
         + (f" threshold-overrides={len(run.overrides)}" if run.overrides else "")
     ]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> "SuiteFile | None":
     if file_path.suffix in (".yaml", ".yml"):
-        from .suite import is_suite_text
+        from .suite import is_suite_file
 
-        try:
-            text = file_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        if is_suite_text(text):
+        if is_suite_file(file_path):
             return SuiteFile.from_parent(parent, path=file_path)
     return None
 
@@ -203,7 +226,8 @@ class SuiteFile(pytest.File):
     """A suite YAML file; collects one item per criterion (per sweep level)."""
 
     def collect(self):  # type: ignore[no-untyped-def]
-        from .suite import apply_overrides, load_suite
+        from .errors import SuiteError
+        from .suite import apply_overrides, decode_suite_bytes, load_suite
 
         run = self.config.stash[RUN_KEY]
         suite = load_suite(self.path)
@@ -211,11 +235,14 @@ class SuiteFile(pytest.File):
         run.deviations.extend({**d, "suite": str(self.path)} for d in deviations)
         run.suites[str(self.path)] = {"name": suite.name, "version": suite.version, "context_of_use": suite.context_of_use,
                                       "path": str(self.path), "n_criteria": len(suite.criteria)}
-        text = self.path.read_text(encoding="utf-8")
+        text = decode_suite_bytes(self.path.read_bytes(), self.path)
         for crit in suite.criteria:
+            run.criterion_ids.add(crit.id)
             line = _criterion_line(text, crit.id)
             levels = crit.perturbation.levels() if crit.perturbation else [{}]
-            sweep = crit.perturbation is not None and len(levels) > 1
+            if not levels:  # the schema refuses empty sweeps; never let a criterion vanish without an error
+                raise SuiteError(f"{self.path}:{line + 1}: criterion {crit.id} yields no test item")
+            sweep = crit.perturbation is not None and any(isinstance(v, list) for v in crit.perturbation.params.values())
             for level in levels:
                 name = crit.id
                 if sweep:
@@ -223,6 +250,7 @@ class SuiteFile(pytest.File):
                     name = f"{crit.id}[{key}={level[key]}]"
                 item = CriterionItem.from_parent(self, name=name, criterion=crit, level=level if sweep else {}, suite=suite, line=line)
                 item.add_marker("mriq_gate" if crit.gate else "mriq_advisory")
+                run.collected[item.nodeid] = _plan_entry(item)  # everything the suite asks for, selected or not
                 yield item
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
@@ -270,7 +298,9 @@ class CriterionItem(pytest.Item):
     def runtest(self) -> None:
         assert self.outcome is not None
         if self.outcome.verdict == "FAIL" and self.criterion.gate:
-            raise CriterionFailed(self.outcome.message)
+            prefix = ("SELF-CHECK FAILED: the tool cannot judge models on this data, so the decision is INCOMPLETE (not NOT "
+                      "CLEARED).\n" if self.criterion.self_check else "")
+            raise CriterionFailed(prefix + self.outcome.message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
         if isinstance(excinfo.value, CriterionFailed):
@@ -338,6 +368,21 @@ _RUN: MriqRun | None = None
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _RUN
     _RUN = session.config.stash[RUN_KEY]
+    if _RUN.report_dir is not None and not hasattr(session.config, "workerinput"):
+        _mark_report_folder(_RUN)
+
+
+def _mark_report_folder(run: MriqRun) -> None:
+    """Replace whatever an earlier run left in the report folder with an INCOMPLETE placeholder, so a run that dies never
+    leaves the previous decision in place; a folder that cannot be written is a usage error before any work is done."""
+    from .report import mark_in_progress
+
+    assert run.report_dir is not None
+    try:
+        mark_in_progress(run.report_dir, _run_info(run))
+    except OSError as exc:
+        raise pytest.UsageError(f"{REPORT_OPTION} {run.report_dir}: the report cannot be written there "
+                                f"({exc.strerror or type(exc).__name__}: {exc.filename or run.report_dir}); give a writable folder") from None
 
 
 def _plan_entry(item: CriterionItem) -> dict[str, Any]:
@@ -350,16 +395,22 @@ def _plan_entry(item: CriterionItem) -> dict[str, Any]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    from .suite import unmatched_overrides
+
     run = session.config.stash[RUN_KEY]
     for item in session.items:
         if isinstance(item, CriterionItem):
             run.planned[item.nodeid] = _plan_entry(item)
+    # an override that names no collected criterion (a typo) would leave the suite's bound in force unnoticed
+    given = run.overrides if run.suites else [o for o in run.overrides if o[3] == THRESHOLD_OPTION]
+    problems = unmatched_overrides(given, run.criterion_ids)
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
 
 
-def pytest_deselected(items: list[pytest.Item]) -> None:
-    for item in items:
-        if isinstance(item, CriterionItem):
-            item.config.stash[RUN_KEY].deselected.append(_plan_entry(item))
+def _deselected(run: MriqRun) -> list[dict[str, Any]]:
+    """Items the collected suites ask for that were not selected to run (-k, -m, --deselect, node ids, other plugins)."""
+    return [entry for item_id, entry in run.collected.items() if item_id not in run.planned]
 
 
 def _collection_error(run: MriqRun, report: Any) -> None:
@@ -404,6 +455,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
             run.deviations.append(dev)
     for item_id, entry in data["planned"].items():
         run.planned.setdefault(item_id, entry)
+    for item_id, entry in data["collected"].items():
+        run.collected.setdefault(item_id, entry)
+    run.criterion_ids.update(data["criterion_ids"])
     run.worker_contexts.extend(data["contexts"])
     if run.sample_images is None and data.get("sample_images"):
         run.sample_images = decode_arrays(data["sample_images"])
@@ -427,12 +481,12 @@ def _run_info(run: MriqRun, session: pytest.Session | None = None, exitstatus: i
 
     return {
         "settings": {"model": run.settings.model, "data": run.settings.data, "device": run.settings.device, "seed": run.settings.seed,
-                     "cache_dir": run.settings.cache_dir},
+                     "cache_dir": run.settings.cache_dir, "timeout_s": run.settings.timeout},
         "command_line": ["pytest", *map(str, run.config.invocation_params.args)],  # what pytest was given (also via pytest.main)
         "invocation_dir": str(run.config.invocation_params.dir),
         "started": run.started, "finished": now_iso(), "suites": list(run.suites.values()), "deviations": run.deviations,
         "contexts": [*run.worker_contexts, *(c.provenance() for c in run.contexts.values())],
-        "planned": run.planned, "deselected": run.deselected, "collection_errors": run.collection_errors,
+        "planned": run.planned, "deselected": _deselected(run), "collection_errors": run.collection_errors,
         "durations": run.durations, "xdist_workers": run.xdist_workers,
         "exit_status": int(exitstatus) if exitstatus is not None else None,
         "interruption": _interruption(run, session, exitstatus if exitstatus is not None else 0) if session is not None else run.interruption,
@@ -445,24 +499,41 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from .report import encode_arrays
 
         session.config.workeroutput["mriq"] = json.dumps({  # type: ignore[attr-defined]
-            "suites": run.suites, "deviations": run.deviations, "planned": run.planned,
+            "suites": run.suites, "deviations": run.deviations, "planned": run.planned, "collected": run.collected,
+            "criterion_ids": sorted(run.criterion_ids),
             "contexts": [c.provenance() for c in run.contexts.values()],
             "sample_images": encode_arrays(run.sample_images) if run.sample_images else None,
         }, default=str)
         return
-    if run.report_dir is None or not (run.suites or run.results or run.planned or run.collection_errors):
-        return
-    from .report import HTML_FILE, build_report, write_report
+    if run.report_dir is None and not (run.suites or run.results or run.planned or run.collection_errors):
+        return  # not a gate run
+    from .report import HTML_FILE, REPORT_FILE, build_report, write_report
 
-    report = build_report(list(run.results.values()), _run_info(run, session, exitstatus))
-    run.report_decision = report["decision"]
+    info = _run_info(run, session, exitstatus)
     try:
+        report = build_report(list(run.results.values()), info)
+    except Exception as exc:  # never end without a decision: say why the evidence could not be assembled
+        report = build_report([], {**info, "interruption": f"the report could not be assembled ({type(exc).__name__}: {exc})"})
+    run.report_decision = report["decision"]
+    if run.report_decision["status"] != "CLEARED":
+        _fail_exit(session)  # a gate run that did not check everything is not a pass, whatever pytest counted
+    if run.report_dir is None:
+        return
+    try:  # always: the folder holds the placeholder written at start, which must not survive a finished run
         run.report_path = write_report(report, run.report_dir, sample_images=run.sample_images)
         run.html_path = run.report_dir / HTML_FILE
-    except Exception as exc:  # the JSON is written before the HTML; say what failed instead of losing the summary
-        run.report_path = run.report_dir / "report.json" if (run.report_dir / "report.json").exists() else None
-        run.report_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # say which file failed; the run must not exit 0 without the evidence it was asked for
+        failed = getattr(exc, "filename", None) or run.report_dir / (HTML_FILE if (run.report_dir / REPORT_FILE).exists() else REPORT_FILE)
+        run.report_error = f"{failed}: {type(exc).__name__}: {exc}"
+        run.report_path = None
+        _fail_exit(session)
     _write_perturbation_figures(run)
+
+
+def _fail_exit(session: pytest.Session) -> None:
+    """Make the run's exit status non-zero (pytest's TESTS_FAILED unless it already says something worse)."""
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _write_perturbation_figures(run: MriqRun) -> None:
@@ -472,20 +543,27 @@ def _write_perturbation_figures(run: MriqRun) -> None:
     from .data import load_data
     from .perturb.figure import perturbation_figure
 
-    specs = {c.data_spec for c in run.contexts.values()} or {run.settings.data or "builtin:mni-tumour"}
-    for spec in sorted(specs):
+    # the data exactly as the criteria loaded it (the suite's data options included); under pytest-xdist the workers
+    # loaded it, and the controller loads it again, from the cache, with the options they report
+    loaders = {json.dumps([c.data_spec, c.settings.data_options], sort_keys=True): (lambda c=c: c.data)
+               for c in run.contexts.values() if c.data_loaded}
+    for c in run.worker_contexts:
+        if "data" in c:
+            loaders.setdefault(json.dumps([c["data_spec"], c.get("data_options", {})], sort_keys=True),
+                               lambda c=c: load_data(c["data_spec"], DiskCache(run.settings.cache_dir), **c.get("data_options", {})))
+    for key, load in sorted(loaders.items()):
         try:
-            data = load_data(spec, DiskCache(run.settings.cache_dir))
+            data = load()
             name = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name.removeprefix("builtin:")).strip("-")
             run.figure_paths.append(perturbation_figure(data.test.images[0, 0], data.test.masks[0, 0],
                                                         run.report_dir / f"perturbations-{name}.png", seed=run.settings.seed))
         except Exception as exc:  # a figure is an aid; the report is already written
-            run.figure_error = f"perturbation figure for {spec} could not be drawn: {type(exc).__name__}: {exc}"
+            run.figure_error = f"perturbation figure for {json.loads(key)[0]} could not be drawn: {type(exc).__name__}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     run = config.stash[RUN_KEY]
-    if not (run.results or run.report_decision):
+    if not (run.results or run.report_decision or run.report_error):
         return
     from .report import decision
 
@@ -511,7 +589,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if d is None:
         not_run = [p for k, p in run.planned.items() if k not in run.results]
         d = decision(results, not_run=not_run, interruption=run.interruption, collection_errors=run.collection_errors,
-                     deselected=run.deselected)
+                     deselected=_deselected(run))
     for item_id in d.get("not_run", []):
         tr.write_line(f"{'NOT RUN':<18} {item_id.split('::')[-1]:<32}", yellow=True)
     colour = {"CLEARED": {"green": True}, "NOT CLEARED": {"red": True}}.get(d["status"], {"yellow": True})
@@ -522,7 +600,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if run.report_path:
         tr.write_line(f"report: {run.report_path}" + (f"  {run.html_path}" if run.html_path else ""))
     if run.report_error:
-        tr.write_line(f"report.html could not be written: {run.report_error}", red=True)
+        tr.write_line(f"the evidence report could not be written (exit status set to non-zero): {run.report_error}", red=True)
     if run.figure_paths:
         tr.write_line(f"perturbation figure(s): {'  '.join(map(str, run.figure_paths))}")
     if run.figure_error:

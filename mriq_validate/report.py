@@ -53,61 +53,6 @@ VOLATILE_FIELDS: tuple[str, ...] = (
     "provenance.contexts.*.segmenters.*.history.epochs_per_s",
 )
 
-#: What each measure is known to be blind to or biased by. Keyed by metric name (the suite's ``metric:``).
-METRIC_LIMITATIONS: dict[str, list[str]] = {
-    "dice": [
-        "Protocol A (a segmenter trained on real data, applied to generated images) shows that lesions are where the "
-        "masks say and look like real lesions to a real-trained model; it does not show that a model trained on "
-        "generated images generalises to real scans.",
-        "Blind to errors outside the labelled regions (healthy anatomy, background artefacts) and inherits the "
-        "segmenter's own errors; the criterion ERRORs when the segmenter's Dice on real images is below min_real_dice.",
-        "Slice-level Dice weighs small lesions as much as large ones; thin structures (enhancing rim) are noisy.",
-    ],
-    "piqe": [
-        "No-reference and per image: insensitive to localised lesion edits and anatomical implausibility "
-        "(Deo et al. 2025); it cannot clear a model on its own.",
-        "Designed for camera distortions in natural images (blockiness, noise), not for MRI physics; values depend on "
-        "the intensity range and the background fraction of the slice.",
-    ],
-    "niqe": [
-        "No-reference: distance of natural-scene statistics to a pristine model; insensitive to localised lesion "
-        "edits (Deo et al. 2025).",
-        "Depends on the pristine model it is fitted to (natural images or MRI slices); compare values only under the "
-        "same model.",
-    ],
-    "brisque": [
-        "No-reference, trained on natural-image distortions; insensitive to localised lesion edits (Deo et al. 2025).",
-    ],
-    "fid": [
-        "Set-level: assumes Gaussian features; biased upwards at small n (hundreds of images give unstable values).",
-        "Feature extractor trained on natural images unless configured otherwise; insensitive to localised lesion "
-        "edits and does not detect memorisation (a copy of the training set scores well).",
-    ],
-    "kid": [
-        "Set-level, unbiased but high-variance at small n; same feature-extractor caveats as FID; does not detect "
-        "memorisation.",
-    ],
-    "mmd": [
-        "Set-level; the value depends on the kernel and its bandwidth (median heuristic by default); does not detect "
-        "memorisation.",
-    ],
-    "prdc": [
-        "k-nearest-neighbour manifold estimates: depend on k and on outliers; precision and density do not see "
-        "localised lesion errors; recall and coverage fall with mode collapse.",
-    ],
-    "vendi": [
-        "Diversity only (effective number of distinct samples): says nothing about fidelity; noise raises it.",
-    ],
-    "frd": [
-        "Radiomic features within the chosen region: sensitive to texture and intensity shifts, blind to errors "
-        "outside the region and to lesion position.",
-    ],
-    "memorisation": [
-        "Detects near-copies of training images in the embedding space used (pose-normalised thumbnails); heavily "
-        "augmented, partial or patch-level copies can escape it.",
-    ],
-}
-
 #: The known-answer and self-tests that ship with the tool's source (run ``make test``), summarised for the report.
 KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
     {"where": "tests/test_downstream.py", "checks": "Dice known answers (identical masks 1, disjoint 0, empty vs empty 1); "
@@ -197,30 +142,36 @@ def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]]
              collection_errors: Iterable[dict[str, Any]] = (), deselected: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """The release decision.
 
-    CLEARED when every gating criterion ran and passed; NOT CLEARED when the run is complete and a gating criterion
-    FAILed; INCOMPLETE when any criterion ERRORed, a gating criterion was skipped or deselected, a planned criterion
-    did not run, a suite file could not be collected, the run was interrupted, or no gating criterion ran.
+    CLEARED when every gating criterion of every collected suite ran and passed; NOT CLEARED when the run is complete
+    and a gating criterion on the model FAILed; INCOMPLETE when any criterion ERRORed, a gating criterion was skipped or
+    deselected (``-k``, ``-m``, node ids), a selected criterion did not run, a gating self-check of the tool
+    (``kind: sensitivity`` or ``reference``) FAILed (the gate cannot judge on this data), a suite file could not be
+    collected, the run was interrupted, or no gating criterion ran. Each reason lists the criteria by id.
     """
     not_run, collection_errors, deselected = list(not_run), list(collection_errors), list(deselected)
     gating = [r for r in results if r["gate"]]
     errors = [r["item_id"] for r in results if r["verdict"] == "ERROR"]
     skipped = [r["item_id"] for r in gating if r["verdict"] == "SKIP"]
-    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL"]
+    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and not _is_self_check(r)]
+    failed_self_checks = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and _is_self_check(r)]
     advisory_failed = [r["item_id"] for r in results if not r["gate"] and r["verdict"] == "FAIL"]
     deselected_gating = [d["item_id"] for d in deselected if d.get("gate")]
     reasons: list[str] = []
     if interruption:
         reasons.append(f"the run was interrupted ({interruption})")
     if collection_errors:
-        reasons.append(f"{len(collection_errors)} file(s) could not be collected")
+        reasons.append(f"{len(collection_errors)} file(s) could not be collected: {_ids(c['node_id'] for c in collection_errors)}")
     if errors:
-        reasons.append(f"{len(errors)} criterion item(s) ERRORed (could not be evaluated)")
+        reasons.append(f"{len(errors)} criterion item(s) ERRORed (could not be evaluated): {_ids(errors)}")
+    if failed_self_checks:
+        reasons.append(f"{len(failed_self_checks)} gating self-check(s) of the tool FAILED, so the gate cannot judge on this data: "
+                       f"{_ids(failed_self_checks)}")
     if skipped:
-        reasons.append(f"{len(skipped)} gating criterion item(s) were skipped")
+        reasons.append(f"{len(skipped)} gating criterion item(s) were skipped: {_ids(skipped)}")
     if not_run:
-        reasons.append(f"{len(not_run)} planned criterion item(s) did not run")
+        reasons.append(f"{len(not_run)} selected criterion item(s) did not run: {_ids(n['item_id'] for n in not_run)}")
     if deselected_gating:
-        reasons.append(f"{len(deselected_gating)} gating criterion item(s) were deselected")
+        reasons.append(f"{len(deselected_gating)} gating criterion item(s) were not selected to run: {_ids(deselected_gating)}")
     if not gating and not reasons:
         reasons.append("no gating criterion ran")
     if reasons:
@@ -237,10 +188,16 @@ def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]]
     counts = {v: sum(r["verdict"] == v for r in results) for v in VERDICTS}
     counts[NOT_RUN] = len(not_run)
     return {"status": status, "complete": not reasons, "summary": summary, "incomplete_reasons": reasons,
-            "failed_gating": failed, "errors": errors, "skipped_gating": skipped, "not_run": [n["item_id"] for n in not_run],
+            "failed_gating": failed, "failed_self_checks": failed_self_checks, "errors": errors, "skipped_gating": skipped,
+            "not_run": [n["item_id"] for n in not_run],
             "deselected_gating": deselected_gating, "advisory_failed": advisory_failed,
             "collection_errors": [c["node_id"] for c in collection_errors], "interruption": interruption,
             "counts": counts, "n_criteria": len(results), "n_gating": len(gating)}
+
+
+def _ids(item_ids: Iterable[str]) -> str:
+    """Item ids as a reader knows them (the criterion part of the node id), comma-separated."""
+    return ", ".join(str(i).split("::")[-1] for i in item_ids)
 
 
 # ------------------------------------------------------------------------------------------------------ sections
@@ -259,7 +216,9 @@ def _suites(suites: list[dict[str, Any]], results: list[dict[str, Any]], plan: l
 
 
 def _deviations(run: dict[str, Any], results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
+    rebuilt = [e for c in run.get("contexts") or [] for e in c.get("cache_events", [])]
     return {
+        "cache_rebuilt": [dict(t) for t in dict.fromkeys(tuple(sorted(e.items())) for e in rebuilt)],  # once, in order
         "threshold_overrides": run.get("deviations", []),
         "skipped": [{"item_id": r["item_id"], "criterion_id": r["criterion_id"], "gate": r["gate"], "reason": r.get("message")}
                     for r in results if r["verdict"] == "SKIP"],
@@ -304,11 +263,11 @@ def _bounds_text(bounds: dict[str, Any] | None) -> str:
 
 
 def _metric_limitations(name: str) -> list[str]:
-    if name in METRIC_LIMITATIONS:
-        return METRIC_LIMITATIONS[name]
-    try:  # a metric may declare its own: a ``limitations`` class attribute (list of sentences)
-        from .metrics.base import METRICS
+    """What measure ``name`` is known to be blind to: its class's ``limitations``."""
+    try:
+        from .metrics.base import METRICS, metric_names
 
+        metric_names()  # loads the registry
         own = getattr(METRICS.get(name), "limitations", None)
         if own:
             return [own] if isinstance(own, str) else list(own)
@@ -325,7 +284,8 @@ def _limitations(results: list[dict[str, Any]], plan: list[dict[str, Any]]) -> d
 
 
 def _is_self_check(r: dict[str, Any]) -> bool:
-    return r["criterion_id"].startswith("SELF-") or r.get("kind") == "sensitivity"
+    """A check of the tool on the reference data (``kind: sensitivity`` or ``reference``), not of the model."""
+    return r.get("kind") in ("sensitivity", "reference")
 
 
 def _self_check(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
@@ -345,9 +305,10 @@ def _self_check(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) ->
         "criteria": [{"item_id": r["item_id"], "criterion_id": r["criterion_id"], "kind": r.get("kind"), "gate": r["gate"],
                       "verdict": r["verdict"]} for r in checks],
         "not_run": [n["item_id"] for n in missing],
-        "note": ("Criteria whose id starts with SELF- or whose kind is 'sensitivity' check the tool and its measures on "
-                 "known perturbations of real data in this run. Advisory sensitivity FAILs characterise a measure (what it "
-                 "does not detect); they are listed under limitations."),
+        "note": ("Criteria of kind 'sensitivity' (a known perturbation of the real data must move the measure) and 'reference' "
+                 "(the tool must be competent on the real data) check the tool and its measures in this run, whatever the "
+                 "model. A failed gating self-check makes the decision INCOMPLETE: the gate cannot judge on this data. "
+                 "Advisory sensitivity FAILs characterise a measure (what it does not detect); they are listed under limitations."),
         "known_answer_tests": [dict(t) for t in KNOWN_ANSWER_TESTS],
     }
 
@@ -477,20 +438,53 @@ def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[st
     folder.mkdir(parents=True, exist_ok=True)
     text = _json_text(_finite(report))
     path = folder / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
+    _write_text(path, text)
     if html:
         from .report_html import render_html
 
         try:
             page = render_html(json.loads(text), sample_images=sample_images)
         except Exception as exc:
-            import html as _html
-
-            (folder / HTML_FILE).write_text(f"<!doctype html><meta charset='utf-8'><title>mriq-validate report</title><h1>"
-                                            f"report.html could not be drawn</h1><pre>{_html.escape(repr(exc))}</pre><p>"
-                                            f"See {REPORT_FILE} for the results.</p>", encoding="utf-8")
+            _write_text(folder / HTML_FILE, _html_page("report.html could not be drawn", repr(exc)))
             raise
-        (folder / HTML_FILE).write_text(page, encoding="utf-8")
+        _write_text(folder / HTML_FILE, page)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file, fsync, rename), so a reader never sees half a report."""
+    from .cache import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _html_page(title: str, text: str) -> str:
+    import html
+
+    return (f"<!doctype html><meta charset='utf-8'><title>mriq-validate report</title><h1>{html.escape(title)}</h1>"
+            f"<pre>{html.escape(text)}</pre><p>See {REPORT_FILE}.</p>")
+
+
+#: Files of an earlier run that the placeholder written at the start of a run replaces or removes.
+_GENERATED = (REPORT_FILE, HTML_FILE, "perturbations-*.png")
+
+
+def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
+    """At the start of a run: replace an earlier report in ``folder`` by an INCOMPLETE placeholder ("the run has not
+    finished") and remove the earlier run's figures, so a run that dies never leaves the previous decision in place.
+    Raises OSError when the folder cannot be written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for pattern in _GENERATED[2:]:
+        for old in folder.glob(pattern):
+            old.unlink()
+    started = run.get("started") or now_iso()
+    note = (f"the run started at {started} has not finished; if this placeholder is still here, the run died before it "
+            f"could decide (look at its log)")
+    placeholder = build_report([], {**run, "interruption": note, "finished": None})
+    path = folder / REPORT_FILE
+    _write_text(path, _json_text(_finite(placeholder)))
+    _write_text(folder / HTML_FILE, _html_page("INCOMPLETE: run in progress", note))
     return path
 
 

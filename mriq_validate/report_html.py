@@ -243,8 +243,8 @@ def _deviations(rep: dict[str, Any]) -> str:
             out.append(f"<tr><td>{esc(o.get('criterion'))}</td><td>{esc(o.get('field'))}</td><td class='num'>{fmt(o.get('suite_value'))}</td>"
                        f"<td class='num'>{fmt(o.get('value'))}</td><td>{esc(o.get('source'))}</td></tr>")
         out.append("</table>")
-    for key, title in (("skipped", "Skipped criteria"), ("not_run", "Planned criteria that did not run"),
-                       ("deselected", "Deselected criteria (-k / -m / --deselect)")):
+    for key, title in (("skipped", "Skipped criteria"), ("not_run", "Selected criteria that did not run"),
+                       ("deselected", "Criteria of the suites not selected to run (-k / -m / --deselect / node ids)")):
         if d.get(key):
             out.append(f"<h3>{title}</h3><ul class='tight'>")
             for s in d[key]:
@@ -256,7 +256,12 @@ def _deviations(rep: dict[str, Any]) -> str:
         for e in d["collection_errors"]:
             out.append(f"<li><code>{esc(e['node_id'])}</code><pre>{esc(e.get('message', '').strip()[:4000])}</pre></li>")
         out.append("</ul>")
-    return "".join(out) or "<p class='empty'>None: every planned criterion ran with the thresholds of its suite.</p>"
+    if d.get("cache_rebuilt"):
+        out.append("<h3>Cache entries rebuilt (failed verification)</h3><ul class='tight'>")
+        for e in d["cache_rebuilt"]:
+            out.append(f"<li><code>{esc(e['path'])}</code>: {esc(e['reason'])}</li>")
+        out.append("</ul>")
+    return "".join(out) or "<p class='empty'>None: every criterion of the suites ran with the thresholds of its suite.</p>"
 
 
 def _limitations(rep: dict[str, Any]) -> str:

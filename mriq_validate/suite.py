@@ -6,6 +6,8 @@ A suite is a YAML file with a top-level ``mriq_suite:`` key. Every error names t
 
 from __future__ import annotations
 
+import codecs
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from .errors import MriqError, SuiteError
 
 SUITE_KEY = "mriq_suite"
-_SUITE_RE = re.compile(rf"^{SUITE_KEY}\s*:", re.MULTILINE)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_SUITE_BYTES = 2_000_000  # a suite is a reviewed document of criteria, not a data file
+MAX_YAML_NODES = 100_000  # after alias expansion: bounds "billion laughs" alias bombs
+_REPR_CHARS = 80
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @contextmanager
@@ -32,7 +38,7 @@ def _as_value_error() -> Iterator[None]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Threshold(_Strict):
@@ -72,6 +78,10 @@ class PerturbationSpec(_Strict):
         from .perturb import get
 
         sweeps = [k for k, v in self.params.items() if isinstance(v, list)]
+        empty = [k for k in sweeps if not self.params[k]]
+        if empty:
+            raise ValueError(f"sweep over {empty[0]!r} has no levels; give at least one value (a criterion without levels would "
+                             f"never be evaluated)")
         if len(sweeps) > 1:
             raise ValueError(f"sweep over one parameter at a time; got lists for {sweeps}")
         with _as_value_error():
@@ -97,7 +107,11 @@ class Criterion(_Strict):
     hazard: str | None = None
     rationale: str = Field(min_length=1)
     gate: StrictBool = True
-    kind: Literal["model", "sensitivity"] = "model"
+    # model: judges the model under test; sensitivity: perturbs the REAL test images and asks the measure to move (can the
+    # measure see the failure?); reference: measures the REAL test images themselves (is the tool competent on this data?).
+    # sensitivity and reference are the tool's self-checks: whatever the model, and a failed one makes the decision
+    # INCOMPLETE (the gate cannot judge on this data), never NOT CLEARED.
+    kind: Literal["model", "sensitivity", "reference"] = "model"
     metric: str
     params: dict[str, Any] = Field(default_factory=dict)
     perturbation: PerturbationSpec | None = None
@@ -124,7 +138,19 @@ class Criterion(_Strict):
             raise ValueError("a sensitivity criterion needs a `perturbation` (what the measure must detect)")
         if self.kind == "sensitivity" and self.threshold.relative != "none":
             raise ValueError("a sensitivity criterion compares perturbed with clean real data itself; use `relative: none`")
+        if self.kind == "reference":
+            if self.threshold.relative != "none" or self.threshold.unit != "absolute":
+                raise ValueError("a reference criterion measures the real test data against an absolute bound; use "
+                                 "`relative: none` and `unit: absolute`")
+            if self.perturbation is not None or self.condition_on != "test_masks":
+                raise ValueError("a reference criterion measures the real test data as they are; remove `perturbation` "
+                                 "and `condition_on`")
         return self
+
+    @property
+    def self_check(self) -> bool:
+        """Whether this criterion checks the tool on the reference data (sensitivity or reference), not the model."""
+        return self.kind != "model"
 
 
 class DataOptions(_Strict):
@@ -135,6 +161,10 @@ class DataOptions(_Strict):
     crop: tuple[int, int] = (192, 192)
     test_fraction: float = Field(default=0.3, gt=0, lt=1)
     slices: Literal["lesion", "all"] = "lesion"
+
+    def options_for(self, spec: str) -> dict[str, Any]:
+        """The loading options for data ``spec``: these NIfTI options for a folder, none for builtin data."""
+        return {} if spec.startswith("builtin:") else self.model_dump(exclude={"default"})
 
 
 class Suite(_Strict):
@@ -171,9 +201,64 @@ SuiteLoader.add_implicit_resolver(
 )
 
 
-def is_suite_text(text: str) -> bool:
-    """Cheap check (no YAML parse) that a file declares a top-level ``mriq_suite:``."""
-    return bool(_SUITE_RE.search(text))
+def decode_suite_bytes(raw: bytes, path: Path | str) -> str:
+    """Text of a suite file: UTF-8 (with or without BOM) or UTF-16/32 with a BOM; SuiteError naming the file otherwise."""
+    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not valid {encoding.upper()} text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); save "
+                         f"the suite as UTF-8") from None
+
+
+def is_suite_file(path: Path) -> bool:
+    """Whether ``path`` is a suite: its YAML has a top-level ``mriq_suite`` key. Decided by parsing (any encoding with a BOM,
+    CRLF, comments or documents first). A file that mentions ``mriq_suite`` but cannot be decoded or parsed counts as a
+    suite, so that loading it fails loudly instead of the criteria silently not running."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    if not any(SUITE_KEY.encode(enc) in raw for enc in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")):
+        return False
+    try:
+        root = yaml.compose(decode_suite_bytes(raw, path), Loader=SuiteLoader)
+    except (MriqError, yaml.YAMLError):
+        return True
+    return isinstance(root, yaml.MappingNode) and any(getattr(k, "value", None) == SUITE_KEY for k, _ in root.value)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for error messages."""
+    text = repr(value)
+    return text if len(text) <= _REPR_CHARS else f"{text[:_REPR_CHARS]}... ({len(text)} characters)"
+
+
+def _expanded_nodes(node: yaml.Node) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (memoised on shared nodes: linear time)."""
+    memo: dict[int, int] = {}
+
+    def count(n: yaml.Node) -> int:
+        if id(n) not in memo:
+            memo[id(n)] = 0  # a recursive alias counts once
+            children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else (
+                n.value if isinstance(n, yaml.SequenceNode) else [])
+            memo[id(n)] = 1 + sum(count(c) for c in children)
+        return memo[id(n)]
+
+    return count(node)
+
+
+def _non_finite(node: Any, loc: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...], float] | None:
+    """The first NaN or infinite number in parsed YAML, with its key path."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return loc, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        found = _non_finite(child, (*loc, key))
+        if found:
+            return found
+    return None
 
 
 def _loc_text(loc: tuple[Any, ...]) -> str:
@@ -211,7 +296,7 @@ def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> 
         elif err["type"] == "missing":
             msg = "required key is missing"
         got = err.get("input")
-        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {got!r})"
+        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {_short(got)})"
         lines.append(f"{path}:{line or '?'}: {key_path}: {msg}{got_text}")
     return "invalid suite:\n  " + "\n  ".join(lines)
 
@@ -219,21 +304,32 @@ def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> 
 def load_suite(path: Path) -> Suite:
     """Parse and validate a suite file; SuiteError naming file, key path, line and expectation."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise SuiteError(f"{path}: cannot be read ({exc})") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise SuiteError(f"{path}: {len(data)} bytes; a suite file holds at most {MAX_SUITE_BYTES} bytes")
+    text = decode_suite_bytes(data, path)
     try:
-        raw = yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a SafeLoader subclass)
         root = yaml.compose(text, Loader=SuiteLoader)
+        if root is not None and _expanded_nodes(root) > MAX_YAML_NODES:
+            raise SuiteError(f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES} nodes; write the suite out "
+                             f"without nested aliases")
+        raw = yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SuiteError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(raw, dict) or SUITE_KEY not in raw:
         raise SuiteError(f"{path}: expected a mapping with a top-level `{SUITE_KEY}:` key")
-    extra = sorted(set(raw) - {SUITE_KEY})
+    extra = sorted(map(str, set(raw) - {SUITE_KEY}))
     if extra:
         raise SuiteError(f"{path}: unknown top-level key(s) {extra}; everything belongs under `{SUITE_KEY}:`")
+    bad = _non_finite(raw[SUITE_KEY], ())
+    if bad:
+        loc, value = bad
+        raise SuiteError(f"{path}:{_line_of(root, (SUITE_KEY, *loc)) or '?'}: {_loc_text((SUITE_KEY, *loc))}: {value} is not a "
+                         f"finite number; expected a finite value")
     try:
         return Suite.model_validate(raw[SUITE_KEY])
     except ValidationError as exc:
@@ -266,6 +362,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
             value = None if value.lower() == "none" else float(value)
         except ValueError:
             raise ValueError(f"threshold override {text!r}: {m['field']} must be a number or 'none'") from None
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"threshold override {text!r}: {m['field']} must be a finite number or 'none'")
     return m["id"], m["field"], value
 
 
@@ -285,3 +383,17 @@ def apply_overrides(suite: Suite, overrides: list[tuple[str, str, Any, str]], pa
                 deviations.append({"criterion": cid, "field": f"threshold.{field}", "suite_value": before, "value": value, "source": source})
         criteria.append(crit.model_copy(update={"threshold": th}))
     return suite.model_copy(update={"criteria": criteria}), deviations
+
+
+def unmatched_overrides(overrides: list[tuple[str, str, Any, str]], criterion_ids: set[str]) -> list[str]:
+    """One message per override whose criterion id matches no collected criterion, naming the close matches."""
+    import difflib
+
+    out = []
+    for cid, field, value, source in overrides:
+        if cid in criterion_ids:
+            continue
+        close = difflib.get_close_matches(cid, sorted(criterion_ids), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"collected criteria: {', '.join(sorted(criterion_ids)) or 'none'}"
+        out.append(f"threshold override {cid}.{field}={value} (from {source}) matches no collected criterion; {hint}")
+    return out

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mriq_validate.errors import SuiteError
-from mriq_validate.suite import Suite, apply_overrides, is_suite_text, load_suite, parse_override, suite_to_yaml
+from mriq_validate.suite import Suite, apply_overrides, is_suite_file, load_suite, parse_override, suite_to_yaml
 
 VALID = textwrap.dedent(
     """\
@@ -81,9 +81,10 @@ def test_malformed_yaml_names_line(tmp_path: Path) -> None:
         load_suite(path)
 
 
-def test_suite_detection_is_textual() -> None:
-    assert is_suite_text(VALID)
-    assert not is_suite_text("name: ci\njobs: {}\n")
+def test_suite_detection_parses_the_file(tmp_path: Path) -> None:
+    assert is_suite_file(write(tmp_path, VALID))
+    assert not is_suite_file(write(tmp_path, "name: ci\njobs: {}\n"))
+    assert not is_suite_file(write(tmp_path, "# mriq_suite: mentioned in a comment only\nname: ci\n"))
 
 
 def test_overrides_apply_and_are_recorded(tmp_path: Path) -> None:
