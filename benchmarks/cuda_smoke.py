@@ -17,7 +17,8 @@ def main() -> int:
         return 0
     from mriq_validate.cache import DiskCache
     from mriq_validate.data import load_data
-    from mriq_validate.downstream import SegmenterConfig, dice_per_image, train_segmenter
+    from mriq_validate.metrics.functional.downstream import dice_per_image
+    from mriq_validate.segmenter import SegmenterConfig, train_segmenter
 
     cache = os.environ.setdefault("MRIQ_CACHE_DIR", "/tmp/mriq-cuda-cache")
     data = load_data("builtin:mni-tumour", DiskCache(cache))

@@ -47,10 +47,10 @@ def main() -> None:
 
     from mriq_validate.cache import DiskCache, default_cache_dir
     from mriq_validate.data import load_data
-    from mriq_validate.metrics.distribution import fid_from_features, kid, mmd2, prdc, vendi_score
-    from mriq_validate.metrics.memorisation import copy_flags, image_embedding, nn_distances
-    from mriq_validate.metrics.niqe import fit_niqe, niqe_scores, prepare_niqe_input
-    from mriq_validate.metrics.radiomics import radiomic_features
+    from mriq_validate.metrics.functional.distribution import fid_from_features, kid, mmd2, prdc, vendi_score
+    from mriq_validate.metrics.functional.memorisation import copy_flags, image_embedding, nn_distances
+    from mriq_validate.metrics.functional.niqe import fit_niqe, niqe_scores, prepare_niqe_input
+    from mriq_validate.metrics.functional.radiomics import radiomic_features
 
     torch.set_num_threads(args.threads)
     r = args.repeats

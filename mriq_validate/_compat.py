@@ -38,9 +38,20 @@ def ensure_torchvision() -> str:
     return "stubbed"
 
 
+#: The environment that keeps the Hugging Face hub (pyiqa's weights) offline: a missing weight fails at once instead of
+#: retrying for a minute. Read by ``huggingface_hub`` when it is first imported.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1"}
+
+
+def go_offline() -> None:
+    """Set :data:`OFFLINE_ENV` where the environment does not say otherwise (before pyiqa or the hub is imported)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def import_pyiqa() -> ModuleType:
-    """Import pyiqa offline (``HF_HUB_OFFLINE=1``: a missing weight fails at once instead of retrying for a minute)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Import pyiqa offline (:func:`go_offline`)."""
+    go_offline()
     ensure_torchvision()
     try:
         import pyiqa

@@ -18,7 +18,8 @@ The spread (the measure's noise floor on the real data):
   same frozen segmenter, so training noise cancels and only sampling noise remains.
 
 Bootstrap SE: ``n_boot`` resamples with replacement for per-image measures; for set-level measures (``resample ==
-"subsample"``) the SD over 80 % subsets scaled by ``sqrt(m/(n-m))`` (delete-d jackknife), as in :mod:`.study`.
+"subsample"``) the SD over 80 % subsets scaled by ``sqrt(m/(n-m))`` (delete-d jackknife): :func:`.stats.noise_floor`
+on the study's resampling stream (:func:`.study.floor_rng`), so calibrate and the study report the same SE.
 
 The new bound, in absolute units (``unit: absolute``): ``k × spread``. For a difference criterion it is a tolerance in the
 direction of "worse": ``min: -k·spread`` if higher is better, ``max: +k·spread`` if lower is better (the side the
@@ -33,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MriqError
-from .metrics.base import create_metric
+from .metrics import create_metric
 from .session import RunContext, RunSettings
-from .study import _noise_floor
+from .stats import noise_floor
+from .study import floor_rng
 from .suite import Criterion, Suite, Threshold, load_suite, suite_to_yaml
 
 
@@ -46,7 +48,7 @@ def measure_spread(crit: Criterion, ctx: RunContext, n_boot: int, seed: int) -> 
     real = ctx.real(split)
     prepared = ctx.prepare(metric, real)
     nb = crit.n_boot if crit.n_boot else (min(n_boot, 100) if metric.resample == "subsample" else n_boot)
-    baseline, se = _noise_floor(metric, prepared, nb, seed)
+    baseline, se = noise_floor(metric, prepared, nb, floor_rng(seed, metric.name))
     out: dict[str, Any] = {"baseline": baseline, "se": se, "seed_sd": None, "n": metric.size(prepared), "n_boot": nb,
                            "higher_is_better": metric.higher_is_better}
     if crit.kind == "model":

@@ -1,11 +1,20 @@
-"""``mriq-validate``: commands for work that is not a gate (demo, listing what is available, exporting masks)."""
+"""``mriq-validate``: commands for work that is not a gate (demo, listing what is available, exporting masks).
+
+Options take the same values as the plugin's (``--device`` as ``--mriq-device``, ``--seed`` as ``--mriq-seed``; see
+:mod:`mriq_validate.options`); an error the user can fix (:class:`~mriq_validate.errors.MriqError`) ends the command
+with its message and exit status 2, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
+
+from .errors import MissingFileError, MriqError
+from .options import parse_device, parse_seed
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -13,8 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     suites = Path(args.suites)
     if not suites.is_dir():
-        print(f"mriq-validate demo: suites folder {suites} not found; run from the repository root or pass --suites DIR", file=sys.stderr)
-        return 2
+        raise MissingFileError(f"suites folder {suites} not found; run from the repository root or pass --suites DIR")
     out = Path(args.out)
     start = time.perf_counter()
     code = pytest.main([str(suites), "--mriq-model", args.model, "--mriq-report", str(out), "-p", "no:cacheprovider", "-q",
@@ -25,14 +33,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .data.core import BUILTIN_DATASETS, load_data  # noqa: F401
-    from .data import mni, vessels  # noqa: F401
-    from .metrics.base import METRICS, metric_names
+    from .data import BUILTIN_DATASETS  # the packages register their builtins on import
+    from .metrics import METRICS
     from .models import BUILTIN_MODELS
-    from .perturb.base import REGISTRY, _load_all
+    from .perturb import REGISTRY
 
-    _load_all()
-    metric_names()
     print("builtin models (--mriq-model):")
     for name, b in BUILTIN_MODELS.items():
         print(f"  builtin:{name:<15} {b.behaviour}{'  [fit for release]' if b.fit_for_release else ''}")
@@ -69,7 +74,7 @@ def _export_masks(args: argparse.Namespace) -> int:
 
 def _downstream_table(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
-    from .tables import TSTR_MODELS, downstream_table
+    from .downstream_table import TSTR_MODELS, downstream_table
 
     models = args.models.split(",") if args.models else None
     tstr = args.tstr_models.split(",") if args.tstr_models else list(TSTR_MODELS)
@@ -170,18 +175,19 @@ CACHE_ACTIONS = {"info": _cache_info, "verify": _cache_verify, "clear": _cache_c
 
 def _cache(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
-    from .errors import MriqError
 
     root = Path(args.cache) if args.cache else default_cache_dir()
-    try:
-        return CACHE_ACTIONS[args.action](root, args)
-    except MriqError as exc:
-        print(f"mriq-validate cache {args.action}: {exc}", file=sys.stderr)
-        return 2
+    return CACHE_ACTIONS[args.action](root, args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mriq-validate`` console script."""
+def _error_message(command: str, exc: MriqError) -> str:
+    """The error as one paragraph: ``mriq-validate COMMAND: message``, blank lines and trailing spaces removed."""
+    text = re.sub(r"[ \t]+\n", "\n", str(exc).strip())
+    return f"mriq-validate {command}: " + re.sub(r"\n\s*\n", "\n", text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per task, each with its function in ``fn``."""
     parser = argparse.ArgumentParser(prog="mriq-validate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the shipped suites on the embedded data against builtin:real")
@@ -202,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_argument("--suite", default=None, help="suite whose criteria IQA-PIQE, DICE-WT and DICE-TSTR-WT set the metrics and flags "
                      "(default: the shipped suites/brain_tumour.yaml)")
     tab.add_argument("--region", default=None, help="override the criteria's region (default: the suite's)")
-    tab.add_argument("--device", default="auto")
-    tab.add_argument("--seed", type=int, default=0)
+    tab.add_argument("--device", type=parse_device, default="auto")
+    tab.add_argument("--seed", type=parse_seed, default=0)
     tab.add_argument("--n-boot", type=int, default=1000)
     tab.add_argument("--cache", default=None)
     tab.add_argument("--models", default=None, help="comma-separated builtin stand-ins (default: all)")
@@ -213,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--data", default="builtin:mni-tumour")
     st.add_argument("--out", default="mriq-study")
     st.add_argument("--quick", action="store_true", help="a few measures, perturbations and stand-ins, small n_boot (about 1-2 min)")
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--seed", type=parse_seed, default=0)
     st.add_argument("--n-boot", type=int, default=None, help="resamples for the clean-real noise floors (default 200 per-image, 50 set)")
-    st.add_argument("--device", default="cpu")
+    st.add_argument("--device", type=parse_device, default="cpu")
     st.add_argument("--cache", default=None)
     st.set_defaults(fn=_study)
     cal = sub.add_parser("calibrate", help="re-derive a suite's relative thresholds as k x the measured noise floor on your data")
@@ -223,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--out", required=True, help="the new suite file")
     cal.add_argument("--data", default=None, help="data to calibrate on (default: the suite's data.default)")
     cal.add_argument("--k", type=float, default=3.0)
-    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--seed", type=parse_seed, default=0)
     cal.add_argument("--n-boot", type=int, default=1000)
-    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--device", type=parse_device, default="cpu")
     cal.add_argument("--cache", default=None)
     cal.set_defaults(fn=_calibrate)
     cache = sub.add_parser("cache", help="inspect, verify or clear the cache (data, trained segmenters, features)")
@@ -238,8 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     clr = actions.add_parser("clear", parents=[common], help="remove what the cache wrote (refuses a folder that is not an mriq cache)")
     clr.add_argument("--kind", default=None, help="only this kind (a folder of the cache: data, segmenters, features, niqe)")
     cache.set_defaults(fn=_cache)
-    args = parser.parse_args(argv)
-    return int(args.fn(args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mriq-validate`` console script."""
+    args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    try:
+        return int(args.fn(args))
+    except MriqError as exc:  # the user can fix it: say what, without a traceback
+        print(_error_message(command, exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from .errors import MetricError
-from .metrics.base import Metric, Sample, create_metric
+from .metrics import Metric, Sample, create_metric
 from .perturb import PerturbContext, apply
 from .seeding import derive_seed, rng_for
 from .session import RunContext
-from .stats import Estimate, bootstrap_indices, jackknife_widen, subsample_indices, summarise
+from .stats import Estimate, compare, resample_metric
 from .suite import Criterion, Threshold
 
 
@@ -101,14 +101,16 @@ def _verdict_message(crit: Criterion, ok: bool, what: str, checked: float, th: T
     return text + f"\n  rationale for the threshold: {crit.rationale.strip()}"
 
 
-def _perturb(ctx: RunContext, crit: Criterion, level: dict[str, Any], sample: Sample, seed: int) -> tuple[Sample, dict[str, Any]]:
+def _perturb(ctx: RunContext, crit: Criterion, level: dict[str, Any], sample: Sample, seed: int,
+             real_split: str | None) -> tuple[Sample, dict[str, Any]]:
+    """``sample`` perturbed per ``crit`` at ``level``; ``real_split`` names the real split ``sample`` is (its covariates
+    reach covariate-aware perturbations), None for generated images (no covariates)."""
     assert crit.perturbation is not None
     if sample.masks is None:
         raise MetricError(f"criterion {crit.id}: perturbation {crit.perturbation.name!r} needs masks with the {sample.origin} images")
     data = ctx.data
-    real_split = {"real test": data.test, "real train": data.train}.get(sample.origin)
-    pctx = PerturbContext(data.train.images, data.train.masks, real_split.covariates if real_split is not None else {},
-                          lesion_labels=tuple(data.labels.values()))
+    covariates = {"test": data.test, "train": data.train}[real_split].covariates if real_split is not None else {}
+    pctx = PerturbContext(data.train.images, data.train.masks, covariates, lesion_labels=tuple(data.labels.values()))
     out = apply(crit.perturbation.name, sample.images, sample.masks, seed=seed, ctx=pctx, where=f"criterion {crit.id}: ", **level)
     return Sample(out.images, out.masks, f"{sample.origin} + {crit.perturbation.name}"), out.record
 
@@ -127,66 +129,46 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     real = ctx.real(split)
 
     if crit.kind == "sensitivity":
-        subject, pert_record = _perturb(ctx, crit, pert_params, real, seed)
+        subject, pert_record = _perturb(ctx, crit, pert_params, real, seed, split)
         reference, paired = real, True
     elif crit.kind == "reference":  # the tool's competence on the real data, whatever the model
         subject, reference, paired = real, real, True
     else:
         subject, paired = ctx.generated(split)
         if crit.perturbation is not None:
-            subject, pert_record = _perturb(ctx, crit, pert_params, subject, seed)
+            subject, pert_record = _perturb(ctx, crit, pert_params, subject, seed, None)
         reference = real
 
     prepared = ctx.prepare(metric, subject)
     need_ref = crit.kind == "sensitivity" or th.relative != "none" or th.unit == "se"
     prepared_ref = ctx.prepare(metric, reference) if need_ref else None
 
-    rng = rng_for(ctx.seed, *key, "bootstrap")
     n = metric.size(prepared)
     n_ref = metric.size(prepared_ref) if prepared_ref is not None else n
     paired = (paired or metric.pairs_by_reference) and n == n_ref
     n_boot = crit.n_boot if crit.n_boot is not None else metric.default_n_boot
-    subsample = metric.resample == "subsample"
-
-    def draw(size: int) -> np.ndarray:
-        if subsample:
-            return subsample_indices(size, n_boot, rng)
-        return bootstrap_indices(size, n_boot, rng) if n_boot else np.empty((0, size), np.int64)
-
     # Every resample is evaluated once; value, baseline and the compared quantity are summarised from the same
-    # replicates (paired replicates share their index rows). Subsampled set metrics take the mean replicate as value.
-    idx = draw(n)
-    v_reps = np.array([metric.value(prepared, i) for i in idx], dtype=np.float64)
-
-    def widen(reps: np.ndarray, size: int, rows: np.ndarray) -> np.ndarray:
-        return jackknife_widen(reps, size, rows.shape[1]) if subsample else reps
-
-    v_point = float(v_reps.mean()) if subsample and v_reps.size else metric.value(prepared, np.arange(n))
-    value = summarise(v_point, widen(v_reps, n, idx), n)
-    baseline, r_reps = None, np.empty(0)
-    if prepared_ref is not None:
-        ref_idx = idx if paired else draw(n_ref)
-        r_reps = np.array([metric.value(prepared_ref, i) for i in ref_idx], dtype=np.float64)
-        r_point = float(r_reps.mean()) if subsample and r_reps.size else metric.value(prepared_ref, np.arange(n_ref))
-        baseline = summarise(r_point, widen(r_reps, n_ref, ref_idx), n_ref)
+    # replicates (paired replicates share their rows). Subsampled set metrics take the mean replicate as value.
+    v_reps, r_reps = resample_metric(metric, prepared, prepared_ref, n_boot, rng_for(ctx.seed, *key, "bootstrap"), paired)
+    value = v_reps.estimate()
+    baseline = r_reps.estimate() if r_reps is not None else None
 
     if crit.kind == "sensitivity":
-        assert baseline is not None and crit.perturbation is not None
+        assert baseline is not None and r_reps is not None and crit.perturbation is not None
         if not paired:
             raise MetricError(f"criterion {crit.id}: the perturbation changed the number of images ({n_ref} → {n})")
         sign = -1.0 if metric.higher_is_better else 1.0  # the change towards "worse" is positive
-        compared = summarise(sign * (value.value - baseline.value), widen(sign * (v_reps - r_reps), n, idx), n)
+        compared = compare(v_reps, r_reps, lambda v, b: sign * (v - b))
         what = (f"{_label(metric, crit)} moved by {_fmt(compared)} towards worse under {crit.perturbation.name} "
                 f"{pert_params} (clean {baseline.value:.4g}, perturbed {value.value:.4g})")
     elif th.relative != "none":
-        assert baseline is not None
+        assert baseline is not None and r_reps is not None
         if th.relative == "ratio" and not baseline.value != 0:
             raise MetricError(f"criterion {crit.id}: `relative: ratio` divides by the baseline, and {_label(metric, crit)} is "
                               f"{baseline.value:.4g} on the {reference.origin} images, so the ratio is undefined; use "
                               f"`relative: difference` for a measure that can be 0 on real data")
-        q = _quantity(th.relative)
         # paired: replicate-wise on shared rows; unpaired: independent replicates of each side, combined row by row
-        compared = summarise(q(value.value, baseline.value), widen(np.array([q(a, b) for a, b in zip(v_reps, r_reps)]), n, idx), n)
+        compared = compare(v_reps, r_reps, _quantity(th.relative))
         what = (f"{_label(metric, crit)} on {subject.origin} images {_fmt(value)} vs baseline {_fmt(baseline)} on {reference.origin} "
                 f"images: {th.relative} {_fmt(compared)}")
     else:

@@ -3,7 +3,8 @@ PNG bytes or ``data:`` URIs, so ``report.html`` stays one self-contained file.
 
 - :func:`criteria_figure`: each criterion's compared quantity with its CI against the threshold (dot and whisker);
 - :func:`dose_response_figure`: sweeps (one criterion at several perturbation levels) as dose-response curves;
-- :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines.
+- :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines;
+- :func:`new_figure`, :func:`png_bytes`, :func:`data_uri`: the canvas and encoding the study's figures use too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ LABEL_COLOURS = ("#ff4d4d", "#ffd11a", "#33ccff", "#66ff66", "#ff66ff", "#ff9933
 FONT = 8
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """An empty matplotlib figure of ``width`` × ``height`` inches on its own Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,7 +83,7 @@ def criteria_figure(results: list[dict[str, Any]]) -> Any | None:
     labels = [r["item_id"] if short.count(s) > 1 else s for r, s in zip(results, short)]
     n = len(results)
     row = 0.78
-    fig = _figure(10.5, row * n + 0.3)
+    fig = new_figure(10.5, row * n + 0.3)
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     for ax, r, label in zip(axes, results, labels):
         colour = _colour(r)
@@ -160,7 +162,7 @@ def dose_response_figure(results: list[dict[str, Any]]) -> Any | None:
         return None
     cols = min(2, len(groups))
     rows = math.ceil(len(groups) / cols)
-    fig = _figure(5.2 * cols, 3.3 * rows)
+    fig = new_figure(5.2 * cols, 3.3 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(groups):]:
         ax.set_visible(False)
@@ -224,7 +226,7 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
     masks = _slices(samples["masks"], n) if samples.get("masks") is not None else None
     gen_masks = _slices(samples["generated_masks"], n) if samples.get("generated_masks") is not None else masks
     cols = max(len(a) for _, a in rows)
-    fig = _figure(1.75 * cols + 0.4, 1.85 * len(rows))
+    fig = new_figure(1.75 * cols + 0.4, 1.85 * len(rows))
     axes = fig.subplots(len(rows), cols, squeeze=False)
     labels = sorted({int(v) for m in (masks, gen_masks) if m is not None for v in np.unique(m) if v > 0})
     for i, (name, arr) in enumerate(rows):

@@ -5,7 +5,8 @@ User code (``path/file.py:NAME``, ``package.module:NAME``, TorchScript files) is
 fresh Python interpreter: fork and exec at once, as multiprocessing's "spawn" start method does, because forking a
 process that holds torch's threads can deadlock the child (Python docs, multiprocessing, "Contexts and start
 methods"). Unlike "spawn", the child does not re-import the parent's ``__main__`` (which would re-run a script that
-calls ``pytest.main()`` without an ``if __name__ == "__main__"`` guard). The parent keeps an :class:`IsolatedModel`
+calls ``pytest.main()`` without an ``if __name__ == "__main__"`` guard); its loop is :mod:`mriq_validate.model_process`.
+The parent keeps an :class:`IsolatedModel`
 with the model's ``generate`` / ``sample`` interface, so :class:`~mriq_validate.models.ModelAdapter` checks what
 comes back exactly as for an in-process model. The builtin stand-ins (``builtin:NAME``) and folder models are this
 tool's own code and stay in-process (provenance ``isolation: in-process``).
@@ -78,84 +79,27 @@ def death_cause(exitcode: int) -> str:
     return f"exited with code {exitcode} without returning (os._exit({exitcode}) or a crash in native code)"
 
 
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+def send_message(conn: Connection, message: tuple[Any, ...]) -> None:
+    """Send one pickled message over the pipe (both sides of the model process use it)."""
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _to_cpu(value: Any) -> Any:
+def to_cpu(value: Any) -> Any:
     """Tensors in ``value`` (also inside a tuple or list) moved to the CPU, so they pickle without CUDA or shared memory."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(v) for v in value)
+        return type(value)(to_cpu(v) for v in value)
     return value
-
-
-# ---------------------------------------------------------------- the child
-
-
-def _isolate_child(parent: int) -> None:
-    """A native crash's Python stack into the log; death with the parent (Linux)."""
-    import faulthandler
-
-    faulthandler.enable()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
-
-
-def child_main(fd: int, parent: int) -> None:
-    """The child's loop: load the model, then answer calls until ``close`` or the parent goes away."""
-    _isolate_child(parent)
-    conn = Connection(fd)
-    import torch
-
-    from .models import ModelContext, build_user_model, describe_raise
-
-    _send(conn, ("ok", None))  # started
-    model, spec = None, "?"
-    while True:
-        try:
-            request = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):  # the parent is gone
-            return
-        op, what = request[0], request[1] if len(request) > 1 else ""
-        if op == "close":
-            return
-        try:
-            if op == "load":
-                kind, target, name, spec, ctx_file = request[2:]
-                saved = torch.load(ctx_file, weights_only=True)
-                ctx = ModelContext(**{**saved, "device": torch.device(saved["device"]), "image_shape": tuple(saved["image_shape"])})
-                model = build_user_model(kind, target, name, spec, ctx)
-                reply: tuple[Any, ...] = ("ok", [m for m in METHODS if callable(getattr(model, m, None))])
-            else:
-                args, kwargs = request[2:]
-                reply = ("ok", _to_cpu(getattr(model, op)(*args, **kwargs)))
-        except ModelError as exc:
-            reply = ("raised", str(exc))
-        except SystemExit as exc:
-            _send(conn, ("exit", repr(exc.code)))
-            return
-        except BaseException as exc:  # noqa: BLE001  the model's exception, reported with its file:line
-            reply = ("raised", describe_raise(spec, what, exc))
-        try:
-            _send(conn, reply)
-        except Exception as exc:  # noqa: BLE001  e.g. an object that cannot be pickled
-            _send(conn, ("raised", f"model {spec}: {what} returned a {type(reply[1]).__name__} that cannot be sent back "
-                                   f"from the model process ({type(exc).__name__}: {exc}); expected a torch.Tensor"))
 
 
 # ---------------------------------------------------------------- the parent
 
 # the child: a fresh interpreter (fork + exec at once, like multiprocessing's "spawn", but without re-importing the
 # parent's __main__, which re-runs a script that calls pytest.main() without an ``if __name__ == "__main__"`` guard)
-_CHILD_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from mriq_validate.isolation import child_main; child_main(*map(int, sys.argv[2:]))"
+_CHILD_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from mriq_validate.model_process import child_main; child_main(*map(int, sys.argv[2:]))"
 
 
 def _stop(process: subprocess.Popen[bytes], sentinel: int | None, grace: float = 0.0) -> None:
@@ -178,7 +122,7 @@ def _shutdown(process: subprocess.Popen[bytes], conn: Connection, sentinel: int 
     Holds no reference to the proxy (a finaliser)."""
     if process.returncode is None:
         with contextlib.suppress(OSError):
-            _send(conn, ("close",))
+            send_message(conn, ("close",))
     _stop(process, sentinel, grace=2.0 if process.returncode is None else 0.0)
     conn.close()
     if sentinel is not None:
@@ -253,7 +197,7 @@ class IsolatedModel:
             raise ModelError(f"{self._failure}\n  (the model process is no longer running; {label} was not attempted)")
         try:
             if request is not None:
-                _send(self._conn, request)
+                send_message(self._conn, request)
             ready = wait([self._conn] + ([self._sentinel] if self._sentinel is not None else []), timeout)
             reply = pickle.loads(self._conn.recv_bytes()) if self._conn.poll() else None
         except (EOFError, OSError):  # the child died before or while answering

@@ -3,7 +3,8 @@
 The JSON document follows ``report_schema.json`` (JSON Schema draft 2020-12, shipped in this package); its layout
 is described in ``docs/report.md``. Sections, in the order a reviewer reads them:
 
-- ``decision``: CLEARED / NOT CLEARED / INCOMPLETE, with the failing gating criteria and why a run is incomplete;
+- ``decision``: CLEARED / NOT CLEARED / INCOMPLETE (:mod:`mriq_validate.decision`), with the failing gating
+  criteria and why a run is incomplete;
 - ``suites``: each suite's context of use, file hash and the git commit of its repository;
 - ``results``: one record per criterion (per sweep level), the rows of the traceability table;
 - ``deviations``: skipped, deselected or not-run criteria, overridden thresholds and their source, collection errors;
@@ -30,14 +31,14 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from .decision import decision, is_self_check
+
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_FILE = "report.json"
 HTML_FILE = "report.html"
 SCHEMA_RESOURCE = "report_schema.json"
 PACKAGES = ("mriq-validate", "torch", "monai", "pyiqa", "numpy", "scipy", "pydantic", "nibabel", "pytest", "pytest-xdist",
             "matplotlib")
-VERDICTS = ("PASS", "FAIL", "ERROR", "SKIP")
-NOT_RUN = "NOT RUN"
 
 #: Fields that may differ between two runs of the same command on the same inputs (times, durations, the command
 #: line and local paths). Paths are dotted; ``*`` matches every list element or every mapping key at that level.
@@ -125,79 +126,12 @@ def hardware(devices: Iterable[str] = ()) -> dict[str, Any]:
         return out
     try:
         import torch
-    except ImportError:  # pragma: no cover
-        return out
-    try:
+
         if torch.cuda.is_available():
             out["cuda_device"] = torch.cuda.get_device_name(0)
-    except Exception:  # pragma: no cover - a broken CUDA set-up must not lose the report
+    except Exception:  # pragma: no cover - a missing torch or a broken CUDA set-up must not lose the report
         pass
     return out
-
-
-# -------------------------------------------------------------------------------------------------------- decision
-
-
-def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]] = (), interruption: str | None = None,
-             collection_errors: Iterable[dict[str, Any]] = (), deselected: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The release decision.
-
-    CLEARED when every gating criterion of every collected suite ran and passed; NOT CLEARED when the run is complete
-    and a gating criterion on the model FAILed; INCOMPLETE when any criterion ERRORed, a gating criterion was skipped or
-    deselected (``-k``, ``-m``, node ids), a selected criterion did not run, a gating self-check of the tool
-    (``kind: sensitivity`` or ``reference``) FAILed (the gate cannot judge on this data), a suite file could not be
-    collected, the run was interrupted, or no gating criterion ran. Each reason lists the criteria by id.
-    """
-    not_run, collection_errors, deselected = list(not_run), list(collection_errors), list(deselected)
-    gating = [r for r in results if r["gate"]]
-    errors = [r["item_id"] for r in results if r["verdict"] == "ERROR"]
-    skipped = [r["item_id"] for r in gating if r["verdict"] == "SKIP"]
-    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and not _is_self_check(r)]
-    failed_self_checks = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and _is_self_check(r)]
-    advisory_failed = [r["item_id"] for r in results if not r["gate"] and r["verdict"] == "FAIL"]
-    deselected_gating = [d["item_id"] for d in deselected if d.get("gate")]
-    reasons: list[str] = []
-    if interruption:
-        reasons.append(f"the run was interrupted ({interruption})")
-    if collection_errors:
-        reasons.append(f"{len(collection_errors)} file(s) could not be collected: {_ids(c['node_id'] for c in collection_errors)}")
-    if errors:
-        reasons.append(f"{len(errors)} criterion item(s) ERRORed (could not be evaluated): {_ids(errors)}")
-    if failed_self_checks:
-        reasons.append(f"{len(failed_self_checks)} gating self-check(s) of the tool FAILED, so the gate cannot judge on this data: "
-                       f"{_ids(failed_self_checks)}")
-    if skipped:
-        reasons.append(f"{len(skipped)} gating criterion item(s) were skipped: {_ids(skipped)}")
-    if not_run:
-        reasons.append(f"{len(not_run)} selected criterion item(s) did not run: {_ids(n['item_id'] for n in not_run)}")
-    if deselected_gating:
-        reasons.append(f"{len(deselected_gating)} gating criterion item(s) were not selected to run: {_ids(deselected_gating)}")
-    if not gating and not reasons:
-        reasons.append("no gating criterion ran")
-    if reasons:
-        status = "INCOMPLETE"
-        summary = "Incomplete: " + "; ".join(reasons) + "."
-        if failed:
-            summary += f" {len(failed)} gating criterion item(s) already FAILED, so the model cannot be cleared."
-    elif failed:
-        status = "NOT CLEARED"
-        summary = f"Not cleared: {len(failed)} of {len(gating)} gating criterion item(s) FAILED."
-    else:
-        status = "CLEARED"
-        summary = f"Cleared: all {len(gating)} gating criterion item(s) PASSED."
-    counts = {v: sum(r["verdict"] == v for r in results) for v in VERDICTS}
-    counts[NOT_RUN] = len(not_run)
-    return {"status": status, "complete": not reasons, "summary": summary, "incomplete_reasons": reasons,
-            "failed_gating": failed, "failed_self_checks": failed_self_checks, "errors": errors, "skipped_gating": skipped,
-            "not_run": [n["item_id"] for n in not_run],
-            "deselected_gating": deselected_gating, "advisory_failed": advisory_failed,
-            "collection_errors": [c["node_id"] for c in collection_errors], "interruption": interruption,
-            "counts": counts, "n_criteria": len(results), "n_gating": len(gating)}
-
-
-def _ids(item_ids: Iterable[str]) -> str:
-    """Item ids as a reader knows them (the criterion part of the node id), comma-separated."""
-    return ", ".join(str(i).split("::")[-1] for i in item_ids)
 
 
 # ------------------------------------------------------------------------------------------------------ sections
@@ -265,9 +199,8 @@ def _bounds_text(bounds: dict[str, Any] | None) -> str:
 def _metric_limitations(name: str) -> list[str]:
     """What measure ``name`` is known to be blind to: its class's ``limitations``."""
     try:
-        from .metrics.base import METRICS, metric_names
+        from .metrics import METRICS  # the package registers every metric
 
-        metric_names()  # loads the registry
         own = getattr(METRICS.get(name), "limitations", None)
         if own:
             return [own] if isinstance(own, str) else list(own)
@@ -283,14 +216,9 @@ def _limitations(results: list[dict[str, Any]], plan: list[dict[str, Any]]) -> d
             "advisory_criteria": advisory}
 
 
-def _is_self_check(r: dict[str, Any]) -> bool:
-    """A check of the tool on the reference data (``kind: sensitivity`` or ``reference``), not of the model."""
-    return r.get("kind") in ("sensitivity", "reference")
-
-
 def _self_check(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) -> dict[str, Any]:
-    checks = [r for r in results if _is_self_check(r)]
-    missing = [n for n in not_run if _is_self_check(n)]
+    checks = [r for r in results if is_self_check(r)]
+    missing = [n for n in not_run if is_self_check(n)]
     gating = [r for r in checks if r["gate"]]
     if not checks and not missing:
         status = "NOT RUN"
@@ -348,7 +276,7 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
     """The report document (see the module docstring and ``report_schema.json``).
 
     ``results``: the per-item records (``rep.mriq_record``); ``run``: what the plugin knows about the session
-    (see ``plugin._run_info``): settings, command line, times, suites, threshold overrides (``deviations``),
+    (see :meth:`mriq_validate.run_state.MriqRun.info`): settings, command line, times, suites, threshold overrides (``deviations``),
     context provenance (``contexts``), the collected plan (``planned``: item id → record stub), ``deselected``,
     ``collection_errors``, ``durations`` (item id → seconds), ``interruption`` and ``exit_status``.
     Missing keys are treated as empty, so a partial ``run`` still gives a valid report.
@@ -367,12 +295,10 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
     contexts = _merge_contexts(run.get("contexts") or [])
     settings = dict(run.get("settings") or {})
     started, finished = run.get("started"), run.get("finished")
-    duration = None
-    if started and finished:
-        try:
-            duration = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-        except ValueError:
-            duration = None
+    try:
+        duration = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds() if started and finished else None
+    except ValueError:
+        duration = None
     interruption = run.get("interruption")
     dec = decision(records, not_run=not_run, interruption=interruption, collection_errors=run.get("collection_errors", []),
                    deselected=run.get("deselected", []))
@@ -428,8 +354,8 @@ def _finite(obj: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[str, Any] | None = None, html: bool = True) -> Path:
-    """Write ``report.json`` and, with ``html``,
-    the self-contained ``report.html`` into ``folder``; return the path of ``report.json``.
+    """Write ``report.json`` and, with ``html``, the self-contained ``report.html`` into ``folder``; return the path of
+    ``report.json``.
 
     The JSON is written first, so a failure while drawing the HTML never loses it; such a failure is written into
     ``report.html`` as a short error page and re-raised.
@@ -465,8 +391,8 @@ def _html_page(title: str, text: str) -> str:
             f"<pre>{html.escape(text)}</pre><p>See {REPORT_FILE}.</p>")
 
 
-#: Files of an earlier run that the placeholder written at the start of a run replaces or removes.
-_GENERATED = (REPORT_FILE, HTML_FILE, "perturbations-*.png")
+#: Figures of an earlier run, removed at the start of a run (report.json and report.html are replaced).
+_EARLIER_FIGURES = "perturbations-*.png"
 
 
 def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
@@ -475,11 +401,9 @@ def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
     Raises OSError when the folder cannot be written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for pattern in _GENERATED[2:]:
-        for old in folder.glob(pattern):
-            old.unlink()
-    started = run.get("started") or now_iso()
-    note = (f"the run started at {started} has not finished; if this placeholder is still here, the run died before it "
+    for old in folder.glob(_EARLIER_FIGURES):
+        old.unlink()
+    note = (f"the run started at {run.get('started') or now_iso()} has not finished; if this placeholder is still here, the run died before it "
             f"could decide (look at its log)")
     placeholder = build_report([], {**run, "interruption": note, "finished": None})
     path = folder / REPORT_FILE
@@ -524,38 +448,3 @@ def _drop(node: Any, parts: list[str]) -> None:
             _drop(node[head], rest)
         else:
             del node[head]
-
-
-# ------------------------------------------------------------------------------------- sample images (xdist transport)
-
-
-def _as_numpy(x: Any) -> Any:
-    import numpy as np
-
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def encode_arrays(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Arrays (numpy or torch) as JSON-able ``{dtype, shape, base64}`` (pytest-xdist workers → controller)."""
-    import base64
-
-    out = {}
-    for key, value in arrays.items():
-        if value is None:
-            continue
-        a = _as_numpy(value)
-        a = a.astype("float32") if a.dtype.kind == "f" else a
-        out[key] = {"dtype": a.dtype.str, "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
-    return out
-
-
-def decode_arrays(encoded: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The inverse of :func:`encode_arrays`."""
-    import base64
-
-    import numpy as np
-
-    return {k: np.frombuffer(base64.b64decode(v["base64"]), dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
-            for k, v in encoded.items()}

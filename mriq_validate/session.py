@@ -15,13 +15,13 @@ from typing import Any
 import torch
 
 from .cache import DiskCache, content_hash
-from .data.core import ReferenceData, load_data
-from .downstream import Segmenter, SegmenterConfig, get_segmenter
+from .data import ReferenceData, load_data
 from .errors import MriqError
 from .isolation import DEFAULT_TIMEOUT_S
-from .metrics.base import Metric, Sample
+from .metrics import Metric, Sample
 from .models import ModelAdapter, ModelContext, load_model
 from .seeding import derive_seed
+from .segmenter import Segmenter, SegmenterConfig, get_segmenter
 
 SPLITS = ("test", "train")
 
@@ -134,10 +134,6 @@ class RunContext:
         """A real split as a sample."""
         t = getattr(self.data, split)
         return Sample(t.images, t.masks, f"real {split}")
-
-    def real_test(self) -> Sample:
-        """The real test split as a sample."""
-        return self.real("test")
 
     @property
     def n_classes(self) -> int:

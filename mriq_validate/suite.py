@@ -1,7 +1,9 @@
 """Suite files: the typed YAML schema of fitness-for-purpose criteria, loading and validation errors.
 
 A suite is a YAML file with a top-level ``mriq_suite:`` key. Every error names the file, the key path
-(``criteria[2].threshold.min``), its line where known, and what was expected.
+(``criteria[2].threshold.min``), its line where known, and what was expected. The whole suite is checked at load:
+a metric's ``params`` (``segmenter:`` settings, ``features:`` blocks, ...) by its constructor and a perturbation's
+parameters by its ``resolve``, each error pinned to the offending key (``criteria[3].params.segmenter.epochs``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +29,41 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
-@contextmanager
-def _as_value_error() -> Iterator[None]:
-    """Turn a domain error raised inside a validator into a ValueError, so pydantic reports it with its key path."""
+class _AtKey(ValueError):
+    """A validation error about the key at ``loc`` below the model being validated; the loader reports that key's path
+    and line (pydantic alone would report the model's)."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _error_of(check: Callable[[dict[str, Any]], Any], params: dict[str, Any]) -> str | None:
+    """The message of the MriqError that ``check(params)`` raises, or None when it passes."""
     try:
-        yield
+        check(params)
     except MriqError as exc:
-        raise ValueError(str(exc)) from None
+        return str(exc)
+    return None
+
+
+def _blame(check: Callable[[dict[str, Any]], Any], params: dict[str, Any], error: str) -> tuple[str, ...]:
+    """The key path in ``params`` that ``error`` (raised by ``check(params)``) is about: a key whose removal (its default
+    then applies) lets the check pass, else the first whose removal makes that error change; descending into nested
+    mappings. Empty when no one key is to blame.
+
+    One scheme for every parameter: the code that uses the parameters (a metric's constructor, a perturbation's
+    ``resolve``) checks them, and this pins its error to the offending key, so nothing is validated twice.
+    """
+    without = {key: _error_of(check, {k: v for k, v in params.items() if k != key}) for key in params}
+    candidates = [k for k, e in without.items() if e is None] or [k for k, e in without.items() if e != error]
+    if not candidates:
+        return ()
+    key = candidates[0]
+    if not isinstance(params[key], dict):
+        return (key,)
+    rest = {k: v for k, v in params.items() if k != key}
+    return (key, *_blame(lambda sub: check({**rest, key: sub}), params[key], error))
 
 
 class _Strict(BaseModel):
@@ -80,14 +109,20 @@ class PerturbationSpec(_Strict):
         sweeps = [k for k, v in self.params.items() if isinstance(v, list)]
         empty = [k for k in sweeps if not self.params[k]]
         if empty:
-            raise ValueError(f"sweep over {empty[0]!r} has no levels; give at least one value (a criterion without levels would "
-                             f"never be evaluated)")
+            raise _AtKey(f"sweep over {empty[0]!r} has no levels; give at least one value (a criterion without levels would "
+                         f"never be evaluated)", (empty[0],))
         if len(sweeps) > 1:
-            raise ValueError(f"sweep over one parameter at a time; got lists for {sweeps}")
-        with _as_value_error():
+            raise _AtKey(f"sweep over one parameter at a time; got lists for {sweeps}", (sweeps[1],))
+        try:
             pert = get(self.name)
-            for level in self.levels():
-                pert.resolve(level)
+        except MriqError as exc:
+            raise _AtKey(str(exc), ("name",)) from None
+        sweep = sweeps[0] if sweeps else None
+        for i, level in enumerate(self.levels()):
+            error = _error_of(pert.resolve, level)
+            if error is not None:
+                loc = _blame(pert.resolve, level, error)
+                raise _AtKey(error, (sweep, i) if sweep is not None and loc == (sweep,) else loc)
         return self
 
     def levels(self) -> list[dict[str, Any]]:
@@ -132,8 +167,12 @@ class Criterion(_Strict):
     def _consistent(self) -> "Criterion":
         from .metrics.base import create_metric
 
-        with _as_value_error():
-            create_metric(self.metric, self.params)  # validates the metric's parameters
+        def construct(params: dict[str, Any]) -> Any:
+            return create_metric(self.metric, params)  # the metric's constructor checks every parameter
+
+        error = _error_of(construct, self.params)
+        if error is not None:
+            raise _AtKey(error, ("params", *_blame(construct, self.params, error)))
         if self.kind == "sensitivity" and self.perturbation is None:
             raise ValueError("a sensitivity criterion needs a `perturbation` (what the measure must detect)")
         if self.kind == "sensitivity" and self.threshold.relative != "none":
@@ -154,17 +193,18 @@ class Criterion(_Strict):
 
 
 class DataOptions(_Strict):
-    """Data this suite runs on by default, and options for NIfTI folders."""
+    """Data this suite runs on by default, and options for NIfTI folders. An option left out takes the NIfTI loader's
+    default (``mriq_validate.data.nifti.DEFAULT_*``, the one place they are written)."""
 
     default: str = "builtin:mni-tumour"
-    modality: str = "t1"
-    crop: tuple[int, int] = (192, 192)
-    test_fraction: float = Field(default=0.3, gt=0, lt=1)
-    slices: Literal["lesion", "all"] = "lesion"
+    modality: str | None = None
+    crop: tuple[int, int] | None = None
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    slices: Literal["lesion", "all"] | None = None
 
     def options_for(self, spec: str) -> dict[str, Any]:
-        """The loading options for data ``spec``: these NIfTI options for a folder, none for builtin data."""
-        return {} if spec.startswith("builtin:") else self.model_dump(exclude={"default"})
+        """The loading options for data ``spec``: the NIfTI options this suite sets for a folder, none for builtin data."""
+        return {} if spec.startswith("builtin:") else self.model_dump(exclude={"default"}, exclude_none=True)
 
 
 class Suite(_Strict):
@@ -180,9 +220,9 @@ class Suite(_Strict):
     @model_validator(mode="after")
     def _unique_ids(self) -> "Suite":
         seen: set[str] = set()
-        for c in self.criteria:
+        for i, c in enumerate(self.criteria):
             if c.id in seen:
-                raise ValueError(f"criterion id {c.id!r} appears twice")
+                raise _AtKey(f"criterion id {c.id!r} appears twice", ("criteria", i, "id"))
             seen.add(c.id)
         return self
 
@@ -269,18 +309,20 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    """1-based line of the key (or list item) at ``loc``, or of its deepest existing parent."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            pair = next(((k, v) for k, v in node.value if k.value == part), None)
+            if pair is None:
+                break
+            key, node = pair
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
-        if node is None:
-            break
-        line = node.start_mark.line + 1
     return line
 
 
@@ -288,6 +330,7 @@ def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> 
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc += getattr(err.get("ctx", {}).get("error"), "loc", ())
         key_path = _loc_text((SUITE_KEY, *loc))
         line = _line_of(root, (SUITE_KEY, *loc))
         msg = err["msg"].removeprefix("Value error, ")

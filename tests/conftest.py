@@ -1,17 +1,16 @@
-"""Shared test set-up: one on-disk cache for all tests (data and trained segmenters are built once)."""
+"""Fixtures shared by the tests: the one on-disk cache (data and trained segmenters are built once), the embedded data,
+and pytester runs of the plugin on that cache. The cache folder and the offline setting come from the repository's
+top-level ``conftest.py``."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest_plugins = ["pytester"]
-
-CACHE = Path(os.environ.setdefault("MRIQ_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".mriq-cache")))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 
 def _preload_heavy_modules() -> None:
@@ -30,14 +29,14 @@ def _preload_heavy_modules() -> None:
     import matplotlib.pyplot  # noqa: F401
 
     import mriq_validate.criteria  # noqa: F401
+    import mriq_validate.data  # noqa: F401  (the packages register their builtins on import)
+    import mriq_validate.perturb  # noqa: F401
     import mriq_validate.plugin  # noqa: F401
     from mriq_validate._compat import import_pyiqa
-    from mriq_validate.metrics.base import metric_names
-    from mriq_validate.perturb.base import _load_all
+    from mriq_validate.metrics import metric_names
 
     import_pyiqa()
     metric_names()
-    _load_all()
 
 
 _preload_heavy_modules()
@@ -45,13 +44,27 @@ _preload_heavy_modules()
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    return CACHE
+    """The cache every test shares (``$MRIQ_CACHE_DIR``; the top-level conftest points it into the repository)."""
+    from mriq_validate.cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 @pytest.fixture(scope="session")
-def mni():
+def mni(cache_dir: Path):  # type: ignore[no-untyped-def]
     """The embedded default data (built once, then loaded from the cache)."""
     from mriq_validate.cache import DiskCache
     from mriq_validate.data import load_data
 
-    return load_data("builtin:mni-tumour", DiskCache(CACHE))
+    return load_data("builtin:mni-tumour", DiskCache(cache_dir))
+
+
+@pytest.fixture
+def run_plugin(pytester: pytest.Pytester, cache_dir: Path) -> Callable[..., pytest.RunResult]:
+    """``pytester.runpytest`` on the shared cache. pytester runs in a temporary folder, where the top-level conftest is
+    not loaded, so the cache is passed explicitly."""
+
+    def run(*args: str, **kwargs: Any) -> pytest.RunResult:
+        return pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={cache_dir}", *args, **kwargs)
+
+    return run

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import CACHE
 from mriq_validate.errors import MetricError, SuiteError
 from mriq_validate.suite import is_suite_file, load_suite, parse_override
 
@@ -51,10 +51,6 @@ SELF_CHECK = """\
 """
 
 
-def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", *args, **kwargs)
-
-
 def report(pytester: pytest.Pytester, folder: str = "out") -> dict[str, Any]:
     return json.loads((pytester.path / folder / "report.json").read_text())
 
@@ -66,17 +62,17 @@ def with_criteria(extra: str) -> str:
 # ------------------------------------------------------------------------------ 1. nothing asked for disappears
 
 
-def test_the_cheap_suite_clears_the_faithful_model(pytester: pytest.Pytester) -> None:
+def test_the_cheap_suite_clears_the_faithful_model(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     """The control for the tests below: without a defect, the same suite is CLEARED with exit code 0."""
     pytester.makefile(".yaml", suite=CHEAP)
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
     assert result.ret == pytest.ExitCode.OK
     assert report(pytester)["decision"]["status"] == "CLEARED"
 
 
-def test_a_sweep_without_levels_is_a_collection_error(pytester: pytest.Pytester) -> None:
+def test_a_sweep_without_levels_is_a_collection_error(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=with_criteria(SELF_CHECK.replace("sigma: 0.0", "sigma: []").replace("SELF-PIQE-NONE", "SWEEP")))
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*suite.yaml:*criteria[[]2[]].perturbation*sweep over 'sigma' has no levels*"])
     assert report(pytester)["decision"]["status"] == "INCOMPLETE"
@@ -92,32 +88,35 @@ def test_a_sweep_without_levels_is_a_collection_error(pytester: pytest.Pytester)
         ("quoted-key", lambda t: t.replace("mriq_suite:", '"mriq_suite":', 1).encode()),
     ],
 )
-def test_suites_are_collected_whatever_their_encoding(pytester: pytest.Pytester, name: str, encode: Any) -> None:
+def test_suites_are_collected_whatever_their_encoding(pytester: pytest.Pytester,
+                                                      run_plugin: Callable[..., pytest.RunResult], name: str, encode: Any) -> None:
     path = pytester.path / f"{name}.yaml"
     path.write_bytes(encode(CHEAP))
     assert is_suite_file(path)
     assert [c.id for c in load_suite(path).criteria] == ["PIQE-ABS", "PIQE-REL"]
-    result = run(pytester, "--collect-only", "-q")
+    result = run_plugin("--collect-only", "-q")
     result.stdout.fnmatch_lines([f"{name}.yaml::PIQE-ABS", f"{name}.yaml::PIQE-REL"])
 
 
-def test_a_broken_file_that_names_mriq_suite_is_collected_and_fails(pytester: pytest.Pytester) -> None:
+def test_a_broken_file_that_names_mriq_suite_is_collected_and_fails(pytester: pytest.Pytester,
+                                                                    run_plugin: Callable[..., pytest.RunResult]) -> None:
     """Unparseable YAML that mentions the suite key is collected so that it fails loudly, never silently ignored."""
     (pytester.path / "broken.yaml").write_text("mriq_suite:\n  name: [unclosed\n")
     (pytester.path / "latin1.yaml").write_bytes("mriq_suite:\n  name: caf\xe9\n".encode("latin-1"))
-    result = run(pytester, "--mriq-model=builtin:real")
+    result = run_plugin("--mriq-model=builtin:real")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*broken.yaml:*malformed YAML*"])
     result.stdout.fnmatch_lines(["*latin1.yaml: not valid UTF-8 text*"])
 
 
-def test_a_mistyped_override_is_a_usage_error_naming_close_matches(pytester: pytest.Pytester) -> None:
+def test_a_mistyped_override_is_a_usage_error_naming_close_matches(pytester: pytest.Pytester,
+                                                                   run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-threshold=PIQE-ABZ.max=10")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-threshold=PIQE-ABZ.max=10")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*PIQE-ABZ.max=10.0 (from --mriq-threshold) matches no collected criterion; did you mean PIQE-ABS*"])
     pytester.makeini("[pytest]\nmriq_thresholds =\n    PIQE-RELL.max=1\n")
-    result = run(pytester, "--mriq-model=builtin:real")
+    result = run_plugin("--mriq-model=builtin:real")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*PIQE-RELL.max=1.0 (from ini mriq_thresholds)*did you mean PIQE-REL*"])
 
@@ -158,9 +157,10 @@ def test_a_yaml_alias_bomb_is_refused_quickly_and_messages_stay_short(tmp_path: 
 
 
 @pytest.mark.parametrize("how", [["-k", "PIQE-ABS"], ["-k", "not PIQE-REL"], ["suite.yaml::PIQE-ABS"], ["--deselect", "suite.yaml::PIQE-REL"]])
-def test_unselected_gating_criteria_make_the_run_incomplete(pytester: pytest.Pytester, how: list[str]) -> None:
+def test_unselected_gating_criteria_make_the_run_incomplete(pytester: pytest.Pytester,
+                                                            run_plugin: Callable[..., pytest.RunResult], how: list[str]) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", *how)
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", *how)
     result.assert_outcomes(passed=1)
     assert result.ret != pytest.ExitCode.OK  # exit 0 would read as a pass in CI
     d = report(pytester)["decision"]
@@ -169,9 +169,9 @@ def test_unselected_gating_criteria_make_the_run_incomplete(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(["*release decision: INCOMPLETE*", "*not selected to run: PIQE-REL*"])
 
 
-def test_unselected_gating_criteria_are_seen_under_xdist(pytester: pytest.Pytester) -> None:
+def test_unselected_gating_criteria_are_seen_under_xdist(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", "-n", "2", "-k", "PIQE-ABS")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", "-n", "2", "-k", "PIQE-ABS")
     assert result.ret != pytest.ExitCode.OK
     assert report(pytester)["decision"]["deselected_gating"] == ["suite.yaml::PIQE-REL"]
 
@@ -179,9 +179,10 @@ def test_unselected_gating_criteria_are_seen_under_xdist(pytester: pytest.Pytest
 # --------------------------------------------------------------------------- self-checks judge the tool, not the model
 
 
-def test_a_failed_gating_self_check_is_incomplete_never_not_cleared(pytester: pytest.Pytester) -> None:
+def test_a_failed_gating_self_check_is_incomplete_never_not_cleared(pytester: pytest.Pytester,
+                                                                    run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=with_criteria(SELF_CHECK))
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*SELF-CHECK FAILED: the tool cannot judge models on this data*"])
     d = report(pytester)["decision"]
@@ -189,7 +190,8 @@ def test_a_failed_gating_self_check_is_incomplete_never_not_cleared(pytester: py
     assert any("self-check(s) of the tool FAILED" in r for r in d["incomplete_reasons"])
 
 
-def test_a_reference_check_measures_the_real_data_whatever_the_model(pytester: pytest.Pytester) -> None:
+def test_a_reference_check_measures_the_real_data_whatever_the_model(pytester: pytest.Pytester,
+                                                                     run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=with_criteria("""\
         - id: REF-PIQE
           kind: reference
@@ -201,7 +203,7 @@ def test_a_reference_check_measures_the_real_data_whatever_the_model(pytester: p
         """))
     values = {}
     for model in ("builtin:real", "builtin:noisy"):
-        run(pytester, f"--mriq-model={model}", f"--mriq-report={model[8:]}")
+        run_plugin(f"--mriq-model={model}", f"--mriq-report={model[8:]}")
         (rec,) = [r for r in report(pytester, model[8:])["results"] if r["criterion_id"] == "REF-PIQE"]
         assert rec["kind"] == "reference" and rec["samples"]["evaluated"] == "real test"
         values[model] = rec["value"]["value"]
@@ -221,14 +223,14 @@ def test_reference_criteria_refuse_relative_thresholds(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- the report never lies by omission
 
 
-def test_an_earlier_report_is_replaced_at_start_so_a_dead_run_cannot_leave_it(pytester: pytest.Pytester) -> None:
+def test_an_earlier_report_is_replaced_at_start_so_a_dead_run_cannot_leave_it(pytester: pytest.Pytester, cache_dir: Path) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
     out = pytester.path / "out"
     out.mkdir()
     (out / "report.json").write_text(json.dumps({"decision": {"status": "CLEARED"}}))
     (out / "perturbations-old.png").write_bytes(b"old")
     pytester.makepyfile(test_dies="import os\n\ndef test_dies():\n    os._exit(7)\n")  # kills the run mid-way, no hooks run
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", "--mriq-model=builtin:real",
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--mriq-cache={cache_dir}", "--mriq-model=builtin:real",
                                            "--mriq-report=out", "test_dies.py")
     assert result.ret == 7
     left = report(pytester)
@@ -236,15 +238,17 @@ def test_an_earlier_report_is_replaced_at_start_so_a_dead_run_cannot_leave_it(py
     assert "INCOMPLETE" in (out / "report.html").read_text() and not (out / "perturbations-old.png").exists()
 
 
-def test_an_unwritable_report_folder_is_a_usage_error(pytester: pytest.Pytester) -> None:
+def test_an_unwritable_report_folder_is_a_usage_error(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
     (pytester.path / "taken").write_text("a file, not a folder")
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=taken")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=taken")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--mriq-report taken: the report cannot be written there*"])
 
 
-def test_a_report_that_cannot_be_written_at_the_end_fails_the_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_report_that_cannot_be_written_at_the_end_fails_the_run(pytester: pytest.Pytester,
+                                                                  run_plugin: Callable[...,
+                                                                  pytest.RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
     import mriq_validate.report as report_module
 
     def disk_full(report: Any, folder: Path, **kwargs: Any) -> Path:
@@ -252,7 +256,7 @@ def test_a_report_that_cannot_be_written_at_the_end_fails_the_run(pytester: pyte
 
     pytester.makefile(".yaml", suite=CHEAP)
     monkeypatch.setattr(report_module, "write_report", disk_full)
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
     result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*evidence report could not be written*out/report.json*No space left on device*"])
@@ -267,7 +271,7 @@ def test_the_plugin_does_not_change_the_environment_of_unrelated_runs(pytester: 
 # ------------------------------------------------------------------------------------------ messages that name the cause
 
 
-def test_a_ratio_to_a_zero_baseline_names_the_cause() -> None:
+def test_a_ratio_to_a_zero_baseline_names_the_cause(cache_dir: Path) -> None:
     import numpy as np
 
     from mriq_validate.criteria import evaluate
@@ -287,7 +291,7 @@ def test_a_ratio_to_a_zero_baseline_names_the_cause() -> None:
     try:
         crit = Criterion(id="RATIO", requirement="r", rationale="r", metric="test_zero_on_real",
                          threshold={"max": 2, "relative": "ratio"})
-        ctx = RunContext(RunSettings(model="builtin:noisy", data="builtin:mni-tumour", cache_dir=str(CACHE)), "builtin:mni-tumour")
+        ctx = RunContext(RunSettings(model="builtin:noisy", data="builtin:mni-tumour", cache_dir=str(cache_dir)), "builtin:mni-tumour")
         with pytest.raises(MetricError, match=r"relative: ratio` divides by the baseline.*is 0 on the real test images"):
             evaluate(crit, ctx)
     finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from conftest import CACHE
 from mriq_validate.criteria import check_threshold, evaluate
 from mriq_validate.session import RunContext, RunSettings
 from mriq_validate.stats import Estimate
@@ -13,8 +15,8 @@ from mriq_validate.suite import Criterion, Threshold
 
 
 @pytest.fixture(scope="module")
-def ctx() -> RunContext:
-    return RunContext(RunSettings(model="builtin:real", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(CACHE)),
+def ctx(cache_dir: Path) -> RunContext:
+    return RunContext(RunSettings(model="builtin:real", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
                       "builtin:mni-tumour")
 
 
@@ -55,3 +57,17 @@ def test_seeds_differ_per_criterion_and_repeat(ctx: RunContext) -> None:
     a, b = criterion(id="A"), criterion(id="B")
     assert evaluate(a, ctx).seed == evaluate(a, ctx).seed != evaluate(b, ctx).seed
     assert np.isfinite(evaluate(a, ctx).value.value)
+
+
+def test_the_real_split_is_chosen_by_name_not_by_its_origin_text(ctx: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A covariate-aware perturbation of the real split gets that split's covariates (``site``) whatever the sample's
+    origin label says: relabelling the real images changes no number (it used to drop the covariates and fail)."""
+    crit = criterion(kind="sensitivity", metric="piqe", perturbation={"name": "density_shift", "weight": 1.0, "site": 0},
+                     threshold={"min": -100.0})
+    before = evaluate(crit, ctx)
+    assert before.compared.value != 0  # every slice now from site 0: the measure moved
+    real = ctx.real
+    monkeypatch.setattr(ctx, "real", lambda split: dataclasses.replace(real(split), origin=f"held-out {split} cohort"))
+    after = evaluate(crit, ctx)
+    assert after.samples["evaluated"] == "held-out test cohort + density_shift"
+    assert after.compared == before.compared and after.perturbation == before.perturbation

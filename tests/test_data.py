@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -41,6 +44,15 @@ def test_embedded_cohort_is_deterministic(tmp_path: Path, mni) -> None:
 def test_unknown_builtin_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown builtin dataset; expected one of.*builtin:mni-tumour"):
         load_data("builtin:ixi", DiskCache(tmp_path))
+
+
+def test_importing_the_package_registers_every_builtin_dataset() -> None:
+    """The package ``__init__`` imports the cohort modules, which register on import; the registry module imports none
+    of them (no lazy import inside ``load_data``). A fresh interpreter that imports only the registry sees both."""
+    code = "import json, mriq_validate.data.core as core; print(json.dumps(sorted(core.BUILTIN_DATASETS)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["mni-tumour", "mni-vessel"]
 
 
 @settings(max_examples=30, deadline=None)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mriq_validate.downstream import SegmenterConfig, cpu_threads, dice_per_image, train_segmenter
 from mriq_validate.errors import MetricError
+from mriq_validate.metrics.functional.downstream import dice_per_image
+from mriq_validate.segmenter import SegmenterConfig, cpu_threads, train_segmenter
 
 
 def masks(*pixels: list[tuple[int, int]]) -> torch.Tensor:

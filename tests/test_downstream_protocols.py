@@ -1,4 +1,4 @@
-"""Protocol B (TSTR, augmentation), HD95, the training-noise floor, 3D segmenters, the downstream table.
+"""Protocol B (TSTR, augmentation), HD95, the training-noise floor, 3D segmenters.
 
 Segmenters use the default configuration and come from the shared on-disk cache (TRTR and its two extra noise
 seeds are trained once; afterwards every test here loads them).
@@ -8,32 +8,34 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import asdict, replace
+import dataclasses
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CACHE
-from mriq_validate import downstream
-from mriq_validate.downstream import (Dice, DiceAugmented, DiceTSTR, Hd95, SegmenterConfig, dice_per_image, get_segmenter,
-                                      hd95_per_image, segmenter_key)
+from mriq_validate import segmenter
 from mriq_validate.criteria import seed_sd_multiplier
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.base import Sample, create_metric
+from mriq_validate.metrics import Sample, create_metric
+from mriq_validate.metrics.downstream import Dice, DiceAugmented, DiceTSTR, Hd95
+from mriq_validate.metrics.functional.downstream import dice_per_image, hd95_per_image
+from mriq_validate.segmenter import SegmenterConfig, get_segmenter, segmenter_key
 from mriq_validate.session import RunContext, RunSettings
 
 DATA = "builtin:mni-tumour"
 
 
-def make_ctx(model: str | None = None) -> RunContext:
-    return RunContext(RunSettings(model=model, data=DATA, device="cpu", cache_dir=str(CACHE)), DATA)
+def make_ctx(cache_dir: Path, model: str | None = None) -> RunContext:
+    return RunContext(RunSettings(model=model, data=DATA, device="cpu", cache_dir=str(cache_dir)), DATA)
 
 
 @pytest.fixture(scope="module")
-def ctx() -> RunContext:
+def ctx(cache_dir: Path) -> RunContext:
     """One run context for the module (segmenters and prepared values are memoised in it)."""
-    return make_ctx()
+    return make_ctx(cache_dir)
 
 
 def square(y: int, x: int, side: int = 40, size: int = 128) -> torch.Tensor:
@@ -140,7 +142,7 @@ def test_downstream_metrics_state_their_limitations() -> None:
 
 
 def test_hd95_on_real_test_images(ctx: RunContext) -> None:
-    real = ctx.prepare(Hd95(), ctx.real_test())
+    real = ctx.prepare(Hd95(), ctx.real("test"))
     assert real.shape == (len(ctx.data.test),) and np.all(np.isfinite(real)) and np.all(real >= 0)
     diagonal = float(np.hypot(*(128 * s for s in ctx.data.spacing_mm)))
     assert np.median(real) < diagonal / 4  # a competent segmenter: most slices far from the empty-mask penalty
@@ -166,7 +168,7 @@ def test_tstr_on_real_train_is_trtr_exactly(ctx: RunContext) -> None:
     train = ctx.data.train
     assert trtr_seg.key == segmenter_key(train.images, train.masks, ctx.n_classes, cfg)
     # protocol A's real-test Dice is the same segmenter on the same slices
-    np.testing.assert_array_equal(tstr, ctx.prepare(Dice(), ctx.real_test()))
+    np.testing.assert_array_equal(tstr, ctx.prepare(Dice(), ctx.real("test")))
     assert tstr.shape == (len(ctx.data.test),)
     # the same pairs under another name (builtin:real generating for the training masks) hit the same cache entry
     copy = Sample(train.images.clone(), train.masks.clone(), "generated (train masks)")
@@ -174,6 +176,16 @@ def test_tstr_on_real_train_is_trtr_exactly(ctx: RunContext) -> None:
     # augmentation with the real training split itself is no augmentation
     np.testing.assert_array_equal(ctx.prepare(DiceAugmented(), ctx.real("train")), tstr)
     np.testing.assert_array_equal(ctx.prepare(DiceAugmented(), copy), tstr)
+
+
+def test_protocol_a_finds_the_real_test_split_by_content_not_by_its_origin_text(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dice's competence check recognises the real test images by what they hold: relabelled (a held-out cohort), they
+    give the same scores (it used to recurse without end when the origin text was not "real test")."""
+    expected = make_ctx(cache_dir).prepare(Dice(), make_ctx(cache_dir).real("test"))
+    ctx = make_ctx(cache_dir)
+    real = ctx.real
+    monkeypatch.setattr(ctx, "real", lambda split="test": dataclasses.replace(real(split), origin=f"held-out {split} cohort"))
+    np.testing.assert_array_equal(ctx.prepare(Dice(), ctx.real("test")), expected)
 
 
 def test_tstr_values_are_per_real_test_slice_and_paired() -> None:
@@ -193,13 +205,13 @@ def test_tstr_without_masks_says_tstr_needs_masks(ctx: RunContext) -> None:
 
 def test_tstr_refuses_to_train_on_the_test_masks(ctx: RunContext) -> None:
     t = ctx.data.test
-    for sample in (ctx.real_test(), Sample(t.images.flip(-1), t.masks.clone(), "generated (test masks)")):
+    for sample in (ctx.real("test"), Sample(t.images.flip(-1), t.masks.clone(), "generated (test masks)")):
         with pytest.raises(MetricError, match="leak the test labels.*condition_on: train_masks"):
             ctx.prepare(DiceTSTR(), sample)
 
 
 def test_tstr_mask_labels_outside_the_label_set_are_named(ctx: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(downstream, "train_segmenter", lambda *a, **k: pytest.fail("must not train on bad labels"))
+    monkeypatch.setattr(segmenter, "train_segmenter", lambda *a, **k: pytest.fail("must not train on bad labels"))
     masks = ctx.data.train.masks[:8].clone()
     masks[2, 0, 0, 0] = 9
     with pytest.raises(MetricError, match=r"dice_tstr.*labels \[0, 1, 2, 3, 9\], outside the 4 classes.*offending labels \[9\]"):
@@ -218,7 +230,7 @@ def test_protocol_b_parameters_are_checked() -> None:
 # ---------------------------------------------------------------- training noise
 
 
-def test_noise_floor_is_positive_and_cached(ctx: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_noise_floor_is_positive_and_cached(ctx: RunContext, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = DiceTSTR(noise_seeds=3)
     means = m.seed_means(ctx)
     floor = m.noise_floor(ctx)
@@ -227,10 +239,10 @@ def test_noise_floor_is_positive_and_cached(ctx: RunContext, monkeypatch: pytest
     train, cfg = ctx.data.train, SegmenterConfig()
     for k in range(3):
         key = segmenter_key(train.images, train.masks, ctx.n_classes, replace(cfg, seed=cfg.seed + k))
-        assert (CACHE / "segmenters" / f"{key}.pt").is_file()
+        assert (cache_dir / "segmenters" / f"{key}.pt").is_file()
     # a fresh run loads the three segmenters from disk (no training) and protocol A has the same floor
-    monkeypatch.setattr(downstream, "train_segmenter", lambda *a, **k: pytest.fail("noise-floor segmenters must come from the cache"))
-    assert Dice(noise_seeds=3).noise_floor(make_ctx()) == pytest.approx(floor)
+    monkeypatch.setattr(segmenter, "train_segmenter", lambda *a, **k: pytest.fail("noise-floor segmenters must come from the cache"))
+    assert Dice(noise_seeds=3).noise_floor(make_ctx(cache_dir)) == pytest.approx(floor)
 
 
 # ---------------------------------------------------------------- 3D
@@ -259,10 +271,10 @@ def test_3d_segmenter_smoke(tmp_path) -> None:
     np.testing.assert_allclose(dice_per_image(y > 0, y > 0), 1.0)
     np.testing.assert_allclose(hd95_per_image(y > 0, y > 0, (1.0, 1.0, 1.0)), 0.0)
     # cached under a key that names the 3D configuration; a 2D configuration's key is unchanged by the new field
-    assert seg.key == segmenter_key(x, y, 2, cfg) and "spatial_dims" in downstream._key_fields(cfg)
-    assert "spatial_dims" not in downstream._key_fields(SegmenterConfig())
+    assert seg.key == segmenter_key(x, y, 2, cfg) and "spatial_dims" in segmenter._key_fields(cfg)
+    assert "spatial_dims" not in segmenter._key_fields(SegmenterConfig())
     with pytest.raises(MetricError, match="spatial_dims=2 needs images and masks of shape N×1×H×W"):
-        downstream.train_segmenter(x, y, 2, replace(cfg, spatial_dims=2), torch.device("cpu"))
+        segmenter.train_segmenter(x, y, 2, replace(cfg, spatial_dims=2), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- through the plugin
@@ -286,61 +298,22 @@ TSTR_SUITE = textwrap.dedent(
 )
 
 
-def test_tstr_criterion_through_the_plugin(pytester: pytest.Pytester) -> None:
+def test_tstr_criterion_through_the_plugin(pytester: pytest.Pytester, run_plugin, cache_dir: Path) -> None:
     pytester.makefile(".yaml", suite=TSTR_SUITE)
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", "--mriq-device=cpu", "--mriq-model=builtin:real",
-                                "--mriq-report=out")
+    result = run_plugin("--mriq-device=cpu", "--mriq-model=builtin:real", "--mriq-report=out")
     result.assert_outcomes(passed=1)
     (rec,) = json.loads((pytester.path / "out" / "report.json").read_text())["results"]
     assert rec["verdict"] == "PASS" and rec["metric"]["name"] == "dice_tstr"
     assert rec["compared"]["value"] == 0.0  # builtin:real's training pairs are the real ones: TSTR is TRTR
     assert rec["samples"]["paired"] and rec["samples"]["n"] == 128 and rec["samples"]["evaluated"] == "generated (train masks)"
-    floor = DiceTSTR().noise_floor(make_ctx())  # over the default 5 seeds
+    floor = DiceTSTR().noise_floor(make_ctx(cache_dir))  # over the default 5 seeds
     assert rec["bounds"]["min"] == pytest.approx(-seed_sd_multiplier(2, 5) * floor)  # -2 SDs, widened for an SD from 5 seeds
     noise = rec["threshold"]["noise_unit"]
     assert noise["seeds"] == 5 and noise["seed_sd"] == pytest.approx(floor) and len(noise["seed_means"]) == 5
     assert noise["bounds"]["min"]["false_alarm"] == pytest.approx(0.0786, abs=1e-4)  # Φ(-2/√2)
     assert "seed-to-seed SDs" in rec["message"]
 
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", "--mriq-device=cpu", "--mriq-model=builtin:tumour-eraser")
+    result = run_plugin("--mriq-device=cpu", "--mriq-model=builtin:tumour-eraser")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*TSTR-WT FAILED: dice_tstr (whole_tumour) on generated (train masks) images*vs baseline*real train*"
                                  "*(threshold in seed-to-seed SDs).", "*hazard: a segmentation model trained on the synthetic data misses*"])
-
-
-# ---------------------------------------------------------------- the downstream table
-
-
-def test_downstream_table_small() -> None:
-    from mriq_validate.tables import downstream_table, paired_estimates
-
-    p = paired_estimates(np.array([0.5, 0.7, 0.9]), np.array([0.5, 0.7, 0.9]), np.random.default_rng(0), 200)
-    assert p.difference.value == 0 and p.difference.ci_low == 0 and p.difference.ci_high == 0
-    table = downstream_table(DATA, cache_dir=CACHE, device="cpu", models=["real", "tumour-eraser"], tstr_models=["real"], n_boot=200)
-    rows = {r.model: r for r in table.rows}
-    assert rows["real"].tstr is not None and rows["real"].tstr.difference.value == 0.0
-    assert rows["real"].dice_a.difference.value == 0.0 and rows["real"].flags == []
-    assert table.trtr.value == pytest.approx(rows["real"].tstr.value.value)
-    assert "Dice A" in rows["tumour-eraser"].flags and rows["tumour-eraser"].tstr is None
-    # the flags are the shipped suite's criteria, with the gate's noise unit: -3 seed SDs widened for 5 seeds
-    rules = {r.flag: r for r in table.rules}
-    assert [r.criterion_id for r in table.rules] == ["IQA-PIQE", "DICE-WT", "DICE-TSTR-WT"] and len(table.seed_means) == 5
-    assert rules["TSTR"].bounds["min"] == pytest.approx(-seed_sd_multiplier(3, 5) * table.seed_sd)
-    assert rules["Dice A"].bounds["min"] == -0.05
-    md = table.markdown()
-    assert "**TRTR**" in md and "| tumour-eraser |" in md and f"{table.seed_sd:.4f}" in md
-    assert "**TSTR** (DICE-TSTR-WT) when Δ < -3 seed SDs, widened ×1.29 for an SD from 5 seeds to keep its 1.7 % false-alarm rate" in md
-    assert asdict(table.rows[0].piqe.value)["n"] == 128
-
-
-def test_downstream_table_cli(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mriq_validate.cli import main
-
-    out = tmp_path / "tables" / "downstream.md"
-    assert main(["downstream-table", "--out", str(out), "--models", "real", "--tstr-models", "real", "--device", "cpu",
-                 "--n-boot", "100", "--cache", str(CACHE)]) == 0
-    text = out.read_text()
-    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
-    assert "| real | held-out real images" in text and "+0.000 [+0.000, +0.000]" in text
-    with pytest.raises(ValueError, match="unknown builtin model"):
-        main(["downstream-table", "--models", "realistic", "--cache", str(CACHE)])

@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from conftest import CACHE
 from mriq_validate.cache import DiskCache
 from mriq_validate.data import load_data
 from mriq_validate.data.preprocess import normalise_slice
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.base import create_metric
-from mriq_validate.metrics.intensity import brain_mask, brain_percentile, otsu_threshold
+from mriq_validate.metrics import create_metric
+from mriq_validate.metrics.functional.intensity import brain_mask, brain_percentile, otsu_threshold
 from mriq_validate.perturb import apply
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -70,10 +69,10 @@ def test_percentile_is_validated(bad: float) -> None:
         create_metric("brain_intensity", {"percentile": bad})
 
 
-def _benign_ratios(spec: str) -> dict[str, float]:
+def _benign_ratios(spec: str, cache_dir: Path) -> dict[str, float]:
     """Set-mean p95 of each benign variation of the real data, as a ratio to the real test images (the criterion's
     checked quantity), as quoted in the INTENSITY-SCALE rationale of the shipped suites."""
-    d = load_data(spec, DiskCache(CACHE))
+    d = load_data(spec, DiskCache(cache_dir))
     p95 = lambda images: float(brain_percentile(images.numpy(), 95).mean())  # noqa: E731
     base = p95(d.test.images)
     out = {"train split": p95(d.train.images) / base}
@@ -92,18 +91,18 @@ def _benign_ratios(spec: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("spec, low, high", [("builtin:mni-tumour", 1 / 1.05, 1.05), ("builtin:mni-vessel", 0.90, 1.07)])
-def test_benign_variation_stays_within_the_quoted_spread(spec: str, low: float, high: float) -> None:
+def test_benign_variation_stays_within_the_quoted_spread(spec: str, low: float, high: float, cache_dir: Path) -> None:
     """The rationale's measured spread (brain_tumour.yaml: the largest benign change is 5 %; vessels.yaml: 0.90-1.07),
     well inside the criterion's tolerance 2^(±1/2)."""
-    ratios = _benign_ratios(spec)
+    ratios = _benign_ratios(spec, cache_dir)
     outside = {k: round(v, 4) for k, v in ratios.items() if not low <= v <= high}
     assert not outside, outside
 
 
-def _png_folder(folder: Path, spec: str, sbit: bool = False, sidecar: bool = False) -> Path:
+def _png_folder(folder: Path, spec: str, cache_dir: Path, sbit: bool = False, sidecar: bool = False) -> Path:
     """The real test images as 16-bit PNGs holding 12-bit values (0..4095), masks as 8-bit PNGs, named as
     ``mriq-validate export-masks`` names them (``<id>.png`` + ``<id>_seg.png``)."""
-    d = load_data(spec, DiskCache(CACHE))
+    d = load_data(spec, DiskCache(cache_dir))
     folder.mkdir()
     info = PngImagePlugin.PngInfo()
     if sbit:
@@ -125,13 +124,12 @@ def _png_folder(folder: Path, spec: str, sbit: bool = False, sidecar: bool = Fal
         ("vessels.yaml", "builtin:mni-vessel", "plain", "FAIL"),
     ],
 )
-def test_intensity_scale_catches_12_bit_pngs_read_as_16_bit(pytester: pytest.Pytester, suite: str, spec: str, how: str,
-                                                            verdict: str) -> None:
+def test_intensity_scale_catches_12_bit_pngs_read_as_16_bit(pytester: pytest.Pytester, run_plugin, cache_dir: Path, suite: str,
+                                                            spec: str, how: str, verdict: str) -> None:
     """Read without range information, 12-bit values in 16-bit PNGs are 16 times too dark: the shipped gate FAILs
     (ratio 1/16); with the range in mriq_folder.json or an sBIT chunk they are read right and it PASSes."""
-    folder = _png_folder(pytester.path / "generated", spec, sbit=how == "sbit", sidecar=how == "sidecar")
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", str(SUITES / suite), "--rootdir",
-                                str(pytester.path), "-k", "INTENSITY-SCALE", f"--mriq-model={folder}")
+    folder = _png_folder(pytester.path / "generated", spec, cache_dir, sbit=how == "sbit", sidecar=how == "sidecar")
+    result = run_plugin(str(SUITES / suite), "--rootdir", str(pytester.path), "-k", "INTENSITY-SCALE", f"--mriq-model={folder}")
     if verdict == "FAIL":
         result.assert_outcomes(failed=1, deselected=result.parseoutcomes()["deselected"])
         result.stdout.fnmatch_lines(["*INTENSITY-SCALE FAILED: brain_intensity on generated images*ratio 0.062*below the minimum 0.7071*"])

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CACHE
 from mriq_validate.errors import ModelError
 from mriq_validate.models import ModelAdapter, ModelContext, TorchScriptModel, build_user_model, load_model
 
@@ -259,10 +258,10 @@ SUITE = textwrap.dedent(
         ("build_segfault", "the model process crashed with a segmentation fault (signal 11) during generate()"),
     ],
 )
-def test_the_run_goes_on_and_reports_incomplete(pytester: pytest.Pytester, factory: str, cause: str) -> None:
+def test_the_run_goes_on_and_reports_incomplete(pytester: pytest.Pytester, factory: str, cause: str, cache_dir: Path) -> None:
     pytester.makefile(".yaml", suite=SUITE)
     pytester.makepyfile(user_model=MODEL)
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", f"--mriq-model=user_model.py:{factory}",
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={cache_dir}", f"--mriq-model=user_model.py:{factory}",
                                 "--mriq-timeout=4", "--mriq-report=out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(errors=1, passed=1)  # the sensitivity self-check on real data still ran

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.memorisation import (CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags,
+from mriq_validate.metrics.functional.memorisation import (CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags,
                                                 image_embedding, nn_distances)
 
 ALPHA_SPLIT = 0.05  # a 64-image calibration half supports α ≥ 1/65; the default α = 0.01 needs ≥ 99 held-out images
@@ -224,7 +224,7 @@ def test_duplication_at_15_percent_is_detected(data, emb, augment: bool) -> None
 
 # ----------------------------------------------------------------------------------------------- the metric
 def test_copy_fraction_metric_is_flip_and_shift_invariant(data, cache_dir) -> None:
-    from mriq_validate.metrics.base import Sample, create_metric
+    from mriq_validate.metrics import Sample, create_metric
     from mriq_validate.session import RunContext, RunSettings
 
     ctx = RunContext(RunSettings(model=None, data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),

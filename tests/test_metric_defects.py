@@ -3,7 +3,6 @@ data options, and the limitations every measure declares."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 import yaml
 
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.base import METRICS, Sample, create_metric, metric_names
+from mriq_validate.metrics import METRICS, Sample, create_metric, metric_names
 
 
 # ----------------------------------------------------------------------------------------------- pyiqa direction
@@ -29,6 +28,7 @@ class _FakePyiqa:
 def test_pyiqa_direction_is_per_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mriq_validate._compat import import_pyiqa
     from mriq_validate.metrics import iqa
+    from mriq_validate.metrics.functional import iqa as iqa_functional
 
     import_pyiqa()
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
@@ -37,7 +37,7 @@ def test_pyiqa_direction_is_per_instance(tmp_path: Path, monkeypatch: pytest.Mon
     weights.write_bytes(b"not read by this test")
     lower = {"brisque": True, "musiq": False}
     assert {m: bool(DEFAULT_CONFIGS[m].get("lower_better", False)) for m in lower} == lower  # pyiqa's own declarations
-    monkeypatch.setattr(iqa, "pyiqa_metric", lambda name, device, **kw: _FakePyiqa(lower[name]))
+    monkeypatch.setattr(iqa_functional, "pyiqa_metric", lambda name, device, **kw: _FakePyiqa(lower[name]))
     brisque = create_metric("pyiqa", {"metric": "brisque", "weights": str(weights)})
     musiq = create_metric("pyiqa", {"metric": "musiq", "weights": str(weights)})
     assert (brisque.higher_is_better, musiq.higher_is_better) == (False, True)  # known before any image is scored
@@ -62,8 +62,8 @@ def test_pyiqa_unknown_metric_is_named(tmp_path: Path) -> None:
 def test_ms_ssim_runs_or_names_the_size_for_every_size(kernel: int) -> None:
     """Every slice size from 8 to 128 px either gives finite MS-SSIM values through MONAI or a MetricError naming it,
     with as many scales as MONAI accepts (one more would break its size check or the coarsest scale's kernel)."""
-    from mriq_validate.downstream import torch_threads
-    from mriq_validate.metrics.diversity import ms_ssim_setup
+    from mriq_validate.metrics.functional.diversity import ms_ssim_setup
+    from mriq_validate.segmenter import torch_threads
 
     metric = create_metric("ms_ssim_diversity", {"n_pairs": 10, "kernel_size": kernel})
     gen = torch.Generator().manual_seed(0)
@@ -147,12 +147,17 @@ def test_calibrate_uses_the_suites_data_options(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- limitations
-def test_every_measure_declares_its_limitations() -> None:
-    from mriq_validate import downstream
+def test_every_measure_declares_its_limitations_and_the_report_lists_them() -> None:
+    """Every registered metric states what it is blind to (one or more sentences), and the evidence report lists exactly
+    those sentences for each measure a run used."""
+    from mriq_validate.report import _limitations
 
     names = metric_names()
-    missing = [n for n in names if inspect.getmodule(METRICS[n]) is not downstream and not METRICS[n].limitations]
-    assert not missing, f"metrics without limitations: {missing}"
+    assert len(names) >= 20  # the builtin metrics are all registered by importing the package
     for n in names:
         lim = METRICS[n].limitations
-        assert isinstance(lim, tuple) and all(isinstance(s, str) and s.strip().endswith(".") for s in lim), n
+        assert isinstance(lim, tuple) and lim, f"metric {n!r} declares no limitations"
+        assert all(isinstance(s, str) and len(s.strip()) > 40 and s.strip().endswith(".") for s in lim), n
+    plan = [{"metric_name": n, "criterion_id": f"C-{n}", "gate": True} for n in names]
+    listed = _limitations([], plan)["measures"]
+    assert listed == {n: list(METRICS[n].limitations) for n in names}

@@ -10,14 +10,8 @@ import torch
 
 from mriq_validate.cache import DiskCache
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.niqe import (
-    NiqeModel,
-    _torch_threads,
-    cached_fit_niqe,
-    fit_niqe,
-    niqe_scores,
-    prepare_niqe_input,
-)
+from mriq_validate.metrics.functional.niqe import NiqeModel, _torch_threads, fit_niqe, niqe_scores, prepare_niqe_input
+from mriq_validate.metrics.iqa import cached_fit_niqe
 
 N_FIT = 128  # reference slices used to fit (≈ 4–5 sharp blocks each at block_size 32)
 N_SCORE = 48  # held-out slices scored per condition

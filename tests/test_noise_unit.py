@@ -13,12 +13,12 @@ import torch
 from scipy import stats
 
 from mriq_validate.criteria import NoiseUnit, check_threshold, evaluate, seed_sd_false_alarm, seed_sd_multiplier
-from mriq_validate.downstream import DEFAULT_NOISE_SEEDS, DiceTSTR
+from mriq_validate.downstream_table import SHIPPED_SUITE, flag_criteria, flag_rule, paired_estimates
 from mriq_validate.errors import SuiteError
-from mriq_validate.metrics.base import Sample, create_metric
+from mriq_validate.metrics import Sample, create_metric
+from mriq_validate.metrics.downstream import DEFAULT_NOISE_SEEDS, DiceTSTR
 from mriq_validate.stats import Estimate
 from mriq_validate.suite import Threshold, load_suite
-from mriq_validate.tables import SHIPPED_SUITE, flag_criteria, flag_rule, paired_estimates
 
 
 def simulated_false_alarm(multiplier: float, seeds: int, n: int, rng: np.random.Generator) -> float:

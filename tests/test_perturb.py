@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,11 +15,12 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from mriq_validate.errors import MetricError
-from mriq_validate.perturb import REGISTRY, PerturbContext, apply, get
-from mriq_validate.perturb.figure import DEFAULT_SWEEPS, perturbation_figure
+from mriq_validate.perturb import REGISTRY, Param, PerturbContext, apply, get
+from mriq_validate.perturb.base import register
+from mriq_validate.perturb.figure import perturbation_figure
 from mriq_validate.perturb.shifts import AUGMENTATIONS, n_of
+from mriq_validate.perturb.sweeps import DEFAULT_SWEEPS
 
-get("gaussian")  # importing one perturbation loads the whole registry
 FAST = settings(max_examples=20, deadline=None, database=None)
 FEW = settings(max_examples=8, deadline=None, database=None)
 
@@ -128,7 +132,65 @@ def test_registry_holds_every_perturbation_with_documented_params() -> None:
         for p in pert.params:
             assert p.doc and p.low <= p.default <= p.high, (name, p)
             assert p.identity is None or p.low <= p.identity <= p.high, (name, p)
+            assert p.identity is None or p.name == strength, (name, p)  # only the strength has an identity value
     assert get("poisson").param("lam").identity is None  # no identity: the strength is 1/lam
+
+
+def test_importing_the_package_registers_every_perturbation() -> None:
+    """The package ``__init__`` imports the implementation modules, which register on import; the registry module
+    itself loads nothing on demand. A fresh interpreter that imports only the registry module sees all of them."""
+    code = "import json, mriq_validate.perturb.base as base; print(json.dumps(sorted(base.REGISTRY)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == sorted(EXPECTED)
+
+
+@pytest.fixture
+def scratch_registry():
+    """Register test-only perturbations with the public decorator; they are removed afterwards."""
+    added: list[str] = []
+
+    def add(name: str, fn, **declared) -> None:
+        register(name, **declared)(fn)
+        added.append(name)
+
+    yield add
+    for name in added:
+        REGISTRY.pop(name, None)
+
+
+def test_identity_strength_is_handled_by_apply_without_calling_the_edit(scratch_registry) -> None:
+    def edit(images, masks, rng, ctx, *, amount):
+        raise AssertionError("called")
+
+    scratch_registry("test_never_at_identity", edit, params=(Param("amount", 0.5, 0.0, 1.0, identity=0.0, doc="d"),),
+                     scope="global", strength="amount")
+    images, masks = blobs(0, 32)
+    out = apply("test_never_at_identity", images, masks, seed=0, amount=0.0)
+    assert torch.equal(out.images, images) and torch.equal(out.masks, masks)
+    assert out.images.data_ptr() != images.data_ptr() and out.masks.data_ptr() != masks.data_ptr()
+    with pytest.raises(AssertionError, match="called"):  # any other strength runs the edit
+        apply("test_never_at_identity", images, masks, seed=0, amount=0.1)
+
+
+def test_an_undeclared_mask_change_is_an_error(scratch_registry) -> None:
+    def relabel(images, masks, rng, ctx, *, k):
+        return images, masks + 1
+
+    param = (Param("k", 1, 0, 2, identity=0, doc="d", integer=True),)
+    scratch_registry("test_relabel_undeclared", relabel, params=param, scope="global", strength="k")
+    scratch_registry("test_relabel_declared", relabel, params=param, scope="set", strength="k", changes_mask=True)
+    images, masks = blobs(0, 32)
+    with pytest.raises(MetricError, match=r"'test_relabel_undeclared' is declared not to change masks \(changes_mask=False\)"):
+        apply("test_relabel_undeclared", images, masks, seed=0)
+    assert torch.equal(apply("test_relabel_declared", images, masks, seed=0).masks, masks + 1)
+
+
+def test_only_the_strength_parameter_may_declare_an_identity() -> None:
+    params = (Param("a", 0.5, 0.0, 1.0, identity=0.0, doc="d"), Param("b", 1.0, 0.0, 2.0, identity=1.0, doc="d"))
+    with pytest.raises(ValueError, match="only the strength parameter 'a'"):
+        register("test_two_identities", params=params, scope="global", strength="a")(lambda *a, **k: a[:2])
+    assert "test_two_identities" not in REGISTRY
 
 
 def test_default_sweeps_cover_every_perturbation_with_valid_levels() -> None:
@@ -289,6 +351,9 @@ def test_local_edit_on_an_empty_mask_names_the_perturbation_and_the_mask(name: s
     masks[1] = 0
     with pytest.raises(MetricError, match=rf"{name}.*\[1\]"):
         apply(name, images, masks, seed=0, ctx=ctx_for(name, 0, 32, 3), **STRONG[name])
+    strength = get(name).strength  # a local edit needs its lesion even at the identity strength (scope is enforced first)
+    with pytest.raises(MetricError, match=rf"{name}.*\[1\]"):
+        apply(name, images, masks, seed=0, ctx=ctx_for(name, 0, 32, 3), **{strength: get(name).param(strength).identity})
 
 
 # ---------------------------------------------------------------------------------------------- set-level shifts

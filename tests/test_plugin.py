@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from conftest import CACHE
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -31,26 +30,22 @@ def tiny_suite(threshold: str = "{min: -0.05, relative: difference}", extra: str
     ) + extra
 
 
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", *args)
-
-
-def test_without_model_items_skip_and_say_why(pytester: pytest.Pytester) -> None:
+def test_without_model_items_skip_and_say_why(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "-rs")
+    result = run_plugin("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*no model under test: pass --mriq-model*"])
 
 
-def test_unrelated_yaml_is_not_collected(pytester: pytest.Pytester) -> None:
+def test_unrelated_yaml_is_not_collected(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", workflow="name: ci\njobs: {}\n")
-    result = run(pytester)
+    result = run_plugin()
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
-def test_real_passes_and_report_is_written(pytester: pytest.Pytester) -> None:
+def test_real_passes_and_report_is_written(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", "--junitxml=junit.xml")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*mriq-validate: model=builtin:real*", "*release decision: CLEARED*"])
     report = json.loads((pytester.path / "out" / "report.json").read_text())
@@ -66,43 +61,79 @@ def test_real_passes_and_report_is_written(pytester: pytest.Pytester) -> None:
     assert 'name="mriq.verdict" value="PASS"' in junit
 
 
-def test_eraser_fails_with_domain_message(pytester: pytest.Pytester) -> None:
+def test_eraser_fails_with_domain_message(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*",
                                  "*requirement: whole-tumour Dice holds*", "*hazard: missed tumours*"])
 
 
-def test_advisory_failure_does_not_fail_the_run(pytester: pytest.Pytester) -> None:
+def test_advisory_failure_does_not_fail_the_run(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite().replace("rationale: test threshold", "rationale: test threshold\n      gate: false"))
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["FAIL (advisory)*DICE-WT*"])
 
 
-def test_threshold_override_from_command_line_and_ini(pytester: pytest.Pytester) -> None:
+def test_threshold_override_from_command_line_and_ini(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-threshold=DICE-WT.min=-1", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-threshold=DICE-WT.min=-1", "--mriq-report=out")
     result.assert_outcomes(passed=1)
     dev = json.loads((pytester.path / "out" / "report.json").read_text())["run"]["deviations"]
     assert dev[0]["criterion"] == "DICE-WT" and dev[0]["value"] == -1.0 and dev[0]["source"] == "--mriq-threshold"
     pytester.makeini("[pytest]\nmriq_model = builtin:tumour-eraser\nmriq_thresholds =\n    DICE-WT.min=-1\n")
-    run(pytester).assert_outcomes(passed=1)
+    run_plugin().assert_outcomes(passed=1)
 
 
-def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-seed=-3")
+    result = run_plugin("--mriq-seed=-3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--mriq-seed*non-negative integer*"])
-    result = run(pytester, "--mriq-threshold=DICE-WT=3")
+    result = run_plugin("--mriq-threshold=DICE-WT=3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_malformed_suite_fails_collection_with_location(pytester: pytest.Pytester) -> None:
+def test_each_session_registers_its_own_run(pytester: pytest.Pytester, cache_dir: Path) -> None:
+    """The run's hooks are methods of a plugin object registered per session, bound to that session's state."""
+    import mriq_validate.plugin as plugin_module
+    from mriq_validate.plugin import PLUGIN_NAME, RUN_KEY, MriqPlugin
+
+    first = pytester.parseconfigure(f"--mriq-cache={cache_dir}", "--mriq-seed=3")
+    second = pytester.parseconfigure(f"--mriq-cache={cache_dir}", "--mriq-seed=5")
+    plugins = [c.pluginmanager.get_plugin(PLUGIN_NAME) for c in (first, second)]
+    assert all(isinstance(p, MriqPlugin) for p in plugins)
+    assert [p.run for p in plugins] == [first.stash[RUN_KEY], second.stash[RUN_KEY]]
+    assert [p.run.settings.seed for p in plugins] == [3, 5]
+    assert not hasattr(plugin_module, "_RUN")  # no run state at module level
+
+
+NESTED = """
+import pytest
+
+def test_runs_a_session_of_its_own(tmp_path):
+    (tmp_path / "test_inner.py").write_text("def test_inner():\\n    pass\\n")
+    assert pytest.main([str(tmp_path), "-q", "-p", "no:cacheprovider"]) == 0
+"""
+
+
+def test_a_session_started_inside_a_test_leaves_the_run_alone(pytester: pytest.Pytester,
+                                                              run_plugin: Callable[..., pytest.RunResult]) -> None:
+    """A test that starts a pytest session of its own (as pytester does) does not take over the gate run: the criterion
+    that runs after it (z_suite.yaml is collected after test_nested.py) is recorded in this run's report."""
+    pytester.makepyfile(test_nested=NESTED)
+    pytester.makefile(".yaml", z_suite=tiny_suite())
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert [r["item_id"] for r in report["results"]] == ["z_suite.yaml::DICE-WT"]
+    assert report["decision"]["status"] == "CLEARED" and result.ret == 0
+
+
+def test_malformed_suite_fails_collection_with_location(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite().replace("metric: dice", "metric: fidd"))
-    result = run(pytester, "--mriq-model=builtin:real")
+    result = run_plugin("--mriq-model=builtin:real")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*suite.yaml:9: mriq_suite.criteria[[]0[]].metric: unknown metric 'fidd'*"])
 
@@ -145,10 +176,11 @@ def build_broken(ctx): raise ValueError("weights file my.ckpt not found")
         ("build_missing", "errors", "*my_model.py defines no 'build_missing'*"),
     ],
 )
-def test_user_model_file(pytester: pytest.Pytester, factory: str, outcome: str | None, message: str | None) -> None:
+def test_user_model_file(pytester: pytest.Pytester,
+                         run_plugin: Callable[..., pytest.RunResult], factory: str, outcome: str | None, message: str | None) -> None:
     pytester.makefile(".yaml", suite=tiny_suite("{min: 0.0}"))
     pytester.makepyfile(my_model=MODEL_FILE)
-    result = run(pytester, f"--mriq-model=my_model.py:{factory}", "--mriq-report=out")
+    result = run_plugin(f"--mriq-model=my_model.py:{factory}", "--mriq-report=out")
     if outcome is None:
         result.assert_outcomes(passed=1)
         return
@@ -159,43 +191,43 @@ def test_user_model_file(pytester: pytest.Pytester, factory: str, outcome: str |
     assert report["decision"]["status"] == "INCOMPLETE" and report["results"][0]["verdict"] == "ERROR"
 
 
-def test_missing_data_folder_is_an_error(pytester: pytest.Pytester) -> None:
+def test_missing_data_folder_is_an_error(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-data=no/such/folder")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-data=no/such/folder")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*--mriq-data no/such/folder: folder does not exist*"])
 
 
-def test_unknown_builtin_model_is_an_error(pytester: pytest.Pytester) -> None:
+def test_unknown_builtin_model_is_an_error(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:gan")
+    result = run_plugin("--mriq-model=builtin:gan")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*unknown builtin; expected one of*builtin:real*"])
 
 
-def test_cuda_without_gpu_is_an_error(pytester: pytest.Pytester) -> None:
+def test_cuda_without_gpu_is_an_error(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     pytester.makefile(".yaml", suite=tiny_suite())
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-device=cuda")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-device=cuda")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*CUDA is not available*"])
 
 
-def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester) -> None:
+def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     """The acceptance check of the gate issue, on the shipped suite with the default segmenter."""
     args = [str(SUITES / "brain_tumour.yaml"), "--rootdir", str(pytester.path)]
-    real = run(pytester, *args, "--mriq-model=builtin:real", "--mriq-report=real")
+    real = run_plugin(*args, "--mriq-model=builtin:real", "--mriq-report=real")
     assert real.ret == 0, real.stdout.str()
     assert json.loads((pytester.path / "real" / "report.json").read_text())["decision"]["status"] == "CLEARED"
-    eraser = run(pytester, *args, "--mriq-model=builtin:tumour-eraser")
+    eraser = run_plugin(*args, "--mriq-model=builtin:tumour-eraser")
     assert eraser.ret == pytest.ExitCode.TESTS_FAILED
     eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*"])
 
 
-def test_shipped_vessel_suite_clears_real(pytester: pytest.Pytester) -> None:
-    real = run(pytester, str(SUITES / "vessels.yaml"), "--rootdir", str(pytester.path), "--mriq-model=builtin:real")
+def test_shipped_vessel_suite_clears_real(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
+    real = run_plugin(str(SUITES / "vessels.yaml"), "--rootdir", str(pytester.path), "--mriq-model=builtin:real")
     assert real.ret == 0, real.stdout.str()
     real.stdout.fnmatch_lines(["*release decision: CLEARED*"])

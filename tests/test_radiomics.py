@@ -8,8 +8,8 @@ import scipy.stats
 import torch
 
 from mriq_validate.errors import MetricError
-from mriq_validate.metrics.distribution import fid_from_features
-from mriq_validate.metrics.radiomics import RADIOMIC_FEATURE_NAMES, glcm, radiomic_features
+from mriq_validate.metrics.functional.distribution import fid_from_features
+from mriq_validate.metrics.functional.radiomics import RADIOMIC_FEATURE_NAMES, glcm, radiomic_features
 
 IDX = {n: i for i, n in enumerate(RADIOMIC_FEATURE_NAMES)}
 

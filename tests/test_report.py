@@ -8,6 +8,7 @@ import html
 import json
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from conftest import CACHE
-from mriq_validate.report import (
-    VOLATILE_FIELDS,
-    build_report,
-    decision,
-    report_schema,
-    strip_volatile,
-    validate_report,
-    write_report,
-)
+from mriq_validate.decision import decision
+from mriq_validate.report import VOLATILE_FIELDS, build_report, report_schema, strip_volatile, validate_report, write_report
 
 SUITE = textwrap.dedent(
     """\
@@ -65,17 +58,14 @@ ITEMS = ["suite.yaml::DICE-WT", "suite.yaml::DICE-ET", "suite.yaml::SELF-PIQE-RI
 RESOURCE_RE = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
-def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={CACHE}", *args, **kwargs)
-
-
 def load(pytester: pytest.Pytester, folder: str = "out") -> dict[str, Any]:
     return json.loads((pytester.path / folder / "report.json").read_text())
 
 
-def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pytest.Pytester) -> None:
+def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pytest.Pytester,
+                                                                   run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=SUITE)
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-report=out", "--mriq-threshold=DICE-ET.min=-1")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-report=out", "--mriq-threshold=DICE-ET.min=-1")
     result.assert_outcomes(failed=1, passed=3)
     result.stdout.fnmatch_lines(["*release decision: NOT CLEARED (failing gates: suite.yaml::DICE-WT)*", "*report: *report.json*report.html*"])
     out = pytester.path / "out"
@@ -126,12 +116,13 @@ def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pyt
         assert html.escape(text) in page, text
 
 
-def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Pytester) -> None:
+def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Pytester,
+                                                             run_plugin: Callable[..., pytest.RunResult]) -> None:
     """Two serial runs give the same report but for the volatile fields; a pytest-xdist run (-n 2) gives one
     merged report, written by the controller, with the same content (only the process layout differs)."""
     pytester.makefile(".yaml", suite=SUITE)
-    run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-report=a").assert_outcomes(failed=2, passed=2)
-    run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-report=b").assert_outcomes(failed=2, passed=2)
+    run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-report=a").assert_outcomes(failed=2, passed=2)
+    run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-report=b").assert_outcomes(failed=2, passed=2)
     a, b = load(pytester, "a"), load(pytester, "b")
     assert a["decision"]["status"] == "NOT CLEARED"
     assert a["run"]["command_line"] != b["run"]["command_line"]  # the report folder differs ...
@@ -140,7 +131,7 @@ def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Py
     assert "run.started" in VOLATILE_FIELDS and "results.*.duration_s" in VOLATILE_FIELDS
     assert "started" not in strip_volatile(a)["run"] and "duration_s" not in strip_volatile(a)["results"][0]
 
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-report=xdist", "-n", "2")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-report=xdist", "-n", "2")
     result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(["*2 workers*", "*release decision: NOT CLEARED*"])
     assert result.stdout.str().count("release decision:") == 1
@@ -163,9 +154,9 @@ def _assert_incomplete(report: dict[str, Any], page: str, ran: list[str], reason
     assert "INCOMPLETE" in page and ("NOT RUN" in page or not d["not_run"])
 
 
-def test_exitfirst_after_a_failure_is_reported_incomplete(pytester: pytest.Pytester) -> None:
+def test_exitfirst_after_a_failure_is_reported_incomplete(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=SUITE)
-    result = run(pytester, "--mriq-model=builtin:tumour-eraser", "--mriq-report=out", "-x")
+    result = run_plugin("--mriq-model=builtin:tumour-eraser", "--mriq-report=out", "-x")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["NOT RUN*DICE-ET*", "*release decision: INCOMPLETE (failing gates: suite.yaml::DICE-WT)*"])
     report = load(pytester)
@@ -174,19 +165,20 @@ def test_exitfirst_after_a_failure_is_reported_incomplete(pytester: pytest.Pytes
     assert "cannot be cleared" in report["decision"]["summary"]
 
 
-def test_keyboard_interrupt_is_reported_incomplete(pytester: pytest.Pytester) -> None:
+def test_keyboard_interrupt_is_reported_incomplete(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=SUITE)
     pytester.makeconftest("def pytest_runtest_teardown(item):\n    if item.name == 'DICE-WT':\n        raise KeyboardInterrupt\n")
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out", no_reraise_ctrlc=True)
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     report = load(pytester)
     _assert_incomplete(report, (pytester.path / "out" / "report.html").read_text(), ITEMS[:1], "KeyboardInterrupt")
     assert report["results"][0]["verdict"] == "PASS" and report["run"]["exit_status"] == int(pytest.ExitCode.INTERRUPTED)
 
 
-def test_collection_error_in_one_suite_is_reported_incomplete(pytester: pytest.Pytester) -> None:
+def test_collection_error_in_one_suite_is_reported_incomplete(pytester: pytest.Pytester,
+                                                              run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=SUITE, broken=SUITE.replace("metric: piqe", "metric: piqee").replace("report-test", "broken"))
-    result = run(pytester, "--mriq-model=builtin:real", "--mriq-report=out")
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     report = load(pytester)
     _assert_incomplete(report, (pytester.path / "out" / "report.html").read_text(), [], "error during collection")
@@ -249,3 +241,34 @@ def test_sample_grid_is_optional_and_nan_is_written_as_null(tmp_path: Path) -> N
     assert "Samples: real vs generated" in with_page and "Samples: real vs generated" not in without_page
     assert with_page.count('<img src="data:image/png;base64,') == 2 and without_page.count('<img src="data:image/png;base64,') == 1
     assert "NOT CLEARED" not in with_page and "INCOMPLETE" in with_page  # an ERROR makes the run incomplete
+
+
+def test_a_workers_payload_merges_into_the_controllers_run() -> None:
+    """What a pytest-xdist worker hands the controller (suites, plan, overrides, sample images) arrives intact, once."""
+    import torch
+
+    from mriq_validate.run_state import MriqRun
+    from mriq_validate.session import RunSettings
+    from mriq_validate.xdist_transport import merge_payload, worker_payload
+
+    rng = np.random.default_rng(0)
+    samples = {"real": rng.random((2, 8, 8)), "generated": torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+               "masks": rng.integers(0, 4, (2, 8, 8)), "generated_masks": None}
+    entry = {"item_id": "s.yaml::A", "criterion_id": "A", "gate": True}
+    worker = MriqRun(RunSettings(model="builtin:real", data=None), suites={"s.yaml": {"name": "s", "path": "s.yaml"}},
+                     deviations=[{"criterion": "A", "field": "min", "value": -1.0}], planned={"s.yaml::A": entry},
+                     collected={"s.yaml::A": entry, "s.yaml::B": {**entry, "item_id": "s.yaml::B"}}, criterion_ids={"A", "B"},
+                     sample_images=samples)
+    controller = MriqRun(RunSettings(model="builtin:real", data=None))
+    payload = worker_payload(worker)
+    merge_payload(controller, payload)
+    merge_payload(controller, payload)  # a second worker with the same suites
+    assert controller.xdist_workers == 2
+    assert controller.suites == worker.suites and controller.deviations == worker.deviations  # not doubled
+    assert controller.planned == worker.planned and controller.collected == worker.collected
+    assert controller.criterion_ids == {"A", "B"} and controller.deselected() == [controller.collected["s.yaml::B"]]
+    got = controller.sample_images
+    assert got is not None and set(got) == {"real", "generated", "masks"}  # None values are not sent
+    assert got["real"].dtype == np.float32 and np.array_equal(got["real"], samples["real"].astype(np.float32))
+    assert got["generated"].shape == (2, 1, 8, 8) and np.array_equal(got["generated"], samples["generated"].numpy())
+    assert got["masks"].dtype == samples["masks"].dtype and np.array_equal(got["masks"], samples["masks"])

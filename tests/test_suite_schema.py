@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -49,28 +50,51 @@ def test_valid_suite_loads(tmp_path: Path) -> None:
     assert suite.criteria[1].perturbation.levels() == [{"sigma": 0.01}, {"sigma": 0.05}]
 
 
+SEGMENTER = "params:\n        region: whole_tumour\n        segmenter:\n          lr: 0.01\n          {}\n"
+
+
 @pytest.mark.parametrize(
-    "old, new, expect",
+    "old, new, line, key, expect",
     [
-        ("metric: dice", "metric: dise", ["criteria[0].metric", "unknown metric 'dise'", ":8:"]),
-        ("rationale: because", "rationale: because\n      colour: red", ["criteria[0].colour", "unknown key", ":8:"]),
-        ("threshold: {min: -0.05, relative: difference}", "threshold: {min: low}", ["criteria[0].threshold.min", "low"]),
-        ("{name: rician, sigma: [0.01, 0.05]}", "{name: ricean, sigma: 0.1}", ["criteria[1].perturbation", "unknown perturbation 'ricean'"]),
-        ("{name: rician, sigma: [0.01, 0.05]}", "{name: rician, sigma: 7}", ["criteria[1].perturbation", "sigma=7", "out of range"]),
-        ("- id: PIQE", "- id: DICE-WT", ["appears twice"]),
-        ("  name: t\n", "", ["mriq_suite.name", "required key is missing"]),
-        ("gate: false", "gate: maybe", ["criteria[1].gate", "maybe"]),
-        ("threshold: {min: -0.05, relative: difference}", "threshold: {relative: difference}", ["needs `min`, `max`"]),
-        ("params: {region: whole_tumour}", "params: {regio: whole_tumour}", ["criteria[0]", "regio"]),
+        ("metric: dice", "metric: dise", 8, "criteria[0].metric", ["unknown metric 'dise'"]),
+        ("rationale: because", "rationale: because\n      colour: red", 8, "criteria[0].colour", ["unknown key"]),
+        ("threshold: {min: -0.05, relative: difference}", "threshold: {min: low}", 10, "criteria[0].threshold.min", ["low"]),
+        ("threshold: {min: -0.05, relative: difference}", "threshold:\n        min: -0.05\n        on: median", 12,
+         "criteria[0].threshold.on", ["median"]),  # a block mapping: the line of the key itself
+        ("{name: rician, sigma: [0.01, 0.05]}", "{name: ricean, sigma: 0.1}", 16, "criteria[1].perturbation.name",
+         ["unknown perturbation 'ricean'"]),
+        ("{name: rician, sigma: [0.01, 0.05]}", "{name: rician, sigma: 7}", 16, "criteria[1].perturbation.sigma", ["sigma=7", "out of range"]),
+        ("{name: rician, sigma: [0.01, 0.05]}", "\n        name: rician\n        sigma:\n          - 0.01\n          - 7", 20,
+         "criteria[1].perturbation.sigma[1]", ["sigma=7", "out of range"]),  # the bad level of a sweep
+        ("{name: rician, sigma: [0.01, 0.05]}", "{name: rician, sigma: 0.1, std: 2}", 16, "criteria[1].perturbation.std",
+         ["unknown parameter(s) ['std']"]),
+        ("- id: PIQE", "- id: DICE-WT", 11, "criteria[1].id", ["'DICE-WT' appears twice"]),
+        ("  name: t\n", "", 1, "mriq_suite.name", ["required key is missing"]),
+        ("gate: false", "gate: maybe", 14, "criteria[1].gate", ["maybe"]),
+        ("threshold: {min: -0.05, relative: difference}", "threshold: {relative: difference}", 10, "criteria[0].threshold",
+         ["needs `min`, `max`"]),
+        ("params: {region: whole_tumour}", "params: {regio: whole_tumour}", 9, "criteria[0].params.regio", ["regio"]),
+        # segmenter settings and features blocks are checked at load by the metric's constructor, at the offending key
+        ("params: {region: whole_tumour}", SEGMENTER.format("epochs: 0"), 13, "criteria[0].params.segmenter.epochs",
+         ["segmenter.epochs", "got 0"]),
+        ("params: {region: whole_tumour}", SEGMENTER.format("epoch: 5"), 13, "criteria[0].params.segmenter.epoch",
+         ["unknown field(s) ['epoch']"]),
+        ("params: {region: whole_tumour}", SEGMENTER.format("network: resnet"), 13, "criteria[0].params.segmenter.network",
+         ["'resnet' unknown"]),
+        ("metric: piqe", "metric: fid\n      params:\n        features:\n          extractor: inceptoin", 18,
+         "criteria[1].params.features.extractor", ["unknown extractor 'inceptoin'"]),
+        ("metric: piqe", "metric: fid\n      params:\n        reference: train\n        features: {extractor: radiomic, layer: 2}", 18,
+         "criteria[1].params.features.layer", ["layer"]),
     ],
 )
-def test_invalid_field_reported_with_path_and_line(tmp_path: Path, old: str, new: str, expect: list[str]) -> None:
+def test_invalid_field_reported_with_path_and_line(tmp_path: Path, old: str, new: str, line: int, key: str, expect: list[str]) -> None:
     assert old in VALID
     path = write(tmp_path, VALID.replace(old, new, 1))
     with pytest.raises(SuiteError) as err:
         load_suite(path)
     text = str(err.value)
-    assert str(path) in text
+    key_path = key if key.startswith("mriq_suite") else f"mriq_suite.{key}"
+    assert f"{path}:{line}: {key_path}: " in text, text
     for piece in expect:
         assert piece in text, text
 
@@ -151,7 +175,10 @@ def test_any_invalid_field_is_reported_by_path(tmp_path: Path, crit: dict, field
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SuiteError) as err:
         load_suite(path)
-    assert f"mriq_suite.criteria[0].{field}" in str(err.value)
+    # the reported line is the line of the offending key in the dumped text (the `on:` key inside `threshold`)
+    marker = re.compile(r"^\s*'on':" if field == "threshold" else rf"^\s*(- )?{field}:")
+    line = 1 + next(i for i, text in enumerate(path.read_text().splitlines()) if marker.match(text))
+    assert f"{path}:{line}: mriq_suite.criteria[0].{field}" in str(err.value), (path.read_text(), str(err.value))
 
 
 def test_shipped_suites_are_valid() -> None:

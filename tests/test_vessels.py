@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
-from mriq_validate.cache import DiskCache, default_cache_dir
+from mriq_validate.cache import DiskCache
 from mriq_validate.data import BUILTIN_DATASETS, ReferenceData, load_data
 from mriq_validate.perturb import PerturbContext, apply
 
@@ -15,9 +17,9 @@ VESSEL_CTX = PerturbContext(lesion_labels=(1,))
 
 
 @pytest.fixture(scope="module")
-def data() -> ReferenceData:
-    """The cohort, from the user cache ($MRIQ_CACHE_DIR) so it is built once (~15 s cold)."""
-    return load_data("builtin:mni-vessel", DiskCache(default_cache_dir()))
+def data(cache_dir: Path) -> ReferenceData:
+    """The cohort, from the tests' shared cache so it is built once (~15 s cold)."""
+    return load_data("builtin:mni-vessel", DiskCache(cache_dir))
 
 
 def test_vessel_cohort_shape_labels_and_provenance(data: ReferenceData) -> None:

@@ -1,4 +1,8 @@
-"""Reference data: train / test splits of 2D slices with integer label masks, plus provenance."""
+"""Reference data: train / test splits of 2D slices with integer label masks, plus provenance.
+
+Also the registry of builtin datasets (``builtin:NAME``). It is filled by the package ``__init__``, which imports
+the dataset modules (they register on import); this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -90,23 +94,6 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
         return fn
 
     return deco
-
-
-def load_data(spec: str, cache: DiskCache, **options: Any) -> ReferenceData:
-    """Load reference data from ``builtin:NAME`` or a NIfTI folder (BraTS or imagesTr/labelsTr layout).
-
-    ``options`` go to the NIfTI loader (``modality``, ``crop``, ``test_fraction``, ...).
-    """
-    from . import mni, vessels  # noqa: F401  (registers the builtin datasets)
-
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        if name not in BUILTIN_DATASETS:
-            raise DataError(f"--mriq-data {spec!r}: unknown builtin dataset; expected one of {sorted('builtin:' + n for n in BUILTIN_DATASETS)}")
-        return BUILTIN_DATASETS[name](cache)
-    from .nifti import load_nifti_folder
-
-    return load_nifti_folder(Path(spec), cache, **options)
 
 
 def save_splits(splits: dict[str, Split], path: Path) -> None:

@@ -28,6 +28,11 @@ LOADER_VERSION = "nifti/1"
 BRATS_LABELS = {"necrotic_core": 1, "oedema": 2, "enhancing": 3}
 BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
 NII = (".nii.gz", ".nii")
+# The loading options of a NIfTI folder when none are given; a suite's ``data:`` block (suite.DataOptions) defaults to these.
+DEFAULT_MODALITY = "t1"  # BraTS: the file suffix; imagesTr/labelsTr: the channel index
+DEFAULT_CROP = (192, 192)  # in-plane centre crop (pixels), as in Deo et al. 2025
+DEFAULT_TEST_FRACTION = 0.3  # of the cases (split by case, never by slice)
+DEFAULT_SLICES = "lesion"  # axial slices with a lesion ("all": every slice with brain)
 
 
 def _strip(name: str) -> str:
@@ -146,8 +151,8 @@ def split_cases(case_ids: list[str], test_fraction: float) -> set[str]:
     return set(ranked[:n_test])
 
 
-def load_nifti_folder(folder: Path, cache: DiskCache, *, modality: str = "t1", crop: tuple[int, int] = (192, 192),
-                      test_fraction: float = 0.3, slices: str = "lesion") -> ReferenceData:
+def load_nifti_folder(folder: Path, cache: DiskCache, *, modality: str = DEFAULT_MODALITY, crop: tuple[int, int] = DEFAULT_CROP,
+                      test_fraction: float = DEFAULT_TEST_FRACTION, slices: str = DEFAULT_SLICES) -> ReferenceData:
     """Load a BraTS or imagesTr/labelsTr folder into train/test splits of preprocessed axial slices (cached)."""
     layout, cases = find_cases(folder, modality)
     crop = (int(crop[0]), int(crop[1]))

@@ -1,18 +1,24 @@
-"""The metric registry.
+"""The metric registry and base classes.
 
-A metric declares its direction, what it takes (per image or per set), its valid range and what it needs.
-It is computed in two steps so that bootstrap CIs are cheap and paired:
+A metric declares its direction, what it takes (per image or per set), its valid range (enforced: a value outside it
+is a MetricError), whether it needs label masks (enforced by ``check_sample``) and its functional entry point (the pure
+maths in :mod:`mriq_validate.metrics.functional`, usable without a run). It is computed in two steps so that bootstrap
+CIs are cheap and paired:
 
 * ``prepare(ctx, sample)`` does the expensive work once (per-image scores, features, a trained model);
-* ``value(prepared, index)`` turns a resample ``index`` of the sample's images into a number.
+* ``value(prepared, index)`` turns a resample ``index`` of the sample's images into a number (subclasses write
+  ``compute``; ``value`` checks the number against ``valid_range``).
 
-Per-image metrics derive from :class:`PerImageMetric` and only write ``scores``.
+Per-image metrics derive from :class:`PerImageMetric` and only write ``scores``. The implementations register
+themselves on import; :mod:`mriq_validate.metrics` imports them all, so import the registry from the package.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -37,14 +43,24 @@ class Sample:
         return int(self.images.shape[0])
 
 
+#: What a metric may declare in ``needs``, each checked by :meth:`Metric.check_sample`.
+NEEDS = ("masks",)
+#: Rounding allowed beyond a bound of ``valid_range``, relative to max(1, |bound|) (float32 maths in MONAI and pyiqa).
+RANGE_TOLERANCE = 1e-6
+
+
 class Metric(ABC):
-    """Base class. Subclasses set the class attributes and validate ``params`` in ``__init__``."""
+    """Base class. Subclasses set the class attributes and validate every parameter in ``__init__`` (so that loading a
+    suite, which creates its metrics, reports a bad one with its file and line)."""
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     kind: ClassVar[Literal["per_image", "set", "paired"]]
+    # The pure maths, on tensors or arrays and the metric's configuration, with a docstring example that runs
+    # (mriq_validate.metrics.functional); the class calls it. A staticmethod, so that instances do not bind it.
+    functional: ClassVar[Callable[..., Any] | None] = None
     valid_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
-    needs: ClassVar[tuple[str, ...]] = ()  # e.g. ("masks", "segmenter", "reference", "train", "weights")
+    needs: ClassVar[tuple[str, ...]] = ()  # a subset of NEEDS
     summary: ClassVar[str] = ""
     # What the measure is blind to or biased by, one honest sentence each; the evidence report lists them per measure.
     limitations: ClassVar[tuple[str, ...]] = ()
@@ -68,9 +84,22 @@ class Metric(ABC):
     def prepare(self, ctx: "RunContext", sample: Sample) -> Any:
         """Expensive, once per sample."""
 
-    @abstractmethod
     def value(self, prepared: Any, index: np.ndarray) -> float:
-        """The metric on the resample ``index`` of the items (``range(size(prepared))``)."""
+        """The metric on the resample ``index`` of the items (``range(size(prepared))``); MetricError naming the metric and
+        the value when it lies outside ``valid_range`` (NaN is passed on: callers decide what a failed resample means)."""
+        v = float(self.compute(prepared, index))
+        if not math.isnan(v) and not self.in_range(v):
+            raise MetricError(f"metric {self.name!r}: value {v!r} lies outside its valid range {_range_text(self.valid_range)}")
+        return v
+
+    @abstractmethod
+    def compute(self, prepared: Any, index: np.ndarray) -> float:
+        """The number :meth:`value` returns, before its range check."""
+
+    def in_range(self, v: float | np.ndarray) -> bool | np.ndarray:
+        """Whether ``v`` lies in ``valid_range``, allowing :data:`RANGE_TOLERANCE` of rounding at a finite bound."""
+        lo, hi = self.valid_range
+        return (v >= lo - RANGE_TOLERANCE * max(1.0, abs(lo))) & (v <= hi + RANGE_TOLERANCE * max(1.0, abs(hi)))
 
     def noise_floor(self, ctx: "RunContext") -> float | None:
         """The seed-to-seed standard deviation of this metric's value on real data (training noise), if it has one."""
@@ -105,9 +134,13 @@ class PerImageMetric(Metric):
         if not np.all(np.isfinite(s)):
             bad = np.flatnonzero(~np.isfinite(s))[:10].tolist()
             raise MetricError(f"metric {self.name!r} is not finite on {sample.origin} image(s) {bad}")
+        outside = np.flatnonzero(~self.in_range(s))
+        if outside.size:
+            raise MetricError(f"metric {self.name!r}: score(s) {s[outside[:5]].tolist()} of {sample.origin} image(s) "
+                              f"{outside[:10].tolist()} lie outside its valid range {_range_text(self.valid_range)}")
         return s
 
-    def value(self, prepared: np.ndarray, index: np.ndarray) -> float:
+    def compute(self, prepared: np.ndarray, index: np.ndarray) -> float:
         return float(prepared[index].mean())
 
 
@@ -115,22 +148,24 @@ METRICS: dict[str, type[Metric]] = {}
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: add ``cls`` to the registry under ``cls.name``."""
+    """Class decorator: add ``cls`` to the registry under ``cls.name``; ValueError when the name is taken or ``needs``
+    declares something that is not checked (not in :data:`NEEDS`)."""
     if cls.name in METRICS:
         raise ValueError(f"metric {cls.name!r} registered twice")
+    unchecked = sorted(set(cls.needs) - set(NEEDS))
+    if unchecked:
+        raise ValueError(f"metric {cls.name!r}: needs {unchecked} are not checked by check_sample; expected a subset of {list(NEEDS)}")
     METRICS[cls.name] = cls
     return cls
 
 
 def metric_names() -> list[str]:
     """All registered metric names."""
-    _load_all()
     return sorted(METRICS)
 
 
 def create_metric(name: str, params: dict[str, Any] | None = None, where: str = "") -> Metric:
     """Instantiate metric ``name`` with ``params``; MetricError naming the unknown name or bad parameter."""
-    _load_all()
     if name not in METRICS:
         raise MetricError(f"{where}unknown metric {name!r}; expected one of {sorted(METRICS)}")
     cls = METRICS[name]
@@ -144,6 +179,35 @@ def create_metric(name: str, params: dict[str, Any] | None = None, where: str = 
         raise MetricError(f"{where}metric {name!r}: {exc}") from None
 
 
-def _load_all() -> None:
-    from .. import downstream  # noqa: F401  (dice)
-    from . import copying, distributional, diversity, intensity, iqa  # noqa: F401
+def _range_text(r: tuple[float, float]) -> str:
+    return f"[{r[0]:g}, {r[1]:g}]"
+
+
+# ---------------------------------------------------------------------------------- parameter checks for ``__init__``
+def check_int(metric: str, field: str, value: Any, lowest: int, highest: int | None = None) -> int:
+    """``value`` as an int in ``[lowest, highest]``; MetricError naming the metric, the field and the value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest or (highest is not None and value > highest):
+        span = f">= {lowest}" if highest is None else f"in [{lowest}, {highest}]"
+        raise MetricError(f"metric {metric!r}: {field} must be an integer {span}, got {value!r}")
+    return int(value)
+
+
+def check_number(metric: str, field: str, value: Any, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a float for which ``ok`` holds; MetricError ``"<field> must be <expected>"`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not ok(float(value)):
+        raise MetricError(f"metric {metric!r}: {field} must be a number {expected}, got {value!r}")
+    return float(value)
+
+
+def check_bool(metric: str, field: str, value: Any) -> bool:
+    """``value`` when it is true or false; MetricError otherwise (YAML ``"no"`` in quotes is a string, not false)."""
+    if not isinstance(value, bool):
+        raise MetricError(f"metric {metric!r}: {field} must be true or false, got {value!r}")
+    return value
+
+
+def check_region(metric: str, region: Any) -> str:
+    """A region or label name (a non-empty string; whether the data has it is known only once the data are loaded)."""
+    if not isinstance(region, str) or not region:
+        raise MetricError(f"metric {metric!r}: region must be a region or label name, got {region!r}")
+    return region

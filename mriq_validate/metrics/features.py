@@ -2,11 +2,15 @@
 
 * ``segmenter``: task-aware features, the global-average-pooled activations of every encoder level of the
   downstream segmenter trained on real data (MONAI UNet), concatenated (16+32+64+128 = 240 dims by default).
-* ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.radiomics`), for an FRD-style distance.
-* ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.memorisation.image_embedding`), for copy detection
+* ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.functional.radiomics`), for an FRD-style
+  distance.
+* ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.functional.memorisation.image_embedding`), for copy detection
   (``copy_fraction`` adds the twice-resolution plain image for its flip- and shift-invariant distance).
 * ``torchscript`` (``path``) or ``module`` (``module: pkg.mod:NAME``): any user network, e.g. RadImageNet or
   Inception weights the user has; grey slices are repeated to ``channels`` and resized to ``size`` as configured.
+
+A metric's ``features:`` block is checked when the metric is created (:func:`check_features`, at suite load), and
+built into an extractor when it is evaluated (:func:`make_extractor`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
+from ..segmenter import SegmenterConfig
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -73,9 +78,70 @@ class Extractor:
         return self.fn(images, masks)
 
 
-def _load_user_network(params: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, str]:
-    if params.get("path"):
-        path = Path(params["path"])
+#: Each extractor's options and their defaults (``path`` and ``module`` name the user network; one of them is required).
+EXTRACTOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "segmenter": {"segmenter": None},
+    "radiomic": {"masked": False},
+    "pixels": {"size": 32},
+    "torchscript": {"path": None, "channels": 1, "size": None, "range": "0,1"},
+    "module": {"module": None, "channels": 1, "size": None, "range": "0,1"},
+}
+VALUE_RANGES = ("0,1", "-1,1")
+
+
+def check_features(params: Any, where: str = "features: ") -> dict[str, Any]:
+    """A metric's ``features:`` block checked without loading anything: a mapping with a known ``extractor`` (default
+    ``segmenter``) and only that extractor's options, of the right types; a TorchScript file must exist.
+
+    Returns:
+        The options with their defaults filled in, ``extractor`` included (``segmenter`` as a :class:`SegmenterConfig`).
+
+    Raises:
+        MetricError (MissingFileError for a missing file) naming ``where``, the option and the value.
+    """
+    if params is not None and not isinstance(params, dict):
+        raise MetricError(f"{where}expected a mapping such as {{extractor: pixels}}, got {params!r}")
+    params = dict(params or {})
+    kind = params.pop("extractor", "segmenter")
+    if kind not in EXTRACTOR_OPTIONS:
+        raise MetricError(f"{where}unknown extractor {kind!r}; expected one of {', '.join(EXTRACTOR_OPTIONS)}")
+    extra = sorted(set(params) - set(EXTRACTOR_OPTIONS[kind]))
+    if extra:
+        raise MetricError(f"{where}extractor {kind!r} does not take {extra}; it takes {sorted(EXTRACTOR_OPTIONS[kind]) or 'nothing'}")
+    opts = {"extractor": kind, **EXTRACTOR_OPTIONS[kind], **params}
+
+    def positive_int(key: str, lowest: int) -> None:
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
+            raise MetricError(f"{where}{kind} option {key} must be an integer >= {lowest}, got {v!r}")
+
+    if kind == "segmenter":
+        opts["segmenter"] = SegmenterConfig.from_params(opts["segmenter"], where)
+    elif kind == "radiomic" and not isinstance(opts["masked"], bool):
+        raise MetricError(f"{where}radiomic option masked must be true or false, got {opts['masked']!r}")
+    elif kind == "pixels":
+        positive_int("size", 2)
+    elif kind in ("torchscript", "module"):
+        positive_int("channels", 1)
+        if opts["size"] is not None:
+            positive_int("size", 1)
+        if opts["range"] not in VALUE_RANGES:
+            raise MetricError(f"{where}{kind} option range must be one of {list(VALUE_RANGES)}, got {opts['range']!r}")
+        if kind == "torchscript":
+            if not isinstance(opts["path"], str) or not opts["path"]:
+                raise MetricError(f"{where}extractor 'torchscript' needs `path:` naming a TorchScript file, got {opts['path']!r}")
+            if not Path(opts["path"]).is_file():
+                raise MissingFileError(f"{where}feature extractor file {opts['path']} does not exist; supply the TorchScript file by "
+                                       "path (features: {extractor: torchscript, path: ...}); nothing is downloaded")
+        elif not isinstance(opts["module"], str) or ":" not in opts["module"]:
+            raise MetricError(f"{where}extractor 'module' needs `module: package.module:NAME` (a factory returning an nn.Module), "
+                              f"got {opts['module']!r}")
+    return opts
+
+
+def _load_user_network(opts: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, str]:
+    if opts["extractor"] == "torchscript":
+        path = Path(opts["path"])
         if not path.is_file():
             raise MissingFileError(f"feature extractor file {path} does not exist; supply the TorchScript file by path "
                                    "(features: {extractor: torchscript, path: ...}); nothing is downloaded")
@@ -83,9 +149,7 @@ def _load_user_network(params: dict[str, Any], device: torch.device) -> tuple[to
             return torch.jit.load(str(path), map_location=device).eval(), content_hash(path.read_bytes())
         except Exception as exc:
             raise MetricError(f"feature extractor {path}: not a loadable TorchScript file ({type(exc).__name__}: {exc})") from None
-    spec = params.get("module")
-    if not spec or ":" not in spec:
-        raise MetricError("features: extractor 'module' needs `module: package.module:NAME` (a factory returning an nn.Module)")
+    spec = opts["module"]
     mod, name = spec.rsplit(":", 1)
     try:
         factory = getattr(importlib.import_module(mod), name)
@@ -95,60 +159,45 @@ def _load_user_network(params: dict[str, Any], device: torch.device) -> tuple[to
     return net.to(device).eval(), content_hash(spec, [v.cpu() for v in net.state_dict().values()])
 
 
-def make_extractor(ctx: "RunContext", params: dict[str, Any]) -> Extractor:
-    """The extractor described by a metric's ``features:`` params (``extractor`` plus its options)."""
-    from ..downstream import SegmenterConfig
-
-    params = dict(params or {})
-    kind = params.pop("extractor", "segmenter")
+def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extractor:
+    """The extractor described by a metric's ``features:`` params (``extractor`` plus its options, see
+    :func:`check_features`)."""
+    opts = check_features(params)
+    kind = opts["extractor"]
     if kind == "segmenter":
-        cfg = SegmenterConfig.from_params(params.pop("segmenter", None), "features: ")
-        _no_more(params, kind)
-        seg = ctx.segmenter(cfg)
+        seg = ctx.segmenter(opts["segmenter"])
         blocks = unet_encoder_blocks(seg.net)
         return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device), seg.key,
                          {"extractor": kind, "segmenter_key": seg.key, "pooling": "global average of every encoder level"})
     if kind == "radiomic":
-        from .radiomics import radiomic_features
+        from .functional.radiomics import radiomic_features
 
-        masked = bool(params.pop("masked", False))
-        _no_more(params, kind)
+        masked = opts["masked"]
         return Extractor(kind, lambda x, m: radiomic_features(x, m if masked else None), content_hash(FEATURES_VERSION, "radiomic", masked),
-                         {"extractor": kind, "masked": masked, "features": "first-order + GLCM + gradient (radiomics.py)"})
+                         {"extractor": kind, "masked": masked, "features": "first-order + GLCM + gradient (functional/radiomics.py)"})
     if kind == "pixels":
-        from .memorisation import image_embedding
+        from .functional.memorisation import image_embedding
 
-        size = int(params.pop("size", 32))
-        _no_more(params, kind)
+        size = opts["size"]
         return Extractor(kind, lambda x, m: np.asarray(image_embedding(x, size=size), dtype=np.float64),
                          content_hash(FEATURES_VERSION, "pixels", size), {"extractor": kind, "size": size, "pose": "normalised"})
-    if kind in ("torchscript", "module"):
-        channels, size = int(params.pop("channels", 1)), params.pop("size", None)
-        value_range = params.pop("range", "0,1")
-        net, ident = _load_user_network(params, ctx.device)
-        params.pop("path", None), params.pop("module", None)
-        _no_more(params, kind)
+    channels, size, value_range = opts["channels"], opts["size"], opts["range"]
+    net, ident = _load_user_network(opts, ctx.device)
 
-        @torch.no_grad()
-        def run(x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
-            out = []
-            for i in range(0, x.shape[0], 32):
-                b = x[i : i + 32].to(ctx.device, torch.float32)
-                if size:
-                    b = torch.nn.functional.interpolate(b, size=(int(size), int(size)), mode="bilinear", align_corners=False)
-                if value_range == "-1,1":
-                    b = b * 2 - 1
-                out.append(net(b.repeat(1, channels, 1, 1)).flatten(1).cpu())
-            return torch.cat(out).double().numpy()
+    @torch.no_grad()
+    def run(x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
+        out = []
+        for i in range(0, x.shape[0], 32):
+            b = x[i : i + 32].to(ctx.device, torch.float32)
+            if size:
+                b = torch.nn.functional.interpolate(b, size=(int(size), int(size)), mode="bilinear", align_corners=False)
+            if value_range == "-1,1":
+                b = b * 2 - 1
+            out.append(net(b.repeat(1, channels, 1, 1)).flatten(1).cpu())
+        return torch.cat(out).double().numpy()
 
-        return Extractor(kind, run, ident, {"extractor": kind, "channels": f"grey repeated to {channels}", "resize": size or "none",
-                                            "range": value_range, "weights_sha256_16": ident})
-    raise MetricError(f"features: unknown extractor {kind!r}; expected one of segmenter, radiomic, pixels, torchscript, module")
-
-
-def _no_more(params: dict[str, Any], kind: str) -> None:
-    if params:
-        raise MetricError(f"features: extractor {kind!r} does not take {sorted(params)}")
+    return Extractor(kind, run, ident, {"extractor": kind, "channels": f"grey repeated to {channels}", "resize": size or "none",
+                                        "range": value_range, "weights_sha256_16": ident})
 
 
 def features(ctx: "RunContext", extractor: Extractor, images: torch.Tensor, masks: torch.Tensor | None) -> np.ndarray:

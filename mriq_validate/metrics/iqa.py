@@ -1,38 +1,35 @@
-"""No-reference image quality through pyiqa (runs offline; weight-based metrics need a user-supplied file).
+"""No-reference image quality as metrics: PIQE and other pyiqa metrics, and an MRI-fitted NIQE (runs offline;
+weight-based metrics need a user-supplied file). The maths: :mod:`.functional.iqa` and :mod:`.functional.niqe`.
 
 pyiqa is licensed CC BY-NC-SA 4.0 (non-commercial); it is installed separately, see the README.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .base import PerImageMetric, Sample, register_metric
+from ..cache import content_hash
+from ..errors import MetricError, MissingFileError
+from .base import PerImageMetric, Sample, check_int, check_number, register_metric
+from .functional import iqa as F
+from .functional.niqe import NiqeModel, fit_niqe, niqe_mri, niqe_scores
 
 if TYPE_CHECKING:
+    from ..cache import DiskCache
     from ..session import RunContext
 
 
-@lru_cache(maxsize=8)
-def pyiqa_metric(name: str, device: str, **kwargs: Any) -> Any:
-    """A pyiqa metric object, created once per (name, device, options)."""
-    from .._compat import import_pyiqa
-
-    return import_pyiqa().create_metric(name, device=torch.device(device), **kwargs)
-
-
-def pyiqa_scores(name: str, images: torch.Tensor, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Per-image scores of pyiqa metric ``name`` on grey N×1×H×W images in [0, 1]."""
-    metric = pyiqa_metric(name, str(device))
-    out = []
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            out.append(metric(images[i : i + batch_size].to(device)).flatten().cpu())
-    return torch.cat(out).double().numpy()
+def cached_fit_niqe(pristine_images: np.ndarray | torch.Tensor, cache: "DiskCache", block_size: int = 32,
+                    sharpness_threshold: float = 0.75) -> NiqeModel:
+    """:func:`~.functional.niqe.fit_niqe`, stored in ``cache`` as ``niqe/<key>.npz``, keyed by the images' content and
+    the settings."""
+    key = content_hash(pristine_images, "niqe-mri/1", int(block_size), float(sharpness_threshold))
+    return cache.get_or_create("niqe", key, ".npz", lambda: fit_niqe(pristine_images, block_size, sharpness_threshold),
+                               lambda m, p: m.save(p), NiqeModel.load)
 
 
 @register_metric
@@ -40,9 +37,9 @@ class Piqe(PerImageMetric):
     """PIQE (Venkatanath et al. 2015), a no-reference, training-free distortion score; lower is better."""
 
     name = "piqe"
+    functional = staticmethod(F.piqe)
     higher_is_better = False
     valid_range = (0.0, 100.0)
-    needs = ()
     summary = "PIQE no-reference quality (pyiqa), per image, lower is better"
     limitations = (
         "No-reference and per image: insensitive to localised lesion edits and to anatomical implausibility "
@@ -56,7 +53,7 @@ class Piqe(PerImageMetric):
                 "data_range": "[0, 1]", "resize": "none (native slice size)"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        return pyiqa_scores("piqe", sample.images, ctx.device)
+        return F.piqe(sample.images, ctx.device)
 
 
 @register_metric
@@ -68,9 +65,9 @@ class NiqeMri(PerImageMetric):
     """
 
     name = "niqe_mri"
+    functional = staticmethod(niqe_mri)
     higher_is_better = False
     valid_range = (0.0, np.inf)
-    needs = ("train",)
     summary = "NIQE with the pristine model fitted on the real training slices, per image, lower is better"
     limitations = (
         "No-reference: the distance of an image's block statistics (sharpness, noise, blur) to a pristine model "
@@ -80,19 +77,16 @@ class NiqeMri(PerImageMetric):
     )
 
     def __init__(self, block_size: int = 32, sharpness_threshold: float = 0.75) -> None:
-        from ..errors import MetricError
-
-        if block_size < 8 or not 0 <= sharpness_threshold < 1:
-            raise MetricError(f"metric 'niqe_mri': block_size >= 8 and sharpness_threshold in [0, 1) expected, got {block_size}, {sharpness_threshold}")
-        self.block_size, self.sharpness_threshold = int(block_size), float(sharpness_threshold)
+        self.block_size = check_int(self.name, "block_size", block_size, 8)
+        if self.block_size % 2:
+            raise MetricError(f"metric 'niqe_mri': block_size must be even (it is halved for the second scale), got {block_size!r}")
+        self.sharpness_threshold = check_number(self.name, "sharpness_threshold", sharpness_threshold, lambda t: 0 <= t < 1, "in [0, 1)")
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "pristine": "real train split", "block_size": self.block_size,
                 "sharpness_threshold": self.sharpness_threshold, "library": "pyiqa 0.1.16 niqe_arch features"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        from .niqe import cached_fit_niqe, niqe_scores
-
         model = cached_fit_niqe(ctx.data.train.images, ctx.cache, self.block_size, self.sharpness_threshold)
         return niqe_scores(sample.images, model)
 
@@ -107,8 +101,8 @@ class PyiqaWeighted(PerImageMetric):
     """
 
     name = "pyiqa"
+    functional = staticmethod(F.pyiqa_scores)
     higher_is_better = False  # the class default only (what `mriq-validate list` shows); each instance sets its own
-    needs = ("weights",)
     summary = "a pyiqa NR metric (e.g. brisque, musiq) with weights from params.weights (no download)"
     limitations = (
         "BRISQUE, MUSIQ, NIMA and pyiqa's other no-reference metrics were designed or trained on natural photographs: "
@@ -119,17 +113,14 @@ class PyiqaWeighted(PerImageMetric):
     )
 
     def __init__(self, metric: str = "brisque", weights: str | None = None) -> None:
-        from pathlib import Path
-
         from .._compat import import_pyiqa
-        from ..errors import MetricError, MissingFileError
 
         import_pyiqa()
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
         if metric not in DEFAULT_CONFIGS:
             raise MetricError(f"metric 'pyiqa': unknown pyiqa metric {metric!r}; expected one of {sorted(DEFAULT_CONFIGS)}")
-        if not weights:
+        if not isinstance(weights, (str, Path)) or not str(weights):
             raise MetricError(f"metric 'pyiqa' ({metric}): params.weights must name the weights file (nothing is downloaded)")
         path = Path(weights)
         if not path.is_file():
@@ -139,19 +130,13 @@ class PyiqaWeighted(PerImageMetric):
         self.higher_is_better = not DEFAULT_CONFIGS[metric].get("lower_better", False)  # as pyiqa's InferenceModel reads it
 
     def config(self) -> dict[str, Any]:
-        from ..cache import content_hash
-
         return {"name": self.name, "pyiqa_metric": self.metric, "weights": str(self.weights),
                 "weights_sha256_16": content_hash(self.weights.read_bytes()), "channels": "grey repeated to 3", "data_range": "[0, 1]",
                 "higher_is_better": self.higher_is_better}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        from ..errors import MetricError
-
-        m = pyiqa_metric(self.metric, str(ctx.device), pretrained_model_path=str(self.weights))
+        m = F.pyiqa_metric(self.metric, str(ctx.device), pretrained_model_path=str(self.weights))
         if bool(m.lower_better) == self.higher_is_better:
             raise MetricError(f"metric 'pyiqa' ({self.metric}): the loaded model says lower_better={m.lower_better}, "
                               f"pyiqa's registry says {not self.higher_is_better}; the direction is ambiguous")
-        with torch.no_grad():
-            return torch.cat([m(sample.images[i : i + 16].repeat(1, 3, 1, 1).to(ctx.device)).flatten().cpu()
-                              for i in range(0, len(sample), 16)]).double().numpy()
+        return F.pyiqa_scores(sample.images, self.metric, self.weights, channels=3, device=ctx.device, batch_size=16)

@@ -1,352 +1,83 @@
-"""Memorisation (training-copy) detection: nearest-neighbour distances calibrated on held-out real images.
-
-Rule (conformal nearest-neighbour test)
----------------------------------------
-Let ``d(x) = min_j ||e(x) − e(t_j)||`` be the distance from an image's embedding to its nearest training
-image. The null distribution is the same distance for *held-out real* images (never trained on):
-``d_1 ≤ … ≤ d_m``. With ``k = ⌊α(m+1)⌋`` the threshold is the k-th smallest null distance ``τ = d_(k)`` and a
-generated image is flagged as a copy when ``d(g) < τ``; equivalently its conformal p-value
-``p(g) = (1 + #{i: d_i ≤ d(g)}) / (m+1)`` is ≤ α (Vovk et al. 2005; split conformal prediction). If generated
-and held-out images are exchangeable (the model draws new images from the data distribution), each is
-flagged with probability exactly ``k/(m+1) ≤ α``; an image closer to a training image than almost every
-real unseen image is evidence of copying. Given one calibration set, the rate at which non-copies are
-flagged is ``F(τ) ~ Beta(k, m+1−k)``, which gives ``null_rate_high``. The flagged fraction gets a
-Clopper–Pearson interval and a one-sided binomial p-value against α (both conditional on τ; compare
-``ci_low`` with ``null_rate_high`` to also allow for the calibration set's own sampling error).
-
-Invariance to flips and shifts
-------------------------------
-A generator that memorised an augmented training set reproduces training images mirrored or moved. The distance
-used here is therefore the minimum over the transformations that still count as a copy (:class:`CopyInvariance`),
-as augmentation-invariant copy detectors do (e.g. Pizzi et al. 2022, SSCD): the pose-normalised thumbnail and its
-left-right, up-down and double flips; and the plain image, flipped likewise, against each training image at every
-shift of up to ``max_shift`` thumbnail pixels in half-pixel steps, compared on the pixels the two share
-(:func:`copy_distances`). The held-out real images go through exactly the same minimum, so the conformal guarantee
-above is unchanged: it holds for any score applied alike to the held-out and the generated images.
-
-We prefer this to the per-sample Authenticity ratio of Alaa et al. 2022 (``d(g)`` against the training
-point's own NN distance) because its false-positive rate is set by α, not by the local density of the
-training set, and it needs no training-set leave-one-out (adjacent slices of one patient would shrink it).
-"""
+"""Memorisation as a metric: the share of images flagged as copies of training images (conformal NN rule; the maths
+in :mod:`.functional.memorisation`)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import stats
 
+from ..cache import content_hash
 from ..errors import MetricError
+from .base import PerImageMetric, Sample, check_number, register_metric
+from .features import FEATURES_VERSION, Extractor, check_features, features, make_extractor
+from .functional.memorisation import CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags
 
-__all__ = ["CopyInvariance", "conformal_flags", "copy_distances", "copy_embedding", "copy_flags", "image_embedding",
-           "nn_distances", "EMBEDDING_CONFIG"]
+if TYPE_CHECKING:
+    from ..session import RunContext
 
-EMBEDDING_CONFIG: dict[str, Any] = {
-    "name": "pose-normalised-thumbnail",
-    "pose": "centroid of (x - min x) to the centre, principal axes rotated onto the nearest image axes (|angle| ≤ 45°)",
-    "size": 32,
-    "pool": "adaptive average",
-    "normalise": "per image: subtract mean, divide by std and sqrt(size²) (unit-norm, intensity-affine invariant)",
-}
+COPY_VERSION = "copy/1"  # bump when copy_embedding or copy_distances change what they compute (keys the cache)
 
 
-def _as_rows(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """n × d float64 array: features as given, images (n × ...) flattened."""
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim < 2 or a.shape[0] < 1:
-        raise MetricError(f"{name}: expected n×d features or n×C×H×W images with n ≥ 1, got shape {a.shape}")
-    a = a.reshape(a.shape[0], -1).astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
-        raise MetricError(f"{name}: contains NaN or inf")
-    return a
+@register_metric
+class CopyFraction(PerImageMetric):
+    """Fraction of images closer to a training image than held-out real test images are (calibrated at ``alpha``).
 
-
-def nn_distances(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, exclude_self: bool = False,
-                 batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distance from each query row to its nearest reference row, and that row's index.
-
-    ``d_i = min_j ||q_i − r_j||₂`` on features (n × d) or flattened images (n × C × H × W). Computed in query
-    batches of ``batch_size`` (memory ``batch_size × n_ref`` distances): the neighbour is found with the
-    matrix-product form ``||q||² + ||r||² − 2 q·r`` (one BLAS call per batch, like ``torch.cdist``'s mm mode),
-    then its distance is recomputed exactly as ``||q_i − r_j||`` (a copy gives exactly 0).
-    ``exclude_self=True`` (query and reference are the same set) ignores ``j = i`` (leave-one-out).
+    Per image: 1 when its nearest-training-image distance is below the ``⌊α(m+1)⌋``-th smallest held-out→train
+    distance (see :mod:`.functional.memorisation`), else 0. For images drawn anew from the data distribution the expected
+    value is at most ``alpha``; the real test images' own value (the baseline) is 0 by construction. With the default
+    ``pixels`` features the distance is invariant to flips (``flips``) and to shifts of up to ``max_shift`` thumbnail
+    pixels, for the held-out and the evaluated images alike.
     """
-    q, r = _as_rows(query, "query"), _as_rows(reference, "reference")
-    if q.shape[1] != r.shape[1]:
-        raise MetricError(f"query and reference: feature dimensions differ ({q.shape[1]} vs {r.shape[1]})")
-    if exclude_self and q.shape[0] != r.shape[0]:
-        raise MetricError(f"exclude_self: needs query and reference to be the same set, got {q.shape[0]} and {r.shape[0]} rows")
-    if exclude_self and r.shape[0] < 2:
-        raise MetricError("reference: exclude_self needs at least 2 rows")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise MetricError(f"batch_size: expected an integer ≥ 1, got {batch_size!r}")
-    r2 = (r * r).sum(1)
-    dist = np.empty(q.shape[0])
-    idx = np.empty(q.shape[0], dtype=np.int64)
-    for s in range(0, q.shape[0], batch_size):
-        qb = q[s:s + batch_size]
-        d2 = r2[None, :] - 2.0 * (qb @ r.T)  # + ||q||², constant per row: irrelevant to the argmin
-        if exclude_self:
-            rows = np.arange(qb.shape[0])
-            d2[rows, rows + s] = np.inf
-        i = d2.argmin(axis=1)
-        diff = qb - r[i]
-        dist[s:s + batch_size] = np.sqrt((diff * diff).sum(1))  # exact distance to the chosen neighbour
-        idx[s:s + batch_size] = i
-    return dist, idx
 
+    name = "copy_fraction"
+    functional = staticmethod(copy_flags)
+    higher_is_better = False
+    valid_range = (0.0, 1.0)
+    summary = "share of images flagged as training copies (NN distance below the held-out real null; flip/shift invariant)"
+    limitations = (
+        "Detects near-copies of whole training images in a low-resolution thumbnail space (32 × 32 by default), up to "
+        "intensity gain and offset, "
+        "small rotations, flips and shifts of up to max_shift thumbnail pixels; heavily augmented (large rotations, "
+        "crops, elastic deformation), partial or patch-level copies can escape it.",
+        "Its false-flag rate α holds for images exchangeable with the held-out real test split; held-out images that "
+        "are near-duplicates of training images (adjacent slices of one patient in both splits) raise the threshold "
+        "and hide copies, so split by patient.",
+        "Blind to memorisation in other spaces (a copied lesion on new anatomy, copied texture) and says nothing about "
+        "fidelity or utility: a model that never copies can still be useless.",
+    )
 
-def _canonical_pose(x: torch.Tensor) -> torch.Tensor:
-    """Resample so the intensity centroid is centred and the principal axes lie on the nearest image axes."""
-    n, _, h, w = x.shape
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=x.dtype), torch.linspace(-1, 1, w, dtype=x.dtype), indexing="ij")
-    wgt = x[:, 0] - x[:, 0].amin(dim=(1, 2), keepdim=True)  # offset-invariant weights
-    s = wgt.sum((1, 2)).clamp(min=1e-12)
-    cx, cy = (wgt * xx).sum((1, 2)) / s, (wgt * yy).sum((1, 2)) / s
-    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
-    mxx, myy, mxy = (wgt * dx * dx).sum((1, 2)) / s, (wgt * dy * dy).sum((1, 2)) / s, (wgt * dx * dy).sum((1, 2)) / s
-    angle = 0.5 * torch.atan2(2 * mxy, mxx - myy)  # principal-axis angle, defined modulo 90° for the axis pair
-    delta = torch.remainder(angle + math.pi / 4, math.pi / 2) - math.pi / 4
-    cos, sin = torch.cos(delta), torch.sin(delta)
-    theta = torch.stack([torch.stack([cos, -sin, cx], 1), torch.stack([sin, cos, cy], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    def __init__(self, alpha: float = 0.01, features: dict[str, Any] | None = None, flips: bool | None = None,
+                 max_shift: int | None = None) -> None:
+        self.alpha = check_number(self.name, "alpha", alpha, lambda a: 0 < a < 0.5, "in (0, 0.5)")
+        self.features = dict(features or {"extractor": "pixels"})
+        self._size = check_features(self.features, "metric 'copy_fraction': features: ").get("size", 32)
+        pixels = self.features.get("extractor", "segmenter") == "pixels"
+        if not pixels and (flips or max_shift):
+            raise MetricError(f"metric 'copy_fraction': flips and max_shift act on the thumbnails of the 'pixels' extractor, "
+                              f"not on {self.features.get('extractor', 'segmenter')!r} features; remove them or use pixels")
+        try:
+            self.invariance = (CopyInvariance(flips=True if flips is None else flips, max_shift=4 if max_shift is None else max_shift)
+                               if pixels else None)
+        except MetricError as exc:
+            raise MetricError(f"metric 'copy_fraction': {exc}") from None
 
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "alpha": self.alpha, "features": self.features, "training_set": "real train split",
+                "null": "real test split → train NN distances", "rule": "conformal NN test (memorisation.py)",
+                "invariance": self.invariance.config(self._size) if self.invariance else "none (features other than pixels)"}
 
-def image_embedding(images: np.ndarray | torch.Tensor, size: int = 32, pose: bool = True,
-                    batch_size: int = 256) -> np.ndarray:
-    """A cheap copy-detection embedding of grey images (n × 1 × H × W → n × size², float64, unit norm).
-
-    Steps: (1) pose normalisation, so small rotations and shifts of a copy are undone: translate the
-    centroid of ``x − min(x)`` to the centre and rotate the principal axes of its second moments onto the
-    nearest image axes (|angle| ≤ 45°; Hu 1962 moment normalisation; border padding); (2) adaptive average pooling to
-    ``size × size`` (low-pass, removes pixel noise); (3) per-image z-normalisation divided by ``size``
-    (invariant to intensity gain and offset; embeddings have unit norm, distances lie in [0, 2]).
-    A constant image embeds as the zero vector. Its config is :data:`EMBEDDING_CONFIG`.
-    """
-    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
-    if t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4 or t.shape[1] != 1 or t.shape[0] < 1:
-        raise MetricError(f"images: expected n×1×H×W (or n×H×W) grey images, got shape {tuple(t.shape)}")
-    if not isinstance(size, (int, np.integer)) or not 2 <= size <= min(t.shape[-2:]):
-        raise MetricError(f"size: expected an integer in [2, {min(t.shape[-2:])}], got {size!r}")
-    t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
-        raise MetricError("images: contain NaN or inf")
-    out = []
-    for s in range(0, t.shape[0], batch_size):
-        x = t[s:s + batch_size]
-        if pose:
-            x = _canonical_pose(x)
-        y = F.adaptive_avg_pool2d(x, size).flatten(1).to(torch.float64)
-        y = y - y.mean(1, keepdim=True)
-        sd = y.std(1, correction=0, keepdim=True)
-        out.append(torch.where(sd > 1e-12, y / (sd * size), torch.zeros_like(y)))
-    return torch.cat(out).numpy()
-
-
-@dataclass(frozen=True)
-class CopyInvariance:
-    """What still counts as a copy of a training image: its flips and shifts of up to ``max_shift`` thumbnail pixels
-    (in half-pixel steps; a thumbnail pixel is H/size image pixels, 4 px on a 128-px slice at size 32)."""
-
-    flips: bool = True
-    max_shift: int = 4
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.flips, bool):
-            raise MetricError(f"flips: expected true or false, got {self.flips!r}")
-        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, (int, np.integer)) or not 0 <= self.max_shift <= 8:
-            raise MetricError(f"max_shift: expected an integer number of thumbnail pixels in [0, 8], got {self.max_shift!r}")
-
-    def config(self, size: int = 32) -> dict[str, Any]:
-        """What the report records."""
-        return {"flips": "none, left-right, up-down, both" if self.flips else "none",
-                "shifts": (f"every shift of up to ±{self.max_shift} thumbnail px in steps of ½ (±{self.max_shift}·H/{size} image px "
-                           "on an H-pixel slice), compared on the window the shifted images share" if self.max_shift
-                           else "none beyond pose normalisation"),
-                "max_shift_thumbnail_px": int(self.max_shift)}
-
-
-def copy_embedding(images: np.ndarray | torch.Tensor, size: int = 32, invariance: CopyInvariance = CopyInvariance()) -> np.ndarray:
-    """What :func:`copy_distances` compares, one row per image (float64): the pose-normalised thumbnail
-    (:func:`image_embedding`, size² values) and, when ``invariance`` has shifts, the plain image average-pooled to
-    twice that resolution ((2·size)² values, not normalised: every compared window is normalised on its own).
-    """
-    pose = image_embedding(images, size=size)
-    if not invariance.max_shift:
-        return pose
-    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu().to(torch.float32)
-    fine = F.adaptive_avg_pool2d(t if t.ndim == 4 else t[:, None], 2 * size).flatten(1).to(torch.float64).numpy()
-    return np.concatenate([pose, fine], axis=1)
-
-
-def _unit_rows(a: np.ndarray) -> np.ndarray:
-    """Each row minus its mean, divided by its norm (a constant row becomes 0): the z-normalisation of ``image_embedding``."""
-    a = a - a.mean(1, keepdims=True)
-    norm = np.linalg.norm(a, axis=1, keepdims=True)
-    return np.where(norm > 1e-12 * np.sqrt(a.shape[1]), a / np.maximum(norm, 1e-300), 0.0)
-
-
-def _flips(x: np.ndarray, flips: bool) -> list[np.ndarray]:
-    """``x`` (n × s × s) and, with ``flips``, its left-right, up-down and double flips."""
-    return [x, x[:, :, ::-1], x[:, ::-1, :], x[:, ::-1, ::-1]] if flips else [x]
-
-
-def _overlap(shift: int, length: int) -> tuple[int, int, int]:
-    """Where the query's and the reference's pixels face each other when the query's content lies ``shift`` pixels
-    further along an axis of ``length`` pixels: their first pixels and the shared count, cut to an even number."""
-    lo = max(shift, 0)
-    return lo, lo - shift, (length - abs(shift)) // 2 * 2
-
-
-def _phases(x: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-    """n × 2s × 2s → its 2 × 2 average pools starting at pixel offset (py, px) ∈ {0, 1}² (the four half-pixel phases of
-    the thumbnail grid; an odd phase has one cell fewer)."""
-    out = {}
-    for py in (0, 1):
-        for px in (0, 1):
-            y = x[:, py : x.shape[1] - py, px : x.shape[2] - px]
-            out[py, px] = (y[:, 0::2, 0::2] + y[:, 1::2, 0::2] + y[:, 0::2, 1::2] + y[:, 1::2, 1::2]) / 4
-    return out
-
-
-def _cells(phases: dict[tuple[int, int], np.ndarray], y0: int, x0: int, ny: int, nx: int) -> np.ndarray:
-    """The 2 × 2 pools of the pixels [y0, y0 + ny) × [x0, x0 + nx) (``ny``, ``nx`` even), unit-normalised rows."""
-    g = phases[y0 % 2, x0 % 2]
-    return _unit_rows(g[:, y0 // 2 : y0 // 2 + ny // 2, x0 // 2 : x0 // 2 + nx // 2].reshape(g.shape[0], -1))
-
-
-def copy_distances(query: np.ndarray, reference: np.ndarray, invariance: CopyInvariance = CopyInvariance(),
-                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant copy distance from each query image to its nearest reference image, and that image's index.
-
-    ``query`` and ``reference`` are :func:`copy_embedding` rows made with the same ``invariance``. The distance is the
-    smallest of :func:`nn_distances` over (a) each flip of the query's pose-normalised thumbnail against the
-    reference's, and (b) for every shift of the query's content by (dy, dx) pixels of the twice-resolution image,
-    |dy|, |dx| ≤ 2·max_shift (half thumbnail pixels), each flip of the query against the reference, both cut to the
-    pixels they share after the shift, pooled 2 × 2 to thumbnail resolution and unit-normalised there. Nothing is
-    padded, so a copy whose border was cut off or filled by the shift matches its source exactly on what remains.
-    Every distance is between unit vectors: it lies in [0, 2], and an exact copy is at 0. Cost: 4 + 4·(4·max_shift + 1)²
-    nearest-neighbour searches (with flips) of n × m vectors of up to size² values.
-    """
-    q, r = _as_rows(query, "query"), _as_rows(reference, "reference")
-    d = q.shape[1]
-    size = math.isqrt(d // 5) if invariance.max_shift else math.isqrt(d)
-    if r.shape[1] != d or d != size * size * (5 if invariance.max_shift else 1):
-        raise MetricError(f"query and reference: expected copy embeddings of {'5·size²' if invariance.max_shift else 'size²'} values "
-                          f"per image (copy_embedding with the same invariance), got {q.shape[1]} and {r.shape[1]}")
-    if invariance.max_shift >= size:
-        raise MetricError(f"max_shift: {invariance.max_shift} thumbnail px leaves nothing to compare on a {size}-px thumbnail; "
-                          f"expected fewer than {size}")
-    n = q.shape[0]
-    best, best_idx = np.full(n, np.inf), np.zeros(n, dtype=np.int64)
-
-    def keep(dist: np.ndarray, idx: np.ndarray) -> None:
-        dist, idx = dist.reshape(-1, n), idx.reshape(-1, n)  # variants × n
-        k, cols = dist.argmin(0), np.arange(n)
-        better = dist[k, cols] < best
-        best[better], best_idx[better] = dist[k, cols][better], idx[k, cols][better]
-
-    pose = q[:, : size * size].reshape(n, size, size)
-    keep(*nn_distances(np.concatenate([f.reshape(n, -1) for f in _flips(pose, invariance.flips)]), r[:, : size * size],
-                       batch_size=batch_size))
-    if invariance.max_shift:
-        fine_q = [_phases(f) for f in _flips(q[:, size * size :].reshape(n, 2 * size, 2 * size), invariance.flips)]
-        fine_r = _phases(r[:, size * size :].reshape(-1, 2 * size, 2 * size))
-        reach = 2 * invariance.max_shift
-        for dy in range(-reach, reach + 1):
-            qy, ry, ny = _overlap(dy, 2 * size)
-            for dx in range(-reach, reach + 1):
-                qx, rx, nx = _overlap(dx, 2 * size)
-                keep(*nn_distances(np.concatenate([_cells(f, qy, qx, ny, nx) for f in fine_q]), _cells(fine_r, ry, rx, ny, nx),
-                                   batch_size=batch_size))
-    return best, best_idx
-
-
-def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | torch.Tensor,
-               null_feats: np.ndarray | torch.Tensor, alpha: float = 0.01, level: float = 0.95,
-               batch_size: int = 1024, invariance: CopyInvariance | None = None) -> dict[str, Any]:
-    """Flag generated images that are closer to a training image than held-out real images are.
-
-    The distances, then :func:`conformal_flags`. With ``invariance``, the three inputs are :func:`copy_embedding` arrays
-    and every distance (held-out and generated alike) is the invariant :func:`copy_distances`; without it they are
-    features (n × d) or images, and the distance is :func:`nn_distances`.
-    """
-    named = {"gen_feats": gen_feats, "train_feats": train_feats, "null_feats": null_feats}
-    g, t, z = (_as_rows(x, name) for name, x in named.items())
-    if not g.shape[1] == t.shape[1] == z.shape[1]:
-        raise MetricError(f"gen_feats, train_feats, null_feats: feature dimensions differ ({g.shape[1]}, {t.shape[1]}, {z.shape[1]})")
-    if invariance is None:
-        distances = lambda q: nn_distances(q, t, batch_size=batch_size)  # noqa: E731
-    else:
-        distances = lambda q: copy_distances(q, t, invariance, batch_size)  # noqa: E731
-    _null_size(alpha, z.shape[0])
-    return conformal_flags(*distances(g), distances(z)[0], alpha, level, "NN distances" if invariance is None else
-                           f"copy distances (flips: {invariance.flips}, shifts up to ±{invariance.max_shift} thumbnail px)")
-
-
-def _null_size(alpha: float, m: int) -> int:
-    """``k = ⌊α(m+1)⌋``; MetricError when ``alpha`` is not in (0, 1) or the ``m`` held-out images are too few for it."""
-    if not (isinstance(alpha, (float, int)) and 0 < alpha < 1):
-        raise MetricError(f"alpha: expected a number in (0, 1), got {alpha!r}")
-    k = int(math.floor(alpha * (m + 1) + 1e-9))
-    if k < 1:
-        raise MetricError(f"null_feats: alpha={alpha} needs at least {math.ceil(1 / alpha - 1)} held-out images (α(m+1) ≥ 1), got {m}")
-    return k
-
-
-def conformal_flags(d_gen: np.ndarray, nn_index: np.ndarray, d_null: np.ndarray, alpha: float = 0.01, level: float = 0.95,
-                    distance: str = "NN distances") -> dict[str, Any]:
-    """The conformal NN rule (module docstring) on distances already computed.
-
-    ``τ = d_(k)`` with ``k = ⌊α(m+1)⌋`` over the ``m`` held-out→train distances ``d_null``; flag generated image ``g``
-    when ``d_gen[g] < τ``. Needs ``m ≥ 1/α − 1`` held-out images. ``distance`` names the distance in ``rule``.
-
-    Returns a dict: ``d_gen`` (per generated image), ``nn_index`` (its nearest training image), ``p_values``,
-    ``flags``, ``d_null``, ``threshold``, ``k``, ``m``, ``alpha``, ``null_rate`` (= k/(m+1), the exact flag rate
-    for non-copies), ``null_rate_high`` (upper ``level`` quantile of Beta(k, m+1−k): the rate given this
-    calibration set), ``n``, ``n_flagged``, ``fraction``, ``ci_low``/``ci_high`` (Clopper–Pearson at ``level``),
-    ``p_excess`` (one-sided binomial P(X ≥ n_flagged | n, α)) and ``rule``.
-    """
-    if not (isinstance(level, (float, int)) and 0 < level < 1):
-        raise MetricError(f"level: expected a number in (0, 1), got {level!r}")
-    d_gen, d_null = np.asarray(d_gen, dtype=np.float64), np.asarray(d_null, dtype=np.float64)
-    m = int(d_null.shape[0])
-    k = _null_size(alpha, m)
-    d_sorted = np.sort(d_null)
-    tau = float(d_sorted[k - 1])
-    if tau <= 0:
-        raise MetricError(f"null_feats: {int((d_null == 0).sum())} held-out image(s) duplicate a training image (NN distance 0); deduplicate the split")
-    flags = d_gen < tau
-    p_values = (1 + np.searchsorted(d_sorted, d_gen, side="right")) / (m + 1)
-    n, x = int(d_gen.shape[0]), int(flags.sum())
-    a2 = (1 - level) / 2
-    ci_low = 0.0 if x == 0 else float(stats.beta.ppf(a2, x, n - x + 1))
-    ci_high = 1.0 if x == n else float(stats.beta.ppf(1 - a2, x + 1, n - x))
-    return {
-        "d_gen": d_gen,
-        "nn_index": np.asarray(nn_index),
-        "p_values": p_values,
-        "flags": flags,
-        "d_null": d_null,
-        "threshold": tau,
-        "k": k,
-        "m": m,
-        "alpha": float(alpha),
-        "null_rate": k / (m + 1),
-        "null_rate_high": float(stats.beta.ppf(level, k, m + 1 - k)),
-        "n": n,
-        "n_flagged": x,
-        "fraction": x / n,
-        "ci_low": ci_low,
-        "ci_high": ci_high,
-        "level": float(level),
-        "p_excess": float(stats.binomtest(x, n, alpha, alternative="greater").pvalue),
-        "rule": f"flag d_gen < τ, τ = {k}-th smallest of {m} held-out→train {distance} (k = ⌊α(m+1)⌋, α = {alpha})",
-    }
+    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        train, test = ctx.data.train, ctx.data.test
+        ext = make_extractor(ctx, self.features)  # also validates the pixels options
+        if self.invariance is None:
+            gen, ref, null = (features(ctx, ext, x.images, None) for x in (sample, train, test))
+            return copy_flags(gen, ref, null, alpha=self.alpha)["flags"].astype(np.float64)
+        size, inv = self._size, self.invariance
+        ref = copy_embedding(train.images, size, inv)  # cheap (~0.3 ms a slice): not worth the disk cache
+        # the held-out → train distances are the same for every sample of a run: computed once, kept in the cache
+        null = Extractor("copy-null", lambda x, m: copy_distances(copy_embedding(x, size, inv), ref, inv)[0][:, None],
+                         content_hash(FEATURES_VERSION, COPY_VERSION, "null", ref, inv.flips, inv.max_shift), {"extractor": "copy null"})
+        d_null = features(ctx, null, test.images, None)[:, 0]
+        d_gen, nn_index = copy_distances(copy_embedding(sample.images, size, inv), ref, inv)
+        return conformal_flags(d_gen, nn_index, d_null, self.alpha)["flags"].astype(np.float64)

@@ -1,5 +1,10 @@
-"""Perturbations: a registry of seeded, replayable edits (noise, artefacts, localised morphology, set shifts)."""
+"""Perturbations: a registry of seeded, replayable edits (noise, artefacts, localised morphology, set shifts).
 
+Importing the package fills the registry: the implementation modules below register their perturbations on
+import, and :mod:`.base` (the registry itself) imports none of them, so imports run one way.
+"""
+
+from . import artefacts, morphology, noise, shifts  # noqa: F401  (register on import)
 from .base import REGISTRY, Param, PerturbContext, Perturbation, Perturbed, apply, get
 
 __all__ = ["REGISTRY", "Param", "PerturbContext", "Perturbation", "Perturbed", "apply", "get"]

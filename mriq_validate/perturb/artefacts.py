@@ -22,8 +22,6 @@ from .noise import monai_seed, plain
 def gaussian_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole-image Gaussian smoothing (MONAI GaussianSmooth): a loss of resolution, like a wider point-spread
     function. Valid sigma: 0 to 8 px."""
-    if sigma == 0:
-        return images.clone(), masks
     from monai.transforms import GaussianSmooth
 
     return plain(GaussianSmooth(sigma=sigma)(images[:, 0].float()), images)[:, None], masks
@@ -43,8 +41,6 @@ def bias_field(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generat
     log b a 2D Legendre polynomial of ``degree`` whose coefficients are U(-coeff, coeff) (Van Leemput et al. 1999;
     MONAI RandBiasField, one field per image). The field's global gain is divided out so only the inhomogeneity
     remains. Valid coeff: 0 to 1 (0 = identity)."""
-    if coeff == 0:
-        return images.clone(), masks
     from monai.transforms import RandBiasField
 
     t = RandBiasField(degree=degree, coeff_range=(-coeff, coeff), prob=1.0, dtype=np.float64)
@@ -72,8 +68,6 @@ def kspace_spike(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     between 15 % and 85 % of the k-space half-width, per image. Its magnitude is raised by intensity·|k(0)|
     (phase kept), which adds a plane wave of amplitude ≈ intensity·mean(I) across the whole image (Graves &
     Mitchell 2013; MONAI KSpaceSpikeNoise with the log-intensity set accordingly). Valid intensity: 0 to 2."""
-    if intensity == 0:
-        return images.clone(), masks
     from monai.transforms import Fourier, KSpaceSpikeNoise
 
     x = images[:, 0].double()
@@ -102,8 +96,6 @@ def gibbs(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, c
     """Gibbs ringing (truncation artefact): k-space outside a centred disk of radius (1-alpha)·max(H,W)·√2/2 is
     zeroed, which rings at sharp edges and blurs (MONAI GibbsNoise). Below alpha ≈ 0.29 only the k-space corners
     are cut, so the change is slight. Deterministic. Valid alpha: 0 to 0.9 (1 would remove everything)."""
-    if alpha == 0:
-        return images.clone(), masks
     from monai.transforms import GibbsNoise
 
     return plain(GibbsNoise(alpha=alpha)(images[:, 0].float()), images)[:, None], masks
@@ -126,8 +118,6 @@ def ghosting(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
     original by 1 - intensity/P. The centre line (k = 0) is never modulated, so the mean brightness is kept.
     The magnitude of the complex image is returned (TorchIO RandomGhosting in spirit). Valid intensity: 0 to 1
     (0 = identity)."""
-    if intensity == 0:
-        return images.clone(), masks
     x = images[:, 0].double()
     n, h, w = x.shape
     period = num_ghosts + 1

@@ -4,7 +4,8 @@ Each edit changes pixels only inside the lesion region (``lesion_region``: the l
 or every label > 0), or inside a documented dilation of it for edits that grow or in-paint; every other pixel
 is bit-identical. :func:`_edit_each` enforces this: an edit returns new values *and* the set of pixels it may
 write, and nothing else is copied back. Masks are never changed: they say where the lesion should be, so a
-segmenter's Dice against them measures the damage done.
+segmenter's Dice against them measures the damage done. :func:`~.base.apply` checks that every mask has a lesion
+(these are ``scope="local"``) and returns a copy at the identity strength, so the functions here do neither.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .base import Param, PerturbContext, lesion_region, register, require_lesion
+from .base import Param, PerturbContext, lesion_region, register
 
 Edit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 _SQUARE = np.ones((3, 3), bool)
@@ -48,12 +49,6 @@ def _dilate(mask: np.ndarray, footprint: np.ndarray, iterations: int = 1) -> np.
 def _erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Binary erosion; pixels beyond the image edge count as background (as scipy's default)."""
     return cv2.erode(mask.astype(np.uint8), footprint.astype(np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-
-
-def _local(name: str, masks: torch.Tensor, ctx: PerturbContext) -> torch.Tensor:
-    region = lesion_region(masks, ctx)
-    require_lesion(region, name)
-    return region
 
 
 def boundary_band(region: np.ndarray, width: int) -> np.ndarray:
@@ -96,9 +91,7 @@ def healthy_fill(img: np.ndarray, region: np.ndarray, rng: np.random.Generator) 
 def boundary_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, sigma: float, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Blur the lesion border: inside the band dilate(M, width) \\ erode(M, width) only, I is replaced by its
     Gaussian-smoothed value (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Changes stay within dilate(M, width). Valid sigma: 0 to 8 px."""
-    region = _local("boundary_blur", masks, ctx)
-    if sigma == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ndimage.gaussian_filter(img, sigma), boundary_band(m, width)
@@ -116,9 +109,7 @@ def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
     """Change the intensity gradient inside the lesion: I' = I·(1 + alpha·g) on M, where g is a linear ramp across
     the lesion's bounding box, in a direction drawn from ``rng`` per image, normalised to [-1, 1] at the box corners
     (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change. Valid alpha: 0 to 1."""
-    region = _local("gradient", masks, ctx)
-    if alpha == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(m)
@@ -143,9 +134,7 @@ def texture_flatten(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Ge
     """Flatten the lesion's internal texture: I' = (1 - beta)·I + beta·mean(I | M) on M (per image), which keeps the
     lesion's mean intensity but removes its heterogeneity (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change.
     Valid beta: 0 to 1."""
-    region = _local("texture_flatten", masks, ctx)
-    if beta == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
     x = images.double()
     w = region.double()
     mean = (x * w).sum((1, 2, 3), keepdim=True) / w.sum((1, 2, 3), keepdim=True)
@@ -163,9 +152,7 @@ def lesion_erase(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     """Erase the lesion: inside the mask, I' = (1 - amount)·I + amount·healthy_fill(I) (Telea in-painting from
     the surrounding tissue plus matched noise). The mask is kept: it says where the lesion should be, so a
     segmenter's Dice against it measures the damage. Only pixels of M change. Valid amount: 0 to 1."""
-    region = _local("lesion_erase", masks, ctx)
-    if amount == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (1 - amount) * img + amount * healthy_fill(img, m, rng), m
@@ -212,9 +199,7 @@ def lesion_resize(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
     chessboard distance of M).
     k < 0: the outer |k|-px rim M \\ erode(M, |k|) is replaced by healthy tissue (``healthy_fill`` of M); a lesion
     thinner than 2|k| px disappears. Changes stay within that shell (k > 0) or within M (k < 0). Valid k: -5 to 5."""
-    region = _local("lesion_resize", masks, ctx)
-    if k == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if k > 0:
@@ -316,9 +301,7 @@ def vessel_break(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     in-painted with the local background (a Gaussian-weighted mean of nearby non-vessel tissue plus matched
     noise), so a connected tree falls apart (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations, vessel break). The vessel label is
     ``ctx.lesion_labels`` (or every label > 0). Changes stay within dilate(V, 1). Valid gaps: 0 to 20."""
-    region = _local("vessel_break", masks, ctx)
-    if gaps == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return local_background(img, v, rng), _vessel_gaps(v, gaps, length, rng)
@@ -368,9 +351,7 @@ def vessel_prune(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     and in-painted with local background (one pass; a branch that becomes terminal is not pruned again)
     (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations, vessel removal). Changes stay within dilate(V, 1) minus the kept vessel.
     Valid min_area: 0 to 400 px."""
-    region = _local("vessel_prune", masks, ctx)
-    if min_area == 0:
-        return images.clone(), masks
+    region = lesion_region(masks, ctx)
 
     def edit(img: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gone = _prunable(v, min_area)

@@ -35,8 +35,6 @@ def plain(x: Any, like: torch.Tensor) -> torch.Tensor:
 def gaussian(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive white Gaussian noise I' = I + n, n ~ N(0, sigma^2) i.i.d. per pixel, then clipped to [0, 1]
     (MONAI RandGaussianNoise). Valid sigma: 0 to 0.5."""
-    if sigma == 0:
-        return images.clone(), masks
     from monai.transforms import RandGaussianNoise
 
     t = RandGaussianNoise(prob=1.0, mean=0.0, std=sigma, sample_std=False)
@@ -70,8 +68,6 @@ def rician(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, 
     """Rician magnitude noise I' = sqrt((I + n1)^2 + n2^2), n1, n2 ~ N(0, sigma^2) (Gudbjartsson & Patz 1995;
     MONAI RandRicianNoise): the noise of a magnitude image reconstructed from complex data. It biases dark
     regions upwards (background mean ≈ sigma·sqrt(pi/2)). Valid sigma: 0 to 0.5."""
-    if sigma == 0:
-        return images.clone(), masks
     from monai.transforms import RandRicianNoise
 
     t = RandRicianNoise(prob=1.0, mean=0.0, std=sigma, relative=False, channel_wise=False, sample_std=False)

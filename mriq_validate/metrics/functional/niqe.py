@@ -19,17 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import MetricError
+from ...errors import MetricError
 
-if TYPE_CHECKING:
-    from ..cache import DiskCache
-
-__all__ = ["NiqeModel", "cached_fit_niqe", "fit_niqe", "niqe_scores", "niqe_block_features", "prepare_niqe_input"]
+__all__ = ["NiqeModel", "fit_niqe", "niqe_block_features", "niqe_mri", "niqe_scores", "prepare_niqe_input"]
 
 N_FEATURES = 36
 
@@ -86,7 +83,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _pyiqa_niqe() -> Any:
-    from .._compat import import_pyiqa
+    from ..._compat import import_pyiqa
 
     import_pyiqa()
     from pyiqa.archs import niqe_arch
@@ -166,16 +163,6 @@ def fit_niqe(pristine_images: np.ndarray | torch.Tensor, block_size: int = 32, s
     return NiqeModel(pooled.mean(0), np.cov(pooled, rowvar=False), int(block_size), int(pooled.shape[0]), config)
 
 
-def cached_fit_niqe(pristine_images: np.ndarray | torch.Tensor, cache: "DiskCache", block_size: int = 32,
-                    sharpness_threshold: float = 0.75) -> NiqeModel:
-    """:func:`fit_niqe`, stored in ``cache`` as ``niqe/<key>.npz``, keyed by the images' content and the settings."""
-    from ..cache import content_hash
-
-    key = content_hash(pristine_images, "niqe-mri/1", int(block_size), float(sharpness_threshold))
-    return cache.get_or_create("niqe", key, ".npz", lambda: fit_niqe(pristine_images, block_size, sharpness_threshold),
-                               lambda m, p: m.save(p), NiqeModel.load)
-
-
 def niqe_scores(images: np.ndarray | torch.Tensor, model: NiqeModel, batch_size: int = 4,
                 threads: int | None = 1) -> np.ndarray:
     """NIQE of each image against ``model`` (lower = closer to the pristine slices).
@@ -201,3 +188,32 @@ def niqe_scores(images: np.ndarray | torch.Tensor, model: NiqeModel, batch_size:
             q = na.niqe(x, mu.repeat(x.shape[0], 1), cov.repeat(x.shape[0], 1, 1), block_size_h=bs, block_size_w=bs)
             out.append(q.reshape(-1))
     return torch.cat(out).numpy().astype(np.float64)
+
+
+def niqe_mri(images: np.ndarray | torch.Tensor, pristine_images: np.ndarray | torch.Tensor, block_size: int = 32,
+             sharpness_threshold: float = 0.75) -> np.ndarray:
+    """NIQE of each image against a pristine model fitted on real MRI slices (Mittal et al. 2013): :func:`fit_niqe` on
+    ``pristine_images``, then :func:`niqe_scores`. ``NIQE = sqrt((μ_p − μ_x)ᵀ ((Σ_p + Σ_x)/2)⁺ (μ_p − μ_x))``.
+
+    Args:
+        images: n × 1 × H × W grey images in [0, 1] to score.
+        pristine_images: real reference slices, same form; they must hold more than 36 sharp blocks together.
+        block_size: even block size ≥ 8 (32 suits 128-px slices); each image holds at least 2 blocks.
+        sharpness_threshold: blocks sharper than this fraction of an image's sharpest block are fitted, in [0, 1).
+
+    Returns:
+        n scores ≥ 0 (float64), lower = closer to the pristine slices.
+
+    Raises:
+        MetricError: images not n × 1 × H × W in [0, 1], a bad block size or threshold, or too few sharp blocks.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> smooth = lambda n: torch.nn.functional.interpolate(torch.rand(n, 1, 16, 16, generator=g), size=64, mode="bilinear")
+        >>> pristine, test = smooth(12), smooth(2)
+        >>> noisy = (test + 0.1 * torch.randn(2, 1, 64, 64, generator=g)).clamp(0, 1)
+        >>> niqe_mri(torch.cat([test, noisy]), pristine, block_size=16).round(1).tolist()
+        [2.5, 1.6, 22.6, 28.8]
+    """
+    return niqe_scores(images, fit_niqe(pristine_images, block_size, sharpness_threshold))

@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .downstream import torch_threads
-from .stats import Estimate, bootstrap_indices
+from .stats import Estimate, bootstrap, estimate_from, resample_rows
 
 if TYPE_CHECKING:
     from .criteria import NoiseUnit
-    from .metrics.base import Metric
+    from .metrics import Metric
     from .session import RunContext
     from .suite import Criterion
 
@@ -197,18 +196,6 @@ class DownstreamTable:
         return asdict(self)
 
 
-def estimate_from(statistic: Callable[[np.ndarray], float], n: int, indices: np.ndarray, level: float = 0.95) -> Estimate:
-    """Point value of ``statistic`` on ``range(n)`` and its percentile CI and SE over the resample ``indices`` (n_boot × n);
-    statistics evaluated on the same ``indices`` are paired."""
-    point = float(statistic(np.arange(n)))
-    reps = np.array([statistic(i) for i in indices], dtype=np.float64)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return Estimate(point, point, point, 0.0, n, 0, level)
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return Estimate(point, float(lo), float(hi), float(reps.std(ddof=1)) if reps.size > 1 else 0.0, n, int(reps.size), level)
-
-
 def _est(e: Estimate, digits: int = 3, signed: bool = False) -> str:
     sign = "+" if signed else ""
     return f"{e.value:{sign}.{digits}f} [{e.ci_low:{sign}.{digits}f}, {e.ci_high:{sign}.{digits}f}]"
@@ -220,7 +207,7 @@ def paired_estimates(subject: np.ndarray, reference: np.ndarray, rng: np.random.
     if subject.shape != reference.shape:
         raise ValueError(f"paired scores need equal shapes, got {subject.shape} and {reference.shape}")
     n = subject.size
-    idx = bootstrap_indices(n, n_boot, rng) if n_boot else np.empty((0, n), np.int64)
+    idx = resample_rows(n, n_boot, rng)
     return Paired(estimate_from(lambda i: subject[i].mean(), n, idx), estimate_from(lambda i: reference[i].mean(), n, idx),
                   estimate_from(lambda i: subject[i].mean() - reference[i].mean(), n, idx))
 
@@ -234,8 +221,9 @@ def downstream_table(data_spec: str = "builtin:mni-tumour", *, cache_dir: str | 
     The metrics' parameters and the flags' thresholds come from ``suite``'s criteria (:func:`flag_criteria`);
     ``region``, ``segmenter`` and ``noise_seeds``, when given, override those parameters for the Dice columns.
     On CPU everything runs with ``$MRIQ_TORCH_THREADS`` torch threads (default 1; see
-    :func:`mriq_validate.downstream.cpu_threads`), which on shared CPUs is many times faster than torch's default.
+    :func:`mriq_validate.segmenter.cpu_threads`), which on shared CPUs is many times faster than torch's default.
     """
+    from .segmenter import torch_threads
     from .session import resolve_device
 
     with torch_threads(resolve_device(device)):
@@ -247,8 +235,8 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
                       region: str | None, segmenter: dict[str, Any] | None, noise_seeds: int | None, n_boot: int,
                       models: Sequence[str] | None, tstr_models: Sequence[str], progress: Callable[[str], None] | None) -> DownstreamTable:
     from .cache import default_cache_dir
-    from .downstream import Dice, DiceTSTR
-    from .metrics.base import Sample, create_metric
+    from .metrics import Sample, create_metric
+    from .metrics.downstream import Dice, DiceTSTR
     from .models import BUILTIN_MODELS, ModelContext, load_model
     from .seeding import derive_seed, rng_for
     from .session import RunContext, RunSettings
@@ -288,8 +276,7 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     real_piqe = ctx.prepare(piqe, real_test)
 
     def mean_estimate(scores: np.ndarray, *key: str) -> Estimate:
-        idx = bootstrap_indices(scores.size, n_boot, rng_for(seed, "downstream-table", *key)) if n_boot else np.empty((0, scores.size), np.int64)
-        return estimate_from(lambda i: scores[i].mean(), scores.size, idx)
+        return bootstrap(lambda i: scores[i].mean(), scores.size, rng_for(seed, "downstream-table", *key), n_boot)
 
     trtr_est = mean_estimate(trtr, "trtr")
     rules = {"PIQE": flag_rule("PIQE", criteria["PIQE"], piqe, ctx, mean_estimate(real_piqe, "real-piqe")),

@@ -1,0 +1,88 @@
+"""The release decision: CLEARED, NOT CLEARED or INCOMPLETE, from the per-criterion records of a run.
+
+A pure function of the records and of what did not run; the evidence report (:mod:`mriq_validate.report`) and the
+terminal summary both show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+VERDICTS = ("PASS", "FAIL", "ERROR", "SKIP")
+NOT_RUN = "NOT RUN"
+SELF_CHECK_KINDS = ("sensitivity", "reference")
+
+
+def is_self_check(record: dict[str, Any]) -> bool:
+    """A check of the tool on the reference data (``kind: sensitivity`` or ``reference``), not of the model."""
+    return record.get("kind") in SELF_CHECK_KINDS
+
+
+def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]] = (), interruption: str | None = None,
+             collection_errors: Iterable[dict[str, Any]] = (), deselected: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The release decision.
+
+    CLEARED when every gating criterion of every collected suite ran and passed; NOT CLEARED when the run is complete
+    and a gating criterion on the model FAILed; INCOMPLETE when any criterion ERRORed, a gating criterion was skipped or
+    deselected (``-k``, ``-m``, node ids), a selected criterion did not run, a gating self-check of the tool
+    (``kind: sensitivity`` or ``reference``) FAILed (the gate cannot judge on this data), a suite file could not be
+    collected, the run was interrupted, or no gating criterion ran. Each reason lists the criteria by id.
+
+    Args:
+        results: one record per criterion item that ran (``item_id``, ``gate``, ``kind``, ``verdict``).
+        not_run: plan entries (``item_id``) of selected items that did not run.
+        interruption: why the run stopped early, if it did.
+        collection_errors: files that could not be collected (``node_id``).
+        deselected: plan entries (``item_id``, ``gate``) of collected items that were not selected to run.
+    """
+    not_run, collection_errors, deselected = list(not_run), list(collection_errors), list(deselected)
+    gating = [r for r in results if r["gate"]]
+    errors = [r["item_id"] for r in results if r["verdict"] == "ERROR"]
+    skipped = [r["item_id"] for r in gating if r["verdict"] == "SKIP"]
+    failed = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and not is_self_check(r)]
+    failed_self_checks = [r["item_id"] for r in gating if r["verdict"] == "FAIL" and is_self_check(r)]
+    advisory_failed = [r["item_id"] for r in results if not r["gate"] and r["verdict"] == "FAIL"]
+    deselected_gating = [d["item_id"] for d in deselected if d.get("gate")]
+    reasons: list[str] = []
+    if interruption:
+        reasons.append(f"the run was interrupted ({interruption})")
+    if collection_errors:
+        reasons.append(f"{len(collection_errors)} file(s) could not be collected: {_ids(c['node_id'] for c in collection_errors)}")
+    if errors:
+        reasons.append(f"{len(errors)} criterion item(s) ERRORed (could not be evaluated): {_ids(errors)}")
+    if failed_self_checks:
+        reasons.append(f"{len(failed_self_checks)} gating self-check(s) of the tool FAILED, so the gate cannot judge on this data: "
+                       f"{_ids(failed_self_checks)}")
+    if skipped:
+        reasons.append(f"{len(skipped)} gating criterion item(s) were skipped: {_ids(skipped)}")
+    if not_run:
+        reasons.append(f"{len(not_run)} selected criterion item(s) did not run: {_ids(n['item_id'] for n in not_run)}")
+    if deselected_gating:
+        reasons.append(f"{len(deselected_gating)} gating criterion item(s) were not selected to run: {_ids(deselected_gating)}")
+    if not gating and not reasons:
+        reasons.append("no gating criterion ran")
+    if reasons:
+        status = "INCOMPLETE"
+        summary = "Incomplete: " + "; ".join(reasons) + "."
+        if failed:
+            summary += f" {len(failed)} gating criterion item(s) already FAILED, so the model cannot be cleared."
+    elif failed:
+        status = "NOT CLEARED"
+        summary = f"Not cleared: {len(failed)} of {len(gating)} gating criterion item(s) FAILED."
+    else:
+        status = "CLEARED"
+        summary = f"Cleared: all {len(gating)} gating criterion item(s) PASSED."
+    counts = {v: sum(r["verdict"] == v for r in results) for v in VERDICTS}
+    counts[NOT_RUN] = len(not_run)
+    return {"status": status, "complete": not reasons, "summary": summary, "incomplete_reasons": reasons,
+            "failed_gating": failed, "failed_self_checks": failed_self_checks, "errors": errors, "skipped_gating": skipped,
+            "not_run": [n["item_id"] for n in not_run],
+            "deselected_gating": deselected_gating, "advisory_failed": advisory_failed,
+            "collection_errors": [c["node_id"] for c in collection_errors], "interruption": interruption,
+            "counts": counts, "n_criteria": len(results), "n_gating": len(gating)}
+
+
+def _ids(item_ids: Iterable[str]) -> str:
+    """Item ids as a reader knows them (the criterion part of the node id), comma-separated."""
+    return ", ".join(str(i).split("::")[-1] for i in item_ids)

@@ -1,0 +1,48 @@
+"""Value parsers shared by the pytest options (``--mriq-device``, ``--mriq-seed``, ...) and the ``mriq-validate`` CLI.
+
+Each takes the text as given and returns the typed value, or raises :class:`argparse.ArgumentTypeError` with what was
+expected; pytest and argparse both turn that into a usage error (exit status 4 and 2) naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def parse_device(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not _DEVICE_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected auto, cpu, cuda or cuda:N")
+    return value
+
+
+def parse_seed(value: str) -> int:
+    """A non-negative integer."""
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a non-negative integer")
+    return seed
+
+
+def parse_spec(value: str) -> str:
+    """A non-empty model or data spec, stripped."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; expected a model or data spec (e.g. builtin:real, my_model.py:build, a folder)")
+    return value.strip()
+
+
+def parse_timeout(value: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive number of seconds")
+    return seconds
