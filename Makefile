@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test test-heavy test-all venv clean bench
 
 $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 	$(BIN)/python -m mriq_validate.cli demo
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not heavy" tests
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m heavy tests
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -56,19 +56,33 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export_masks(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .cache import DiskCache, default_cache_dir
     from .data import load_data
+    from .data.contrasts import contrast_name
+    from .folder_model import MANIFEST, SPLIT_USES, write_mask_folder
+    from .suite import load_suite
 
-    data = load_data(args.data, DiskCache(args.cache or default_cache_dir()))
+    suite = load_suite(Path(args.suite)) if args.suite else None
+    spec = args.data or (suite.data.default if suite else "builtin:mni-tumour")
+    options = suite.data.options_for(spec) if suite else {}
+    if args.contrasts:
+        options["contrasts"] = [c.strip() for c in args.contrasts.split(",") if c.strip()]
+    data = load_data(spec, DiskCache(args.cache or default_cache_dir()), **options)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sid, mask in zip(data.test.ids, data.test.masks):
-        np.save(out / f"{sid}_seg.npy", mask[0].numpy().astype(np.uint8))
-    print(f"wrote {len(data.test)} test masks ({data.image_shape[1]}x{data.image_shape[2]}, labels {data.labels}) to {out}/; "
-          f"save your model's image for <id>_seg.npy as <id>.npy (float in [0, 1]) in the same folder, then run "
-          f"pytest --mriq-model {out}")
+    splits = {name: (getattr(data, name).ids, getattr(data, name).masks) for name in ("test", "train")}
+    source = {"data": spec, "data_name": data.name, "data_options": options, "digests": data.digests(),
+              **({"suite": str(args.suite)} if args.suite else {})}
+    write_mask_folder(out, splits, contrasts=tuple(data.contrasts), image_shape=data.image_shape, labels=dict(data.labels),
+                      source=source, name_of=contrast_name)
+    c, h, w = data.image_shape
+    images = (f"<stem>.npy (float in [0, 1], {c}×{h}×{w}, contrasts in the order {', '.join(data.contrasts)}) or one grey file per "
+              f"contrast, {', '.join(f'<stem>_{k}.png' for k in data.contrasts)}" if c > 1 else
+              f"<stem>.npy (float in [0, 1], {h}×{w}) or <stem>.png")
+    print(f"wrote {len(data.test)} test and {len(data.train)} train masks ({h}x{w}, labels {data.labels}, contrasts "
+          f"{list(data.contrasts)}) of {spec} to {out}/test/ and {out}/train/ as <stem>_seg.npy, and {out}/{MANIFEST} (the slice "
+          f"id of each stem). For each mask save your model's image beside it as {images}.\n"
+          f"  test/: {SPLIT_USES['test']};\n  train/: {SPLIT_USES['train']} (leave it empty if the suite has none).\n"
+          f"Then run pytest --mriq-model {out}" + (f" with the same data (--mriq-data {spec})" if args.data else ""))
     return 0
 
 
@@ -114,6 +128,22 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"  {c['criterion']}: {c['bound']} {c['old']} -> {c['new']:.4g} ({c['rule']})")
     print(f"mriq-validate calibrate: {len(changes)} threshold(s) re-derived; written {Path(args.out).resolve()}")
     return 0
+
+
+def _merge_reports(args: argparse.Namespace) -> int:
+    from .shards import merge_shards, write_merged
+
+    folders = [Path(f) for f in args.folders]
+    merged = merge_shards(folders, command_line=["mriq-validate", "merge-reports", *map(str, args.folders), "--out", str(args.out)],
+                          invocation_dir=str(Path.cwd()))
+    path = write_merged(merged, Path(args.out), folders)
+    d = merged.report["decision"]
+    print(f"mriq-validate merge-reports: {len(folders)} shard report(s), {len(merged.report['results'])} criterion item(s)")
+    print(f"release decision: {d['status']}" + (f" (failing gates: {', '.join(d['failed_gating'])})" if d["failed_gating"] else ""))
+    if d["status"] != "CLEARED":
+        print(f"  {d['summary']}")
+    print(f"report: {path}  {path.with_name('report.html')}")
+    return 0 if d["status"] == "CLEARED" else 1
 
 
 def _mib(n: int) -> str:
@@ -197,9 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     demo.set_defaults(fn=_demo)
     sub.add_parser("list", help="list builtin models, data, metrics and perturbations").set_defaults(fn=_list)
-    exp = sub.add_parser("export-masks", help="write the test masks so a model can generate images for them offline")
-    exp.add_argument("out")
-    exp.add_argument("--data", default="builtin:mni-tumour")
+    exp = sub.add_parser("export-masks", help="write the test and train masks (and a manifest) so a model can generate images for "
+                         "them offline; the folder is then a --mriq-model")
+    exp.add_argument("out", help="a new or empty folder")
+    exp.add_argument("--suite", default=None, help="take the data and its options (contrasts, crop, ...) from this suite's data: block")
+    exp.add_argument("--data", default=None, help="data to export (default: the suite's data.default, else builtin:mni-tumour)")
+    exp.add_argument("--contrasts", default=None, help="comma-separated contrasts, overriding the suite's (e.g. t1,t1c,t2,flair)")
     exp.add_argument("--cache", default=None)
     exp.set_defaults(fn=_export_masks)
     tab = sub.add_parser("downstream-table", help="TRTR / protocol A / TSTR Dice and PIQE of the builtin stand-ins, as a markdown table")
@@ -234,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", type=parse_device, default="cpu")
     cal.add_argument("--cache", default=None)
     cal.set_defaults(fn=_calibrate)
+    mrg = sub.add_parser("merge-reports", help="merge the report folders of the N shards of one gate run (pytest --mriq-shard K/N) into "
+                         "one report and decision; exit 0 CLEARED, 1 otherwise, 2 when the shards cannot be merged")
+    mrg.add_argument("folders", nargs="+", metavar="DIR", help="the --mriq-report folder of each shard (each holds report.json)")
+    mrg.add_argument("--out", default="mriq-merged", help="folder for the merged report.json and report.html (default: mriq-merged)")
+    mrg.set_defaults(fn=_merge_reports)
     cache = sub.add_parser("cache", help="inspect, verify or clear the cache (data, trained segmenters, features)")
     actions = cache.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -41,6 +41,8 @@ class Outcome:
     seed: int
     perturbation: dict[str, Any] | None = None
     samples: dict[str, Any] = field(default_factory=dict)
+    # per-contrast decisions of a measure taken on each contrast alone (metric ``channels: each``), None otherwise
+    per_contrast: dict[str, dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -49,7 +51,7 @@ class Outcome:
             "higher_is_better": self.higher_is_better, "compared": self.compared.as_dict(), "value": self.value.as_dict(),
             "baseline": self.baseline.as_dict() if self.baseline else None, "threshold": self.threshold,
             "bounds": self.bounds, "checked": self.checked, "message": self.message, "seed": self.seed,
-            "perturbation": self.perturbation, "samples": self.samples,
+            "perturbation": self.perturbation, "samples": self.samples, "per_contrast": self.per_contrast,
         }
 
 
@@ -139,6 +141,51 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
             subject, pert_record = _perturb(ctx, crit, pert_params, subject, seed, None)
         reference = real
 
+    contrasts = ctx.data.contrasts if metric.channels == "each" else ()
+    if len(contrasts) > 1:  # one decision per contrast; the criterion needs them all
+        parts = {name: _decide(crit, metric, ctx, key, subject.contrast(c, name), reference.contrast(c, name), paired, pert_params)
+                 for c, name in enumerate(contrasts)}
+    else:
+        parts = {"": _decide(crit, metric, ctx, key, subject, reference, paired, pert_params)}
+    rep = _representative(parts)
+    d = parts[rep]
+    ok = all(p["ok"] for p in parts.values())
+    message = _verdict_message(crit, ok, d["what"], d["checked"], th, d["bounds"])
+    per_contrast = None
+    if rep:
+        per_contrast = {name: {"verdict": "PASS" if p["ok"] else "FAIL", "checked": p["checked"], "bounds": p["bounds"],
+                               "compared": p["compared"].as_dict(), "value": p["value"].as_dict(),
+                               "baseline": p["baseline"].as_dict() if p["baseline"] else None} for name, p in parts.items()}
+        message += "\n  per contrast (every contrast must pass; the one shown above is the " + \
+            ("first that failed" if not ok else "closest to its bound") + "): " + \
+            ", ".join(f"{name} {p['checked']:.4g} {'PASS' if p['ok'] else 'FAIL'}" for name, p in parts.items())
+    return Outcome(
+        criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
+        higher_is_better=metric.higher_is_better, compared=d["compared"], value=d["value"], baseline=d["baseline"],
+        threshold={**th.model_dump(), **d["scale"].record(th)}, bounds=d["bounds"], checked=d["checked"], message=message,
+        seed=seed, perturbation=pert_record, per_contrast=per_contrast,
+        samples={"evaluated": subject.origin, "n": d["n"], "n_reference": d["n_ref"], "paired": d["paired"],
+                 **({"contrasts": list(parts)} if rep else {})},
+    )
+
+
+def _representative(parts: dict[str, dict[str, Any]]) -> str:
+    """The contrast an outcome shows: the first that failed, else the one closest to a bound ("" when joint)."""
+    failed = [k for k, p in parts.items() if not p["ok"]]
+    if failed:
+        return failed[0]
+
+    def margin(p: dict[str, Any]) -> float:
+        lo, hi = p["bounds"]["min"], p["bounds"]["max"]
+        return min(p["checked"] - lo if lo is not None else math.inf, hi - p["checked"] if hi is not None else math.inf)
+
+    return min(parts, key=lambda k: margin(parts[k]))
+
+
+def _decide(crit: Criterion, metric: Metric, ctx: RunContext, key: tuple[Any, ...], subject: Sample, reference: Sample,
+            paired: bool, pert_params: dict[str, Any]) -> dict[str, Any]:
+    """Measure ``subject`` (against ``reference`` where the threshold needs it), resample, compare and check the bounds."""
+    th = crit.threshold
     prepared = ctx.prepare(metric, subject)
     need_ref = crit.kind == "sensitivity" or th.relative != "none" or th.unit == "se"
     prepared_ref = ctx.prepare(metric, reference) if need_ref else None
@@ -177,13 +224,8 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
 
     scale = noise_unit(crit, metric, ctx, baseline or value)
     ok, checked, bounds = check_threshold(th, compared, scale)
-    return Outcome(
-        criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
-        higher_is_better=metric.higher_is_better, compared=compared, value=value, baseline=baseline,
-        threshold={**th.model_dump(), **scale.record(th)}, bounds=bounds, checked=checked,
-        message=_verdict_message(crit, ok, what, checked, th, bounds),
-        seed=seed, perturbation=pert_record, samples={"evaluated": subject.origin, "n": n, "n_reference": n_ref, "paired": paired},
-    )
+    return {"ok": ok, "checked": checked, "bounds": bounds, "compared": compared, "value": value, "baseline": baseline,
+            "scale": scale, "what": what, "n": n, "n_ref": n_ref, "paired": paired}
 
 
 def noise_unit(crit: Criterion, metric: Metric, ctx: RunContext, reference: Estimate) -> "NoiseUnit":

@@ -286,7 +286,7 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     rows = []
     for name in names:
         b = BUILTIN_MODELS[name]
-        mctx = ModelContext(data.train.images, data.train.masks, data.image_shape, ctx.device, derive_seed(seed, "model"), dict(data.labels))
+        mctx = ModelContext.for_data(data, ctx.device, derive_seed(seed, "model"))
         model = load_model(f"builtin:{name}", mctx, data)
         say(f"downstream table: builtin:{name}: generating for the test masks, PIQE and protocol A Dice")
         gen_test = Sample(model.generate(real_test.masks, seed=derive_seed(seed, "generated", "test")), real_test.masks, "generated (test masks)")

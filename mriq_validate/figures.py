@@ -3,7 +3,7 @@ PNG bytes or ``data:`` URIs, so ``report.html`` stays one self-contained file.
 
 - :func:`criteria_figure`: each criterion's compared quantity with its CI against the threshold (dot and whisker);
 - :func:`dose_response_figure`: sweeps (one criterion at several perturbation levels) as dose-response curves;
-- :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines;
+- :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines, a row pair per contrast;
 - :func:`new_figure`, :func:`png_bytes`, :func:`data_uri`: the canvas and encoding the study's figures use too.
 """
 
@@ -204,6 +204,7 @@ def dose_response_figure(results: list[dict[str, Any]]) -> Any | None:
 
 
 def _slices(a: Any, n: int) -> np.ndarray:
+    """Masks (or one-channel images) N×H×W from N×1×H×W, N×H×W or H×W; the first ``n``."""
     arr = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
     if arr.ndim == 4:
         arr = arr[:, 0]
@@ -214,22 +215,44 @@ def _slices(a: Any, n: int) -> np.ndarray:
     return arr[:n]
 
 
-def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: dict[int, str] | None = None) -> Any | None:
-    """Real (top row) and generated (bottom row) slices, first ``n``, with the outline of each mask label drawn on
-    both. ``samples``: ``real``, ``generated`` and optionally ``masks`` (shared) or ``generated_masks``. None when
-    ``samples`` is missing or has neither row."""
+def _channels(a: Any, n: int) -> np.ndarray:
+    """Images N×C×H×W (one channel per contrast) from N×C×H×W, N×H×W or H×W; the first ``n``."""
+    arr = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise ValueError(f"sample images: expected N×C×H×W, N×H×W or H×W, got shape {arr.shape}")
+    return arr[:n]
+
+
+def _contrast_names(given: Any, c: int) -> list[str]:
+    names = [str(x) for x in np.asarray(given).ravel()] if given is not None else []
+    return names if len(names) == c else [f"channel {k}" for k in range(c)] if c > 1 else [""]
+
+
+def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: dict[int, str] | None = None,
+                       contrasts: list[str] | tuple[str, ...] | None = None) -> Any | None:
+    """Real and generated slices, first ``n`` (columns), with the outline of each mask label drawn on both. One pair of
+    rows (real, generated) per contrast, each row labelled with its contrast (``contrasts``, or ``samples["contrasts"]``;
+    ``channel k`` when no names are given). ``samples``: ``real``, ``generated`` (N×C×H×W, or N×H×W for one contrast)
+    and optionally ``masks`` (shared) or ``generated_masks``. None when ``samples`` is missing or has neither row."""
     if not samples:
         return None
-    rows = [(name, _slices(samples[key], n)) for key, name in (("real", "real"), ("generated", "generated")) if samples.get(key) is not None]
-    if not rows:
+    sets = [(name, _channels(samples[name], n)) for name in ("real", "generated") if samples.get(name) is not None]
+    if not sets:
         return None
+    c = max(a.shape[1] for _, a in sets)
+    names = _contrast_names(contrasts if contrasts is not None else samples.get("contrasts"), c)
+    rows = [(f"{name}\n{names[k]}".strip(), name, a[:, k]) for k in range(c) for name, a in sets if k < a.shape[1]]
     masks = _slices(samples["masks"], n) if samples.get("masks") is not None else None
     gen_masks = _slices(samples["generated_masks"], n) if samples.get("generated_masks") is not None else masks
-    cols = max(len(a) for _, a in rows)
+    cols = max(len(a) for _, _, a in rows)
     fig = new_figure(1.75 * cols + 0.4, 1.85 * len(rows))
     axes = fig.subplots(len(rows), cols, squeeze=False)
     labels = sorted({int(v) for m in (masks, gen_masks) if m is not None for v in np.unique(m) if v > 0})
-    for i, (name, arr) in enumerate(rows):
+    for i, (title, name, arr) in enumerate(rows):
         row_masks = masks if name == "real" else gen_masks
         for j in range(cols):
             ax = axes[i, j]
@@ -246,12 +269,12 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
                         m = (row_masks[j] == lab).astype(float)
                         ax.contour(m, levels=[0.5], colors=[LABEL_COLOURS[k % len(LABEL_COLOURS)]], linewidths=0.9)
             if j == 0:
-                ax.set_ylabel(name, fontsize=FONT + 2, fontweight="bold")
+                ax.set_ylabel(title, fontsize=FONT + 2, fontweight="bold")
     if labels:
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color=LABEL_COLOURS[k % len(LABEL_COLOURS)], lw=2) for k in range(len(labels))]
-        names = [f"{lab} {(label_names or {}).get(lab, '')}".strip() for lab in labels]
-        fig.legend(handles, names, loc="lower center", ncol=len(labels), fontsize=FONT + 1, frameon=False, bbox_to_anchor=(0.5, -0.01))
-    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=0.09 if labels else 0.01)
+        legend = [f"{lab} {(label_names or {}).get(lab, '')}".strip() for lab in labels]
+        fig.legend(handles, legend, loc="lower center", ncol=len(labels), fontsize=FONT + 1, frameon=False, bbox_to_anchor=(0.5, -0.01))
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=(0.09 / max(1, len(rows) / 2)) if labels else 0.01)
     return fig

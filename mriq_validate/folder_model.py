@@ -1,9 +1,31 @@
-"""A folder of images generated beforehand, used as a model with ``sample``.
+"""A folder of images generated beforehand, used as a model.
 
-Layouts: ``<name>.<ext>`` with masks beside as ``<name>_seg.<ext>``, or ``images/`` + ``labels/`` with equal
-file names. Formats: ``.npy`` (one H×W slice or a stack N×H×W / N×1×H×W), ``.png`` (grey, 1-16 bit),
-``.nii``/``.nii.gz`` (one 2D slice). Files are read in name order; the folder defines the set (``sample(None)``
-returns all of it).
+Plain layouts (a model with ``sample``): ``<name>.<ext>`` with masks beside as ``<name>_seg.<ext>``, or ``images/`` +
+``labels/`` with equal names. Formats: ``.npy``, ``.png`` (grey, 1-16 bit), ``.nii``/``.nii.gz`` (one 2D slice).
+Files are read in name order; the folder defines the set (``sample(None)`` returns all of it).
+
+Contrasts. The images have one channel per contrast of the reference data (C of them, in the data's order, e.g.
+t1, t1c, t2, flair). Each entry ``<name>`` is either
+
+* one file holding every contrast: for C = 1 (today's naming) an H×W slice or an N×H×W / N×1×H×W stack in any format;
+  for C > 1 an ``.npy`` of C×H×W (one slice) or N×C×H×W (a stack), channels in the data's contrast order; or
+* (C > 1) one grey file per contrast, ``<name>_<contrast>.<ext>`` (e.g. ``case_z042_t1.png``, ``case_z042_flair.png``;
+  any format above, each H×W or N×H×W). The contrast part may be the canonical name or a synonym
+  (``t1n``/``T1w``, ``t1ce``/``t1gd``, ``t2w``, ``t2f``/``FLAIR``; ``mriq_validate.data.contrasts``). A missing
+  contrast file is an error naming the files expected; so is an entry given both ways. Files of contrasts the run
+  does not use (``case_z042_t2.png`` beside ``case_z042_t1.png`` when the run uses t1 and flair) are left out and
+  listed in the provenance (``unused_files``).
+
+The mask of ``<name>`` is ``<name>_seg.<ext>`` (or ``labels/<name>.<ext>``), one per entry whatever C is.
+
+Export layout (a mask-conditioned model with ``generate``): what ``mriq-validate export-masks OUT`` writes,
+``OUT/mriq_masks.json`` (the manifest: original slice ids, file stems, contrasts, shape, labels, data source) and
+``OUT/test/<stem>_seg.npy``, ``OUT/train/<stem>_seg.npy``. A slice id becomes a portable stem by replacing each
+character outside ``A-Z a-z 0-9 . _ -`` with ``_`` (``case:z042`` → ``case_z042``; :func:`portable_stems`). The model's
+image for a mask is saved beside it under the same stem, as above (``<stem>.npy`` or ``<stem>_<contrast>.png``, ...).
+``generate(masks)`` then returns the saved images for the real test masks (mask-conditioned criteria) and for the
+real train masks (train-on-synthetic criteria such as ``dice_tstr`` and ``dice_augmented``); a split whose images are
+all missing is allowed (criteria that need it say what to save), a split with only some is an error.
 
 Masks are read as stored, never scaled: they must hold integer labels of the data's label set (an 8- or 16-bit
 grey or palette PNG, an integer or integer-valued array).
@@ -27,7 +49,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +227,7 @@ def to_labels(stored: Stored, path: Path, labels: set[int] | None) -> np.ndarray
 
 
 def _as_stack(arr: np.ndarray, path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One contrast (or a mask): an H×W slice or an N×H×W stack (singleton axes dropped), as N×H×W."""
     h, w = shape[1:]
     a = np.squeeze(arr)
     if a.shape == (h, w):
@@ -212,59 +237,191 @@ def _as_stack(arr: np.ndarray, path: Path, shape: tuple[int, int, int]) -> np.nd
     raise ModelError(f"{path}: array of shape {arr.shape}; expected one {h}×{w} slice (or a stack N×{h}×{w})")
 
 
-def pair_files(folder: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask-or-None) pairs of ``folder`` in name order; ModelError for an empty folder."""
+def _as_images(arr: np.ndarray, path: Path, shape: tuple[int, int, int], contrasts: tuple[str, ...]) -> np.ndarray:
+    """A file holding every contrast, as N×C×H×W: for C = 1 any :func:`_as_stack` form; for C > 1 one slice C×H×W
+    or a stack N×C×H×W."""
+    c, h, w = shape
+    if c == 1:
+        return _as_stack(arr, path, shape)[:, None]
+    if arr.shape == (c, h, w):
+        return arr[None]
+    if arr.ndim == 4 and arr.shape[1:] == (c, h, w):
+        return arr
+    names = f" ({', '.join(contrasts)})" if contrasts else ""
+    raise ModelError(f"{path}: array of shape {arr.shape}; expected the {c} contrasts{names} of one slice, {c}×{h}×{w} "
+                     f"(or a stack N×{c}×{h}×{w}), or one {h}×{w} file per contrast named <name>_<contrast>{_suffix(path)}")
+
+
+def _lower(name: str) -> str:
+    return name.strip().lower()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One entry of a folder: its image file (every contrast) or files (one per contrast, in contrast order), and its
+    mask file when it has one."""
+
+    name: str
+    images: tuple[Path, ...]
+    mask: Path | None = None
+
+
+def _stem(p: Path) -> str:
+    return p.name[: -len(_suffix(p) or "")]
+
+
+def _contrast_part(stem: str, contrasts: tuple[str, ...], name_of: Callable[[str], str]) -> tuple[str, str] | None:
+    """``(name, contrast)`` when ``stem`` is ``<name>_<contrast>`` for one of ``contrasts`` (synonyms allowed)."""
+    base, sep, token = stem.rpartition("_")
+    if sep and base and name_of(token) in contrasts:
+        return base, name_of(token)
+    return None
+
+
+def _group(files: list[Path], contrasts: tuple[str, ...], name_of: Callable[[str], str], where: Path
+           ) -> tuple[dict[str, tuple[Path, ...]], list[Path]]:
+    """Image files by entry name, in first-seen (file name) order: ``<name>.<ext>`` holds every contrast; with C > 1
+    contrasts, ``<name>_<contrast>.<ext>`` holds one. Also the files left out: ``<name>_<other>.<ext>`` beside an entry
+    given one file per contrast (a contrast the run does not use). ModelError for a name given both ways, a contrast
+    given twice or a contrast missing (naming the files expected)."""
+    whole: dict[str, Path] = {}
+    parts: dict[str, dict[str, Path]] = {}
+    for p in files:
+        split = _contrast_part(_stem(p), contrasts, name_of) if len(contrasts) > 1 else None
+        if split is None:
+            if _stem(p) in whole:
+                raise ModelError(f"{where}: {whole[_stem(p)].name} and {p.name} are both the images of {_stem(p)!r}; keep one")
+            whole[_stem(p)] = p
+            parts.setdefault(_stem(p), {})
+            continue
+        base, c = split
+        have = parts.setdefault(base, {})
+        if c in have:
+            raise ModelError(f"{where}: {have[c].name} and {p.name} are both the {c} image of {base!r}; keep one")
+        have[c] = p
+    out: dict[str, tuple[Path, ...]] = {}
+    unused = [p for name, p in whole.items() if parts.get(name.rpartition("_")[0])]
+    for p in unused:
+        del whole[_stem(p)], parts[_stem(p)]
+    for base, have in parts.items():
+        if base in whole and have:
+            raise ModelError(f"{where}: {whole[base].name} and {', '.join(q.name for q in have.values())} both give the images of "
+                             f"{base!r}; keep one file with every contrast or one file per contrast")
+        if base in whole:
+            out[base] = (whole[base],)
+            continue
+        missing = [c for c in contrasts if c not in have]
+        if missing:
+            suffix = _suffix(next(iter(have.values()))) or ".png"
+            raise ModelError(f"{where}: {base!r} has {', '.join(have[c].name for c in contrasts if c in have)} but no "
+                             f"{', '.join(f'{base}_{c}{suffix}' for c in missing)}; expected one file per contrast of "
+                             f"{list(contrasts)}")
+        out[base] = tuple(have[c] for c in contrasts)
+    return out, unused
+
+
+def folder_units(folder: Path, contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None
+                 ) -> tuple[list[Unit], list[Path]]:
+    """The entries of a plain model folder (no export manifest), in file name order, and the files of contrasts the run
+    does not use; ModelError for an empty folder or one where only some images have masks."""
+    name_of = name_of or _lower
     if (folder / "images").is_dir():
-        images = sorted(p for p in (folder / "images").iterdir() if _suffix(p))
+        files = sorted(p for p in (folder / "images").iterdir() if _suffix(p))
         labels = folder / "labels"
-        pairs = [(p, (labels / p.name) if (labels / p.name).exists() else None) for p in images]
+        mask_of = lambda name, first: (labels / f"{name}{_suffix(first)}") if (labels / f"{name}{_suffix(first)}").exists() else None  # noqa: E731
+        where = folder / "images"
     else:
-        files = sorted(p for p in folder.iterdir() if _suffix(p))
-        stems = {p.name[: -len(_suffix(p))]: p for p in files}  # type: ignore[arg-type]
-        pairs = []
-        for stem, p in stems.items():
-            if stem.endswith("_seg"):
-                continue
-            mask = next((stems[f"{stem}_seg"] for _ in [0] if f"{stem}_seg" in stems), None)
-            pairs.append((p, mask))
-    if not pairs:
+        every = sorted(p for p in folder.iterdir() if _suffix(p))
+        masks = {_stem(p)[:-4]: p for p in every if _stem(p).endswith("_seg")}
+        files = [p for p in every if not _stem(p).endswith("_seg")]
+        mask_of = lambda name, first: masks.get(name)  # noqa: E731
+        where = folder
+    groups, unused = _group(files, contrasts, name_of, where)
+    units = [Unit(name, paths, mask_of(name, paths[0])) for name, paths in groups.items()]
+    if not units:
         raise ModelError(f"model folder {folder} holds no images; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    with_mask = sum(m is not None for _, m in pairs)
-    if 0 < with_mask < len(pairs):
-        missing = [p.name for p, m in pairs if m is None][:5]
-        raise ModelError(f"model folder {folder}: {with_mask} of {len(pairs)} images have masks; missing for {missing} (give all or none)")
-    return pairs
+    with_mask = sum(u.mask is not None for u in units)
+    if 0 < with_mask < len(units):
+        missing = [u.images[0].name for u in units if u.mask is None][:5]
+        raise ModelError(f"model folder {folder}: {with_mask} of {len(units)} images have masks; missing for {missing} (give all or none)")
+    return units, unused
+
+
+def pair_files(folder: Path) -> list[tuple[Path, Path | None]]:
+    """(image, mask-or-None) pairs of a one-contrast ``folder`` in name order; ModelError for an empty folder."""
+    return [(u.images[0], u.mask) for u in folder_units(folder)[0]]
 
 
 class FolderModel:
     """Pre-generated images (and masks) in a folder, offered through ``sample``; ``labels`` (the data's label set)
-    checks the masks file by file."""
+    checks the masks file by file; ``contrasts`` names the C channels of ``image_shape`` (C, H, W), and ``name_of``
+    maps a file's contrast token to such a name (``mriq_validate.data.contrasts.contrast_name``: synonyms such as
+    ``t1ce`` or ``FLAIR`` are understood; default: lower case)."""
 
-    def __init__(self, folder: Path, image_shape: tuple[int, int, int], labels: set[int] | None = None) -> None:
-        self.folder, self.shape = folder, image_shape
-        value_range = read_range(folder)
+    def __init__(self, folder: Path, image_shape: tuple[int, int, int], labels: set[int] | None = None,
+                 contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None) -> None:
+        self.folder, self.shape, self.labels = folder, tuple(image_shape), labels
+        self.contrasts, self.name_of = tuple(contrasts), name_of or _lower
+        if self.contrasts and len(self.contrasts) != self.shape[0]:
+            raise ModelError(f"model folder {folder}: contrasts {list(self.contrasts)} for images of shape {self.shape}; "
+                             f"expected one contrast per channel")
+        self.value_range = read_range(folder)
+        self.unused: list[Path] = []
+        self._load(self._units())
+
+    def _units(self) -> list[Unit]:
+        if (self.folder / MANIFEST).is_file():
+            raise ModelError(f"model folder {self.folder} holds {MANIFEST} (written by mriq-validate export-masks); "
+                             f"open it with open_folder_model, as --mriq-model does")
+        units, self.unused = folder_units(self.folder, self.contrasts, self.name_of)
+        return units
+
+    def _load(self, units: list[Unit]) -> None:
+        """Read every unit's images (N×C×H×W on [0, 1]) and masks (N×1×H×W), and how the images were scaled."""
+        self.files: list[Path] = []
         imgs, masks, scalings = [], [], Counter()
-        for img_path, mask_path in pair_files(folder):
-            unit, how = to_unit(read_stored(img_path), value_range, img_path)
-            img = _as_stack(unit, img_path, image_shape)
+        for unit in units:
+            img = self._read_images(unit, scalings)
             imgs.append(img)
-            scalings[how] += 1
-            if mask_path is not None:
-                m = _as_stack(to_labels(read_stored(mask_path, mask=True), mask_path, labels), mask_path, image_shape)
-                if m.shape != img.shape:
-                    raise ModelError(f"{mask_path}: mask stack {m.shape} does not match image stack {img.shape} of {img_path}")
+            if unit.mask is not None:
+                m = _as_stack(to_labels(read_stored(unit.mask, mask=True), unit.mask, self.labels), unit.mask, self.shape)
+                if m.shape[0] != img.shape[0]:
+                    raise ModelError(f"{unit.mask}: mask stack {m.shape} does not match image stack {img.shape} of "
+                                     f"{', '.join(p.name for p in unit.images)}")
                 masks.append(m)
-        self.images = torch.from_numpy(np.concatenate(imgs)[:, None].astype(np.float32))
+                self.files.append(unit.mask)
+        self.images = torch.from_numpy(np.concatenate(imgs).astype(np.float32)) if imgs else torch.zeros((0, *self.shape))
         self.masks = torch.from_numpy(np.concatenate(masks)[:, None]) if masks else None
         self.scaling = next(iter(scalings)) if len(scalings) == 1 else "; ".join(f"{how} ({n} files)" for how, n in sorted(scalings.items()))
+
+    def _read_images(self, unit: Unit, scalings: Counter[str]) -> np.ndarray:
+        """The unit's images as N×C×H×W on [0, 1]: one file with every contrast, or one file per contrast."""
+        stacks = []
+        for path in unit.images:
+            unit_values, how = to_unit(read_stored(path), self.value_range, path)
+            scalings[how] += 1
+            self.files.append(path)
+            stacks.append(unit_values)
+        if len(stacks) == 1:
+            return _as_images(stacks[0], unit.images[0], self.shape, self.contrasts)
+        per = [_as_stack(a, p, self.shape) for a, p in zip(stacks, unit.images)]
+        if len({a.shape[0] for a in per}) > 1:
+            counts = ", ".join(f"{p.name}: {a.shape[0]}" for a, p in zip(per, unit.images))
+            raise ModelError(f"{unit.images[0].parent}: the contrast files of {unit.name!r} hold different numbers of slices ({counts}); "
+                             f"expected the same slices in each")
+        return np.stack(per, axis=1)
 
     def describe(self) -> dict[str, Any]:
         """File count, a content hash of the folder's image, mask and ``mriq_folder.json`` files, and how the images
         were scaled onto [0, 1]."""
-        files = [p for pair in pair_files(self.folder) for p in pair if p is not None]
-        sidecar = [self.folder / SIDECAR] if (self.folder / SIDECAR).is_file() else []
-        return {"n_files": len(files), "sha256_16": content_hash(*(p.name.encode() + p.read_bytes() for p in files + sidecar)),
-                "scaling": self.scaling}
+        files = list(self.files)
+        extra = [p for p in (self.folder / SIDECAR, self.folder / MANIFEST) if p.is_file()]
+        out = {"n_files": len(files), "sha256_16": content_hash(*(p.name.encode() + p.read_bytes() for p in files + extra)),
+               "scaling": self.scaling}
+        if self.unused:
+            out["unused_files"] = {"n": len(self.unused), "examples": [p.name for p in self.unused[:5]],
+                                   "why": f"contrasts the run does not use (it uses {', '.join(self.contrasts)})"}
+        return out
 
     def sample(self, n: int | None, *, seed: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         total = self.images.shape[0]
@@ -278,3 +435,221 @@ class FolderModel:
         if self.masks is None:
             return images
         return images, self.masks[idx]
+
+
+# ---------------------------------------------------------------- the export-masks layout
+
+MANIFEST = "mriq_masks.json"
+EXPORT_FORMAT = "mriq-validate export-masks"
+EXPORT_VERSION = 1
+#: What each exported split's images are for (said when they are missing).
+SPLIT_USES = {
+    "test": "mask-conditioned criteria (image quality, intensity, Dice of the real-trained segmenter on generated images) compare them "
+            "with the real test images",
+    "train": "train-on-synthetic criteria (dice_tstr, dice_augmented) train a segmenter on them",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def portable_stems(ids: list[str] | tuple[str, ...], taken: set[str] | None = None,
+                   reserved: Callable[[str], bool] | None = None) -> list[str]:
+    """File-name stems for slice ``ids``, portable to every file system: each character outside ``A-Z a-z 0-9 . _ -``
+    becomes ``_`` (``case:z042`` → ``case_z042``); a leading ``.`` or an empty result gets an ``x`` in front; a stem
+    already used (in ``taken`` or earlier in ``ids``), or whose last ``_``-part is ``reserved`` (``seg``, a contrast
+    name), gets ``__2``, ``__3``, ... appended. Deterministic; the manifest keeps the original ids."""
+    used = set(taken or ())
+    out = []
+    for sid in ids:
+        base = _UNSAFE.sub("_", str(sid))
+        if not base or base.startswith("."):
+            base = "x" + base
+        stem, k = base, 1
+        while stem in used or (reserved is not None and reserved(stem)):
+            k += 1
+            stem = f"{base}__{k}"
+        used.add(stem)
+        out.append(stem)
+    return out
+
+
+def write_mask_folder(out: Path, splits: dict[str, tuple[tuple[str, ...], torch.Tensor]], *, contrasts: tuple[str, ...],
+                      image_shape: tuple[int, int, int], labels: dict[str, int], source: dict[str, Any],
+                      name_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Write each split's masks (``{split: (ids, masks N×1×H×W)}``) as ``<out>/<split>/<stem>_seg.npy`` (uint8 labels)
+    and the manifest ``<out>/mriq_masks.json`` (the original ids, stems, contrasts, shape, labels, ``source``); return
+    the manifest. ModelError when ``out`` already holds an export or files in a split folder."""
+    name_of = name_of or _lower
+    if (out / MANIFEST).exists() or any((out / s).is_dir() and any((out / s).iterdir()) for s in splits):
+        raise ModelError(f"{out}: already holds an export (or files in {', '.join(f'{s}/' for s in splits)}); export to an empty or new folder, "
+                         f"so that no image generated for other masks is left beside the new ones")
+
+    def reserved(stem: str) -> bool:
+        base, sep, token = stem.rpartition("_")
+        return bool(sep and base) and (token == "seg" or name_of(token) in contrasts)
+
+    per_contrast = ", ".join(f"<stem>_{c}.png" for c in contrasts)
+    manifest: dict[str, Any] = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, **source, "contrasts": list(contrasts), "image_shape": list(image_shape),
+        "labels": dict(labels),
+        "naming": ("stem: the slice id with every character outside A-Z a-z 0-9 . _ - replaced by '_' (and __2, __3, ... "
+                   "against clashes); mask <split>/<stem>_seg.npy; images <split>/<stem>.npy (float in [0, 1], "
+                   + (f"{image_shape[0]}×H×W, channels in contrast order) or one grey file per contrast: {per_contrast}"
+                      if image_shape[0] > 1 else "H×W) or <stem>.png / <stem>.nii.gz")),
+        "uses": {s: SPLIT_USES.get(s, "") for s in splits},
+        "splits": {},
+    }
+    for split, (ids, masks) in splits.items():
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for sid, stem, mask in zip(ids, portable_stems(ids, reserved=reserved), masks):
+            np.save(folder / f"{stem}_seg.npy", mask[0].numpy().astype(np.uint8))
+            entries.append({"id": str(sid), "stem": stem})
+        manifest["splits"][split] = entries
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The export manifest of ``folder``, checked; ModelError naming the file and field when it is malformed."""
+    path = folder / MANIFEST
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc}); it is written by mriq-validate export-masks: export again") from None
+    if not isinstance(m, dict) or m.get("format") != EXPORT_FORMAT or m.get("version") != EXPORT_VERSION:
+        raise ModelError(f"{path}: not a version-{EXPORT_VERSION} manifest of {EXPORT_FORMAT!r} (fields format and version); export again")
+    shape, contrasts, splits = m.get("image_shape"), m.get("contrasts"), m.get("splits")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v >= 1 for v in shape)):
+        raise ModelError(f"{path}: field 'image_shape' is {shape!r}; expected [C, H, W]")
+    if not (isinstance(contrasts, list) and len(contrasts) == shape[0] and all(isinstance(c, str) for c in contrasts)):
+        raise ModelError(f"{path}: field 'contrasts' is {contrasts!r}; expected {shape[0]} contrast names")
+    if not (isinstance(splits, dict) and splits and all(isinstance(v, list) for v in splits.values())):
+        raise ModelError(f"{path}: field 'splits' is malformed; expected {{split: [{{id, stem}}, ...]}}")
+    for split, entries in splits.items():
+        if not all(isinstance(e, dict) and isinstance(e.get("stem"), str) and isinstance(e.get("id"), str) for e in entries):
+            raise ModelError(f"{path}: field 'splits.{split}' has an entry without a string 'id' and 'stem'")
+    return m
+
+
+class MaskFolderModel(FolderModel):
+    """A folder written by ``mriq-validate export-masks`` with the model's images beside the masks: ``generate(masks)``
+    returns the images saved for those masks (a whole exported split, in its order, or any of its masks), so the
+    folder stands in for a mask-conditioned model; ``sample`` draws from every image it holds. A split whose images are
+    all missing is recorded as not provided (asking for its masks is a ModelError saying what to save); a split with
+    some missing is a ModelError listing them."""
+
+    def _units(self) -> list[Unit]:
+        m = read_manifest(self.folder)
+        where = self.folder / MANIFEST
+        if self.contrasts and tuple(m["contrasts"]) != self.contrasts:
+            raise ModelError(f"{where}: the masks were exported for contrasts {m['contrasts']}, the run's data has {list(self.contrasts)}; "
+                             f"export again with the suite's data options (mriq-validate export-masks --suite SUITE)")
+        if tuple(m["image_shape"][1:]) != self.shape[1:]:
+            raise ModelError(f"{where}: the masks were exported for {m['image_shape'][1]}×{m['image_shape'][2]} slices, the run's data has "
+                             f"{self.shape[1]}×{self.shape[2]}; export again with the run's data")
+        self.manifest = m
+        self.split_masks: dict[str, torch.Tensor] = {}
+        self.split_rows: dict[str, tuple[int, int] | None] = {}
+        units: list[Unit] = []
+        for split, entries in m["splits"].items():
+            units += self._split_units(split, entries)
+        return units
+
+    def _split_units(self, split: str, entries: list[dict[str, str]]) -> list[Unit]:
+        folder = self.folder / split
+        files = sorted(p for p in folder.iterdir() if _suffix(p)) if folder.is_dir() else []
+        by_name = {p.name: p for p in files}
+        by_entry: dict[str, list[Path]] = {}  # entry stem → its image files: <stem>.<ext>, or <stem>_<contrast>.<ext> for C > 1
+        for p in files:
+            part = _contrast_part(_stem(p), self.contrasts, self.name_of) if self.shape[0] > 1 else None
+            by_entry.setdefault(_stem(p), []).append(p)
+            if part is not None:
+                by_entry.setdefault(part[0], []).append(p)
+        masks, claimed, found, missing = [], set(), [], []
+        for e in entries:
+            stem = e["stem"]
+            mask = folder / f"{stem}_seg.npy"
+            if not mask.is_file():
+                raise ModelError(f"{mask}: the mask of slice {e['id']!r} listed in {MANIFEST} is missing; export again")
+            masks.append(_as_stack(to_labels(read_stored(mask, mask=True), mask, self.labels), mask, self.shape))
+            claimed.add(mask.name)
+            mine = [p for p in by_entry.get(stem, []) if p.name != mask.name]
+            claimed.update(p.name for p in mine)
+            if not mine:
+                missing.append(stem)
+                continue
+            paths = _group(mine, self.contrasts, self.name_of, folder)[0].get(stem)
+            if paths is None:
+                raise ModelError(f"{folder}: {', '.join(p.name for p in mine)} do not name the images of {stem!r}; expected "
+                                 f"{self._expected(stem)}")
+            found.append(Unit(stem, paths, mask))
+        stray = sorted(set(by_name) - claimed)
+        if stray:
+            raise ModelError(f"{folder}: {len(stray)} file(s) match no exported mask, e.g. {stray[:5]}; images are named after their mask "
+                             f"(<stem>_seg.npy → {self._expected('<stem>')}); see {MANIFEST} for the stems")
+        self.split_masks[split] = torch.from_numpy(np.concatenate(masks)[:, None].astype(np.int64)) if masks else torch.zeros((0, 1, *self.shape[1:]), dtype=torch.int64)
+        if found and missing:
+            raise ModelError(f"{folder}: images for {len(found)} of {len(entries)} exported masks; missing {len(missing)}, e.g. "
+                             f"{', '.join(self._expected(s) for s in missing[:3])} (give all of a split or none)")
+        return found
+
+    def _expected(self, stem: str) -> str:
+        if self.shape[0] == 1:
+            return f"{stem}.npy (or .png, .nii.gz)"
+        return f"{stem}.npy ({self.shape[0]}×H×W) or {', '.join(f'{stem}_{c}.png' for c in self.contrasts or ('<contrast>',))}"
+
+    def _load(self, units: list[Unit]) -> None:
+        super()._load(units)
+        if self.masks is None:
+            self.masks = torch.zeros((0, 1, *self.shape[1:]), dtype=torch.int64)
+        start = 0
+        for split, masks in self.split_masks.items():
+            n = sum(1 for u in units if u.mask is not None and u.mask.parent.name == split)
+            self.split_rows[split] = (start, start + n) if n else None
+            start += n
+        if start == 0:
+            raise ModelError(f"model folder {self.folder}: no images beside the exported masks yet; save one per mask, e.g. "
+                             f"{self._expected('<stem>')} next to <stem>_seg.npy in "
+                             f"{', '.join(f'{s}/' for s in self.split_masks)} ({MANIFEST} lists the stems)")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "layout": "export-masks", "splits": self._counts()}
+
+    def _counts(self) -> dict[str, dict[str, int]]:
+        """Per split: how many masks were exported and how many images the folder holds for them."""
+        return {s: {"masks": len(self.split_masks[s]), "images": (r[1] - r[0]) if r else 0} for s, r in self.split_rows.items()}
+
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        """The saved images for ``masks``: a whole exported split in its order, or masks found in the folder (a mask
+        that occurs k times gets its first k images, in order). ModelError for a mask the folder has no image for."""
+        for split, known in self.split_masks.items():
+            if known.shape == masks.shape and torch.equal(known, masks.long()):
+                rows = self.split_rows[split]
+                if rows is None:
+                    raise ModelError(f"model folder {self.folder}: no images for the {split} masks: save one per mask in "
+                                     f"{self.folder / split}/ as {self._expected('<stem>')}; {SPLIT_USES.get(split, '')}")
+                return self.images[rows[0]:rows[1]].clone()
+        table: dict[bytes, list[int]] = {}
+        for i, m in enumerate(self.masks):
+            table.setdefault(m.to(torch.uint8).numpy().tobytes(), []).append(i)
+        used: Counter[bytes] = Counter()
+        out = []
+        for i, m in enumerate(masks):
+            key = m.to(torch.uint8).numpy().tobytes()
+            rows = table.get(key, [])
+            if used[key] >= len(rows):
+                why = "is not one of the exported masks with an image" if not rows else f"is asked for more often than its {len(rows)} image(s)"
+                raise ModelError(f"model folder {self.folder}: mask {i} of the request {why}; the folder serves the masks "
+                                 f"mriq-validate export-masks wrote and has images for ({self._counts()})")
+            out.append(self.images[rows[used[key]]])
+            used[key] += 1
+        return torch.stack(out) if out else self.images[:0].clone()
+
+
+def open_folder_model(folder: Path, image_shape: tuple[int, int, int], labels: set[int] | None = None,
+                      contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None) -> FolderModel:
+    """The model of a folder: :class:`MaskFolderModel` when it holds an export manifest (``mriq_masks.json``), else
+    :class:`FolderModel`."""
+    cls = MaskFolderModel if (folder / MANIFEST).is_file() else FolderModel
+    return cls(folder, image_shape, labels, contrasts, name_of)

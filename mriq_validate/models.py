@@ -3,7 +3,9 @@
 Forms: ``builtin:NAME`` (stand-ins with known behaviour), ``path/file.py:NAME`` or ``package.module:NAME``
 (a factory called with a :class:`ModelContext`), a folder of pre-generated images, a TorchScript file.
 A model has ``generate(masks, *, seed)`` (mask-conditioned) and/or ``sample(n, *, seed)`` (unconditional,
-images or (images, masks)). Every output is checked; a violation raises :class:`ModelError` saying what was
+images or (images, masks)). Masks are N×1×H×W integer labels; images are N×C×H×W floats in [0, 1] with one channel
+per contrast of the reference data, in its order (``ModelContext.contrasts``, e.g. t1, t1c, t2, flair; a suite picks
+them with ``data: contrasts:``). Every output is checked; a violation raises :class:`ModelError` saying what was
 expected and what came back.
 
 User code (python files, modules, TorchScript) is imported, built and called in a child process behind an
@@ -18,7 +20,7 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,13 @@ from .isolation import DEFAULT_TIMEOUT_S, IsolatedModel
 
 @dataclass(frozen=True)
 class ModelContext:
-    """What a model factory receives: the real training split, the slice shape, device and seed."""
+    """What a model factory receives: the real training split, the slice shape, device, seed, labels and contrasts.
+
+    ``train_images`` is N×C×H×W (one channel per contrast), ``train_masks`` N×1×H×W; ``image_shape`` is (C, H, W),
+    the shape of one slice a model must return; ``contrasts`` names the C channels in order (canonical names such as
+    ``("t1", "t1c", "t2", "flair")``, :mod:`mriq_validate.data.contrasts`). Left empty, :func:`load_model` fills it
+    from the reference data. Build it from the data with :meth:`for_data`.
+    """
 
     train_images: torch.Tensor
     train_masks: torch.Tensor
@@ -41,6 +49,17 @@ class ModelContext:
     device: torch.device
     seed: int
     labels: dict[str, int] = field(default_factory=dict)
+    contrasts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.contrasts and len(self.contrasts) != self.image_shape[0]:
+            raise ModelError(f"model context: contrasts {list(self.contrasts)} but image_shape {tuple(self.image_shape)}; "
+                             f"expected one contrast per channel (image_shape[0] = {len(self.contrasts)})")
+
+    @classmethod
+    def for_data(cls, data: ReferenceData, device: torch.device, seed: int) -> "ModelContext":
+        """The context for a model of ``data``: its training split, slice shape, labels and contrasts."""
+        return cls(data.train.images, data.train.masks, data.image_shape, device, seed, dict(data.labels), tuple(data.contrasts))
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -59,15 +78,25 @@ def describe_raise(spec: str, what: str, exc: BaseException) -> str:
     return f"model {spec} {'ran out of memory in' if _out_of_memory(exc) else 'raised in'} {what}: {_raised(exc)}"
 
 
-def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str) -> torch.Tensor:
-    """``out`` as float32 N×1×H×W in [0, 1]; ModelError saying what was expected and what came back."""
+def _shape_text(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str, contrasts: tuple[str, ...] = ()) -> torch.Tensor:
+    """``out`` as float32 N×C×H×W in [0, 1], ``shape`` = (C, H, W) with one channel per contrast in ``contrasts``
+    (their names, in order, for the message); ModelError saying what was expected and what came back."""
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"{source} returned {type(out).__name__}; expected a torch.Tensor of shape N×{'×'.join(map(str, shape))}")
     want = (n if n is not None else "N", *shape)
+    per_contrast = f": one channel per contrast {', '.join(contrasts)}" if contrasts else ""
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{source} returned {type(out).__name__}; expected a torch.Tensor of shape {_shape_text(want)}{per_contrast}")
     if out.ndim != 4 or tuple(out.shape[1:]) != tuple(shape) or (n is not None and out.shape[0] != n):
-        raise ModelError(f"{source} returned shape {tuple(out.shape)}; expected {tuple(want)}")
+        hint = ""
+        if out.ndim == 4 and tuple(out.shape[2:]) == tuple(shape[1:]) and out.shape[1] != shape[0]:
+            hint = (f" ({out.shape[1]} channel(s) for {shape[0]} contrast(s): return every contrast the data has, in its order, "
+                    f"or select the contrasts the model makes with the suite's data: contrasts)")
+        raise ModelError(f"{source} returned shape {_shape_text(tuple(out.shape))}; expected {_shape_text(want)}{per_contrast}{hint}")
     if not out.is_floating_point():
         raise ModelError(f"{source} returned dtype {out.dtype}; expected a floating-point tensor with values in [0, 1]")
     out = out.detach().to("cpu", torch.float32)
@@ -82,7 +111,8 @@ def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str) -
 
 
 def check_masks(out: Any, n: int, shape: tuple[int, ...], labels: set[int], source: str) -> torch.Tensor:
-    """``out`` as int64 N×1×H×W whose labels are all in ``labels`` (0 = background is always allowed)."""
+    """``out`` as int64 N×1×H×W (``shape`` = (1, H, W)) whose labels are all in ``labels`` (0 = background is always
+    allowed)."""
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
     if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape) != (n, *shape):
@@ -130,11 +160,12 @@ class ModelAdapter:
             close()
 
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        """Images for ``masks`` (N×1×H×W), checked."""
+        """Images N×C×H×W (one channel per contrast of the context) for ``masks`` (N×1×H×W), checked."""
         if not self.can_generate:
             raise ModelError(f"model {self.spec} has no generate(masks, *, seed); this criterion needs mask-conditioned images")
         out = self._call("generate", masks.clone(), seed=seed)
-        return check_images(out, masks.shape[0], tuple(masks.shape[1:]), f"model {self.spec} generate()")
+        shape = (self.ctx.image_shape[0], *masks.shape[2:])
+        return check_images(out, masks.shape[0], shape, f"model {self.spec} generate()", self.ctx.contrasts)
 
     def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` unconditional images and their masks when the model makes masks (else None), checked."""
@@ -143,9 +174,9 @@ class ModelAdapter:
         out = self._call("sample", n, seed=seed)
         images, masks = out if isinstance(out, tuple) else (out, None)
         source = f"model {self.spec} sample()"
-        images = check_images(images, n, self.ctx.image_shape, source)
+        images = check_images(images, n, self.ctx.image_shape, source, self.ctx.contrasts)
         if masks is not None:
-            masks = check_masks(masks, images.shape[0], self.ctx.image_shape, set(self.ctx.labels.values()), source)
+            masks = check_masks(masks, images.shape[0], (1, *self.ctx.image_shape[1:]), set(self.ctx.labels.values()), source)
         return images, masks
 
 
@@ -157,7 +188,7 @@ def _mask_key(mask: torch.Tensor) -> bytes:
 
 
 class RealLookup:
-    """``builtin:real``: the real images of the reference data for the requested masks (fit for release)."""
+    """``builtin:real``: the real images of the reference data (every contrast) for the requested masks (fit for release)."""
 
     def __init__(self, data: ReferenceData) -> None:
         self.data = data
@@ -182,7 +213,8 @@ class RealLookup:
 
 
 class Transformed(RealLookup):
-    """A stand-in: real images passed through a fixed perturbation (its failure mode is known by construction)."""
+    """A stand-in: real images passed through a fixed perturbation (its failure mode is known by construction); the
+    perturbation treats every contrast alike (:mod:`mriq_validate.perturb.base`)."""
 
     def __init__(self, data: ReferenceData, perturbation: str, **params: Any) -> None:
         super().__init__(data)
@@ -222,7 +254,7 @@ class Memoriser:
 
 class Collapse(RealLookup):
     """``builtin:collapse``: conditional mode collapse. Every image shares one of two anatomies (training slices with
-    their lesion erased); only the lesion, pasted from the real image, follows the mask."""
+    their lesion erased); only the lesion, pasted from the real image (every contrast), follows the mask."""
 
     N_MODES = 2
 
@@ -240,7 +272,7 @@ class Collapse(RealLookup):
         for i in range(real.shape[0]):
             region = ndimage.binary_dilation(masks[i, 0].numpy() > 0, iterations=2)
             w = torch.from_numpy(ndimage.gaussian_filter(region.astype(np.float32), 1.0))
-            out[i, 0] = w * real[i, 0] + (1 - w) * out[i, 0]
+            out[i] = w * real[i] + (1 - w) * out[i]  # every contrast: one mask, one blend
         return out
 
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
@@ -359,8 +391,12 @@ def _isolated(kind: str, target: str, name: str, spec: str, ctx: ModelContext, t
 
 def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: float = DEFAULT_TIMEOUT_S) -> ModelAdapter:
     """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`; user code runs in a child process whose
-    every call (loading included) must return within ``timeout`` seconds."""
-    from .folder_model import FolderModel
+    every call (loading included) must return within ``timeout`` seconds. A context without contrasts gets the data's."""
+    from .data.contrasts import contrast_name
+    from .folder_model import open_folder_model
+
+    if not ctx.contrasts and data is not None and len(data.contrasts) == ctx.image_shape[0]:
+        ctx = replace(ctx, contrasts=tuple(data.contrasts))
 
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
@@ -374,7 +410,7 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: fl
             raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
         return _isolated("torchscript", str(path.resolve()), "", spec, ctx, timeout, {"sha256_16": content_hash(path.read_bytes())})
     if path.is_dir():
-        folder = FolderModel(path, ctx.image_shape, set(ctx.labels.values()))
+        folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name)
         return ModelAdapter(folder, spec, ctx, {"kind": "folder", **folder.describe(), "isolation": "in-process"})
     if ":" in spec:
         target, name = spec.rsplit(":", 1)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .options import parse_device, parse_seed, parse_spec, parse_timeout
+from .shards import parse_shard
 
 if TYPE_CHECKING:
     from .criteria import Outcome
@@ -34,6 +35,7 @@ CACHE_OPTION = "--mriq-cache"
 REPORT_OPTION = "--mriq-report"
 THRESHOLD_OPTION = "--mriq-threshold"
 TIMEOUT_OPTION = "--mriq-timeout"
+SHARD_OPTION = "--mriq-shard"
 DEFAULT_DATA = "builtin:mni-tumour (or the suite's data.default)"
 PLUGIN_NAME = "mriq-validate-run"
 RUN_KEY = pytest.StashKey["MriqRun"]()
@@ -70,6 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "generate, sample) must return within SECONDS, else the model's process is stopped and the criteria that "
                     f"need it ERROR; user code runs in a child process, so a hang or crash cannot stop the run. "
                     f"Default: {DEFAULT_TIMEOUT_S:g}. ini: mriq_timeout")
+    group.addoption(SHARD_OPTION, metavar="K/N", type=parse_shard, help="run shard K of N of the collected criterion items (the sweep "
+                    "levels of a criterion stay together; the same split on every job) and write a shard report; merge the N "
+                    "report folders with `mriq-validate merge-reports` for the release decision. ini: mriq_shard")
     parser.addini("mriq_model", "default for --mriq-model")
     parser.addini("mriq_data", "default for --mriq-data")
     parser.addini("mriq_device", "default for --mriq-device", default="auto")
@@ -78,6 +83,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mriq_report", "default for --mriq-report")
     parser.addini("mriq_timeout", "default for --mriq-timeout", default=f"{DEFAULT_TIMEOUT_S:g}")
     parser.addini("mriq_thresholds", "threshold overrides ID.FIELD=VALUE, one per line", type="linelist", default=[])
+    parser.addini("mriq_shard", "default for --mriq-shard")
 
 
 def _new_run(config: pytest.Config) -> MriqRun:
@@ -116,7 +122,7 @@ def _new_run(config: pytest.Config) -> MriqRun:
     report = pick(REPORT_OPTION, "mriq_report")
     return MriqRun(settings, report_dir=Path(report) if report else None, overrides=overrides,
                    command_line=list(map(str, config.invocation_params.args)), invocation_dir=str(config.invocation_params.dir),
-                   progress=lambda message: _progress(config, message))
+                   progress=lambda message: _progress(config, message), shard=pick(SHARD_OPTION, "mriq_shard", parse_shard))
 
 
 def _progress(config: pytest.Config, message: str) -> None:
@@ -214,7 +220,15 @@ class CriterionItem(pytest.Item):
             pytest.skip(f"no model under test: pass {MODEL_OPTION} (e.g. builtin:real) to evaluate {self.criterion.id}")
         from .criteria import evaluate
 
+        from .errors import DataError
+
         ctx = run.context(self.suite)
+        problem = run.fit(self.suite, ctx).problem(self.criterion)
+        if problem is not None:
+            kind, message = problem
+            if kind == "error":
+                raise DataError(message)
+            pytest.skip(message)  # a gating criterion that cannot apply leaves the decision INCOMPLETE
         self.outcome = evaluate(self.criterion, ctx, self.level)
         if run.sample_images is None:
             run.sample_images = ctx.sample_images()
@@ -289,6 +303,7 @@ class MriqPlugin:
             f"mriq-validate: model={s.model or '(none: criteria will SKIP)'} data={s.data or DEFAULT_DATA} device={s.device} "
             f"seed={s.seed} timeout={s.timeout:g}s cache={s.cache_dir} report={run.report_dir or '(none)'}"
             + (f" threshold-overrides={len(run.overrides)}" if run.overrides else "")
+            + (f" shard={run.shard}" if run.shard else "")
         ]
 
     @pytest.hookimpl(tryfirst=True)
@@ -302,6 +317,24 @@ class MriqPlugin:
             raise pytest.UsageError(f"{REPORT_OPTION} {self.run.report_dir}: the report cannot be written there "
                                     f"({exc.strerror or type(exc).__name__}: {exc.filename or self.run.report_dir}); "
                                     "give a writable folder") from None
+
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """``--mriq-shard K/N``: keep this shard's criterion items; the others are deselected as another shard's (not as
+        unselected criteria). The split is computed from the whole collected plan, so every job computes the same one."""
+        from .shards import assign, empty_shard_problem
+
+        run = self.run
+        if run.shard is None:
+            return
+        problem = empty_shard_problem(run.shard, run.collected)
+        if problem and not run.collection_errors:  # with a file that failed to collect, the report says that instead
+            raise pytest.UsageError(f"{SHARD_OPTION} {problem}")
+        owner = assign(run.collected, run.shard.count)
+        others = [i for i in items if isinstance(i, CriterionItem) and owner.get(i.nodeid) != run.shard.index]
+        if others:
+            config.hook.pytest_deselected(items=others)
+            dropped = set(map(id, others))
+            items[:] = [i for i in items if id(i) not in dropped]
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         from .suite import unmatched_overrides

@@ -331,6 +331,7 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
             "interruption": interruption,
             "xdist_workers": int(run.get("xdist_workers") or 0),
             "deviations": run.get("deviations", []),
+            "shard": run.get("shard"),  # --mriq-shard K/N, or a report merged from shards (mriq_validate.shards)
         },
     }
 
@@ -393,6 +394,8 @@ def _html_page(title: str, text: str) -> str:
 
 #: Figures of an earlier run, removed at the start of a run (report.json and report.html are replaced).
 _EARLIER_FIGURES = "perturbations-*.png"
+#: A shard's sample grid for the merged report.html (``--mriq-shard``; see :mod:`mriq_validate.shards`), also removed.
+SHARD_SAMPLES_FILE = "shard-samples.npz"
 
 
 def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
@@ -401,7 +404,7 @@ def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
     Raises OSError when the folder cannot be written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(_EARLIER_FIGURES):
+    for old in [*folder.glob(_EARLIER_FIGURES), *folder.glob(SHARD_SAMPLES_FILE)]:
         old.unlink()
     note = (f"the run started at {run.get('started') or now_iso()} has not finished; if this placeholder is still here, the run died before it "
             f"could decide (look at its log)")

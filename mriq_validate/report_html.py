@@ -378,8 +378,8 @@ def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = N
     grid = figures.sample_grid_figure(sample_images, label_names=_label_names(rep)) if sample_images else None
     if grid is not None:
         sections.append(("samples", "Samples: real vs generated", _img(grid, "real and generated slices")
-                         + "<p class='caption'>First slices of the real test split (top) and the model's images for the same "
-                           "masks (bottom); outlines show the mask labels.</p>"))
+                         + "<p class='caption'>First slices of the real test split and the model's images for the same masks, a "
+                           "pair of rows (real, generated) per contrast; outlines show the mask labels.</p>"))
     sections.append(("deviations", "Deviations from the plan", _deviations(rep)))
     sections.append(("limitations", "Known limitations", _limitations(rep)))
     sections.append(("selfcheck", "Tool self-check", _self_check(rep)))

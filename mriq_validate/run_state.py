@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from .decision import decision
 
 if TYPE_CHECKING:
+    from .applicability import SuiteFit
+    from .shards import Shard
     from .session import RunContext, RunSettings
     from .suite import Suite
 
@@ -42,6 +44,7 @@ class MriqRun:
     invocation_dir: str = ""
     progress: Callable[[str], None] = lambda message: None
     contexts: dict[str, RunContext] = field(default_factory=dict)
+    fits: dict[str, "SuiteFit"] = field(default_factory=dict)  # suite and data → which criteria can apply
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # item id → record (``rep.mriq_record``)
     deviations: list[dict[str, Any]] = field(default_factory=list)  # threshold overrides applied
     suites: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -64,6 +67,7 @@ class MriqRun:
     html_path: Path | None = None
     report_decision: dict[str, Any] | None = None
     report_error: str | None = None
+    shard: "Shard | None" = None  # --mriq-shard K/N: this run is one part of a gate run split across jobs
 
     # ------------------------------------------------------------------------------------------------- during the run
 
@@ -78,6 +82,16 @@ class MriqRun:
             settings = RunSettings(**{**self.settings.__dict__, "data": spec, "data_options": options})
             self.contexts[key] = RunContext(settings, spec, self.progress)
         return self.contexts[key]
+
+    def fit(self, suite: Suite, ctx: "RunContext") -> "SuiteFit":
+        """Whether ``suite``'s criteria can be evaluated on ``ctx``'s data (decided once per suite and data)."""
+        from .applicability import suite_fit
+
+        key = json.dumps([suite.name, suite.version, [c.id for c in suite.criteria], ctx.data_spec, ctx.settings.data_options],
+                         sort_keys=True, default=str)
+        if key not in self.fits:
+            self.fits[key] = suite_fit(suite, ctx.data)
+        return self.fits[key]
 
     def close(self) -> None:
         """Stop what the run holds outside this process (the model's child process)."""
@@ -108,8 +122,18 @@ class MriqRun:
             self.interruption = reason
 
     def deselected(self) -> list[dict[str, Any]]:
-        """Items the collected suites ask for that were not selected to run (-k, -m, --deselect, node ids, other plugins)."""
-        return [entry for item_id, entry in self.collected.items() if item_id not in self.planned]
+        """Items the collected suites ask for that were not selected to run (-k, -m, --deselect, node ids, other plugins);
+        under ``--mriq-shard`` the items of the other shards are theirs, not deselected."""
+        others = self.other_shards_items()
+        return [entry for item_id, entry in self.collected.items() if item_id not in self.planned and item_id not in others]
+
+    def other_shards_items(self) -> set[str]:
+        """Under ``--mriq-shard K/N``: the collected items assigned to the other shards (empty without sharding)."""
+        from .shards import assign
+
+        if self.shard is None:
+            return set()
+        return {item_id for item_id, k in assign(self.collected, self.shard.count).items() if k != self.shard.index}
 
     def not_run(self) -> list[dict[str, Any]]:
         """Items selected to run that have no record (yet)."""
@@ -139,7 +163,15 @@ class MriqRun:
             "durations": self.durations, "xdist_workers": self.xdist_workers,
             "exit_status": int(exitstatus) if exitstatus is not None else None,
             "interruption": self.interruption or stopped,
+            "shard": self._shard_record(),
         }
+
+    def _shard_record(self) -> dict[str, Any] | None:
+        from .shards import shard_record
+
+        if self.shard is None:
+            return None
+        return shard_record(self.shard, self.collected, self.planned, self.settings.model, self.invocation_dir or ".")
 
     def mark_report_folder(self) -> None:
         """Replace whatever an earlier run left in the report folder with an INCOMPLETE placeholder, so a run that dies
@@ -162,14 +194,24 @@ class MriqRun:
             report = report_module.build_report(list(self.results.values()), info)
         except Exception as exc:  # never end without a decision: say why the evidence could not be assembled
             report = report_module.build_report([], {**info, "interruption": f"the report could not be assembled ({type(exc).__name__}: {exc})"})
+        ok = report["decision"]["status"] == "CLEARED"  # a gate run that did not check everything is not a pass
+        if self.shard is not None:  # one part of a run: never CLEARED alone; the job passes when its own items leave nothing open
+            from .shards import shard_decision, shard_ok
+
+            ok = shard_ok(report["decision"])
+            record = info["shard"]
+            report["decision"] = shard_decision(report["decision"], self.shard, len(record["items"]), len(record["plan"]))
         self.report_decision = report["decision"]
-        ok = self.report_decision["status"] == "CLEARED"  # a gate run that did not check everything is not a pass
         if self.report_dir is None:
             return ok
         html = self.report_dir / report_module.HTML_FILE
         try:  # always: the folder holds the placeholder written at start, which must not survive a finished run
             self.report_path = report_module.write_report(report, self.report_dir, sample_images=self.sample_images)
             self.html_path = html
+            if self.shard is not None:  # the merged report.html shows a sample grid too
+                from .shards import save_samples
+
+                save_samples(self.sample_images, self.report_dir)
         except Exception as exc:  # say which file failed; the run must not exit 0 without the evidence it was asked for
             failed = getattr(exc, "filename", None) or (html if (self.report_dir / report_module.REPORT_FILE).exists()
                                                         else self.report_dir / report_module.REPORT_FILE)
@@ -199,8 +241,9 @@ class MriqRun:
             try:
                 data = load()
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name.removeprefix("builtin:")).strip("-")
-                self.figure_paths.append(perturbation_figure(data.test.images[0, 0], data.test.masks[0, 0],
-                                                             self.report_dir / f"perturbations-{name}.png", seed=self.settings.seed))
+                self.figure_paths.append(perturbation_figure(data.test.images[0], data.test.masks[0, 0],
+                                                             self.report_dir / f"perturbations-{name}.png", seed=self.settings.seed,
+                                                             contrast=data.contrasts[0]))
             except Exception as exc:  # a figure is an aid; the report is already written
                 self.figure_error = f"perturbation figure for {json.loads(key)[0]} could not be drawn: {type(exc).__name__}: {exc}"
 

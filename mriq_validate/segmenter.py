@@ -1,9 +1,11 @@
 """The downstream segmenter: a MONAI UNet trained on image-mask pairs, cached on disk.
 
 Its configuration (:class:`SegmenterConfig`: network, losses and augmentations from the registries :data:`NETWORKS`,
-:data:`LOSSES`, :data:`AUGMENTS`) is recorded with every value computed with it. Trained segmenters are cached on disk by
-content hash of training data, configuration and seed (:func:`segmenter_key`; not the device type for CPU: a segmenter
-trained on CUDA is keyed apart, training being bit-for-bit deterministic on CPU only).
+:data:`LOSSES`, :data:`AUGMENTS`) is recorded with every value computed with it. It reads every contrast at once: its
+input channels are the images' C channels (one per contrast, as nnU-Net and the BraTS baselines stack the modalities
+as input channels), and it predicts one label map N×1×H×W. Trained segmenters are cached on disk by content hash of
+training data, configuration, seed and (for C > 1) the contrast names (:func:`segmenter_key`; not the device type for
+CPU: a segmenter trained on CUDA is keyed apart, training being bit-for-bit deterministic on CPU only).
 
 The metrics that use it (Dice, HD95, TSTR; Deo et al. 2025, arXiv 2505.07175, downstream evaluation) are in
 :mod:`mriq_validate.metrics.downstream`; the maths of Dice and HD95 on label maps in
@@ -33,8 +35,8 @@ TRAINER_VERSION = "unet-2d/1"  # 3D segmenters add spatial_dims=3 to the key (se
 class SegmenterConfig:
     """Architecture and training budget of the downstream segmenter (recorded with every Dice value).
 
-    Adam with a cosine learning-rate schedule over ``epochs``; ``spatial_dims`` 2 (slices N×1×H×W) or 3 (volumes
-    N×1×D×H×W).
+    Adam with a cosine learning-rate schedule over ``epochs``; ``spatial_dims`` 2 (slices N×C×H×W) or 3 (volumes
+    N×C×D×H×W), C input channels (contrasts) taken from the training images.
 
     The default is sized for CPUs: on the embedded data (256 training slices of 128×128) it trains in about 45-60 s on one
     core and reaches whole-tumour Dice 0.773 on the real test slices (seed 0, CPU; 0.769 mean over 3 seeds on CUDA),
@@ -92,21 +94,22 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _unet(cfg: SegmenterConfig, n_classes: int) -> torch.nn.Module:
+def _unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=cfg.spatial_dims, in_channels=1, out_channels=n_classes, channels=cfg.channels, strides=cfg.strides,
+    return UNet(spatial_dims=cfg.spatial_dims, in_channels=in_channels, out_channels=n_classes, channels=cfg.channels, strides=cfg.strides,
                 num_res_units=cfg.num_res_units)
 
 
-def _basic_unet(cfg: SegmenterConfig, n_classes: int) -> torch.nn.Module:
+def _basic_unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
     from monai.networks.nets import BasicUNet
 
     feats = (*cfg.channels, *([cfg.channels[-1]] * (6 - len(cfg.channels))))[:6]
-    return BasicUNet(spatial_dims=cfg.spatial_dims, in_channels=1, out_channels=n_classes, features=feats)
+    return BasicUNet(spatial_dims=cfg.spatial_dims, in_channels=in_channels, out_channels=n_classes, features=feats)
 
 
-NETWORKS: dict[str, Callable[[SegmenterConfig, int], torch.nn.Module]] = {"unet": _unet, "basic_unet": _basic_unet}
+#: network name → build(config, n_classes, in_channels)
+NETWORKS: dict[str, Callable[[SegmenterConfig, int, int], torch.nn.Module]] = {"unet": _unet, "basic_unet": _basic_unet}
 
 
 def _dice_ce() -> torch.nn.Module:
@@ -174,7 +177,8 @@ def torch_threads(device: torch.device) -> Iterator[None]:
 
 @dataclass
 class Segmenter:
-    """A trained segmenter: ``predict`` returns label maps N×1×H×W (int64)."""
+    """A trained segmenter: ``predict`` returns label maps N×1×H×W (int64) for images N×C×H×W of the ``in_channels``
+    contrasts it was trained on (``contrasts``: their names, when known)."""
 
     net: torch.nn.Module
     n_classes: int
@@ -182,10 +186,21 @@ class Segmenter:
     key: str
     device: torch.device
     history: dict[str, Any] = field(default_factory=dict)
+    in_channels: int | None = None  # None: read from the network's first convolution
+    contrasts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.in_channels is None:
+            first = next((m for m in self.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))), None)
+            self.in_channels = int(first.in_channels) if first is not None else None
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Argmax labels for ``images`` (N×1×H×W in [0, 1])."""
+        """Argmax labels N×1×H×W for ``images`` (N×C×H×W in [0, 1], the channels it was trained on)."""
+        if images.ndim != self.config.spatial_dims + 2 or (self.in_channels is not None and images.shape[1] != self.in_channels):
+            named = f" ({', '.join(self.contrasts)})" if self.contrasts else ""
+            raise MetricError(f"segmenter trained on {self.in_channels} channel(s){named} got images of shape {tuple(images.shape)}; "
+                              f"expected N×{self.in_channels}×{'D×' if self.config.spatial_dims == 3 else ''}H×W")
         self.net.eval()
         out = []
         with torch_threads(self.device):
@@ -208,16 +223,14 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
                     progress: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``cfg.network`` on (images, masks) with seed ``cfg.seed``; deterministic on CPU.
 
-    ``images`` N×1×H×W (or N×1×D×H×W with ``spatial_dims: 3``) in [0, 1]; ``masks`` the same shape, integer labels.
-    Runs on ``device`` (batches are moved there; nothing is read back but the loss).
+    ``images`` N×C×H×W (or N×C×D×H×W with ``spatial_dims: 3``) in [0, 1], one input channel per contrast; ``masks``
+    N×1×H×W (N×1×D×H×W), integer labels. Runs on ``device`` (batches are moved there; nothing is read back but the loss).
     """
     check_labels(masks, n_classes)
-    if images.ndim != cfg.spatial_dims + 2 or masks.shape != images.shape:
-        raise MetricError(f"segmenter with spatial_dims={cfg.spatial_dims} needs images and masks of shape N×1×{'D×' if cfg.spatial_dims == 3 else ''}H×W, "
-                          f"got {tuple(images.shape)} and {tuple(masks.shape)}")
+    check_pairs(images, masks, cfg)
     with torch.random.fork_rng(devices=[]), torch_threads(device):
         torch.manual_seed(cfg.seed)
-        net = NETWORKS[cfg.network](cfg, n_classes).to(device)
+        net = NETWORKS[cfg.network](cfg, n_classes, images.shape[1]).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         loss_fn = LOSSES[cfg.loss]()
@@ -246,7 +259,7 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
         threads = torch.get_num_threads()
     seconds = time.perf_counter() - start
     return net.eval(), {"loss": losses, "seconds": seconds, "epochs_per_s": cfg.epochs / seconds, "n_train": n, "device": device.type,
-                        "cpu_threads": threads}
+                        "cpu_threads": threads, "in_channels": int(images.shape[1])}
 
 
 def _key_fields(cfg: SegmenterConfig) -> dict[str, Any]:
@@ -258,17 +271,37 @@ def _key_fields(cfg: SegmenterConfig) -> dict[str, Any]:
     return fields
 
 
-def segmenter_key(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device_type: str = "cpu") -> str:
+def segmenter_key(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device_type: str = "cpu",
+                  contrasts: tuple[str, ...] = ()) -> str:
     """The content-hash cache key of the segmenter trained on (images, masks) with ``cfg``. Training on another device
-    type gives other weights (kernels differ), so a non-CPU device is part of the key."""
-    extra = () if device_type == "cpu" else (device_type,)
+    type gives other weights (kernels differ), so a non-CPU device is part of the key. The images' shape (C included)
+    is hashed with their content; for C > 1 the contrast names are part of the key too, so that data with other
+    contrasts never meets a cached segmenter (left out for C = 1, so that keys cached before multi-contrast support
+    stay valid; one channel of other content hashes apart anyway)."""
+    extra: tuple[Any, ...] = () if device_type == "cpu" else (device_type,)
+    if images.shape[1] > 1 and contrasts:
+        extra += ({"contrasts": list(contrasts)},)
     return content_hash(TRAINER_VERSION, _key_fields(cfg), n_classes, images, masks, *extra)
 
 
+def check_pairs(images: torch.Tensor, masks: torch.Tensor, cfg: SegmenterConfig, contrasts: tuple[str, ...] = ()) -> None:
+    """MetricError unless ``images`` are N×C×(D×)H×W and ``masks`` N×1×(D×)H×W for ``cfg.spatial_dims``, with one
+    contrast name per channel when names are given."""
+    im, ms = tuple(images.shape), tuple(masks.shape)
+    spatial = "D×H×W" if cfg.spatial_dims == 3 else "H×W"
+    if len(im) != cfg.spatial_dims + 2 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+        raise MetricError(f"segmenter with spatial_dims={cfg.spatial_dims} needs images N×C×{spatial} (one channel per contrast) and "
+                          f"masks N×1×{spatial}, got {im} and {ms}")
+    if contrasts and len(contrasts) != im[1]:
+        raise MetricError(f"segmenter: contrasts {list(contrasts)} but images with {im[1]} channel(s) {im}; expected one channel per contrast")
+
+
 def get_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device: torch.device,
-                  cache: DiskCache, progress: Callable[[str], None] | None = None) -> Segmenter:
-    """The segmenter trained on (images, masks), loaded from the cache when the same data, config and seed were seen."""
-    key = segmenter_key(images, masks, n_classes, cfg, device.type)
+                  cache: DiskCache, progress: Callable[[str], None] | None = None, *, contrasts: tuple[str, ...] = ()) -> Segmenter:
+    """The segmenter trained on (images N×C×H×W, masks N×1×H×W), loaded from the cache when the same data, config, seed
+    and contrasts (the channel names, in order) were seen."""
+    check_pairs(images, masks, cfg, contrasts)
+    key = segmenter_key(images, masks, n_classes, cfg, device.type, contrasts)
 
     def create() -> dict[str, Any]:
         net, history = train_segmenter(images, masks, n_classes, cfg, device, progress)
@@ -281,6 +314,6 @@ def get_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg
         return torch.load(path, map_location="cpu", weights_only=True)
 
     blob = cache.get_or_create("segmenters", key, ".pt", create, save, load)
-    net = NETWORKS[cfg.network](cfg, n_classes)
+    net = NETWORKS[cfg.network](cfg, n_classes, images.shape[1])
     net.load_state_dict(blob["state"])
-    return Segmenter(net.to(device).eval(), n_classes, cfg, key, device, blob["history"])
+    return Segmenter(net.to(device).eval(), n_classes, cfg, key, device, blob["history"], int(images.shape[1]), tuple(contrasts))

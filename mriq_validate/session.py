@@ -104,8 +104,7 @@ class RunContext:
         if not self.settings.model:
             raise MriqError("no model under test: pass --mriq-model")
         data = self.data
-        ctx = ModelContext(data.train.images, data.train.masks, data.image_shape, self.device, derive_seed(self.seed, "model"),
-                           dict(data.labels))
+        ctx = ModelContext.for_data(data, self.device, derive_seed(self.seed, "model"))
         self.progress(f"loading model {self.settings.model}")
         return load_model(self.settings.model, ctx, data, timeout=self.settings.timeout)
 
@@ -145,7 +144,8 @@ class RunContext:
         if key not in self._segmenters:
             tr = self.data.train
             self.progress(f"segmenter: training or loading from cache ({len(tr)} real training slices)")
-            self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress)
+            self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress,
+                                                  contrasts=tuple(self.data.contrasts))
         return self._segmenters[key]
 
     def predict(self, cfg: SegmenterConfig, images: torch.Tensor) -> torch.Tensor:
@@ -164,8 +164,8 @@ class RunContext:
         return self._prepared[key]
 
     def sample_images(self, k: int = 6) -> dict[str, Any] | None:
-        """The first ``k`` real test slices, the model's images for their masks, and the masks (numpy), for the report's
-        sample grid; None until the model has generated images for the test masks."""
+        """The first ``k`` real test slices (k×C×H×W), the model's images for their masks, the masks (k×H×W) and the contrast
+        names, for the report's sample grid; None until the model has generated images for the test masks."""
         lazy = self._generated["test"]
         if not lazy.done or lazy.error is not None:
             return None
@@ -173,7 +173,8 @@ class RunContext:
         if not paired:
             return None
         t = self.data.test
-        return {"real": t.images[:k, 0].numpy(), "generated": sample.images[:k, 0].numpy(), "masks": t.masks[:k, 0].numpy()}
+        return {"real": t.images[:k].numpy(), "generated": sample.images[:k].numpy(), "masks": t.masks[:k, 0].numpy(),
+                "contrasts": list(self.data.contrasts)}
 
     def provenance(self) -> dict[str, Any]:
         """What the report records about this run's data and model (only what has been loaded)."""
@@ -183,6 +184,7 @@ class RunContext:
             d = self.data
             out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
                            "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
+                           "contrasts": list(d.contrasts), "has_masks": d.has_masks, "regions": {k: list(v) for k, v in d.regions.items()},
                            "provenance": d.provenance}
         if self._device.done and self._device.error is None:
             out["device"] = str(self.device)

@@ -193,18 +193,35 @@ class Criterion(_Strict):
 
 
 class DataOptions(_Strict):
-    """Data this suite runs on by default, and options for NIfTI folders. An option left out takes the NIfTI loader's
-    default (``mriq_validate.data.nifti.DEFAULT_*``, the one place they are written)."""
+    """Data this suite runs on by default, the contrasts it uses, and options for NIfTI folders. A NIfTI option left out
+    takes the NIfTI loader's default (``mriq_validate.data.nifti.DEFAULT_*``, the one place they are written).
+
+    ``contrasts`` names the image channels in order (canonical names or synonyms: t1/t1n/T1w, t1c/t1ce/t1gd, t2/t2w,
+    flair/t2f); left out, every contrast the data has. ``modality`` is the older single-contrast form of it.
+    ``labels`` gives the meaning of each label value (``{1: oedema, 2: necrotic_core, 3: enhancing}``) for a folder
+    whose layout and dataset.json do not say it."""
 
     default: str = "builtin:mni-tumour"
+    contrasts: list[str] | None = Field(default=None, min_length=1)
     modality: str | None = None
+    labels: dict[int, str] | None = None
     crop: tuple[int, int] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
     slices: Literal["lesion", "all"] | None = None
 
+    @model_validator(mode="after")
+    def _one_contrast_form(self) -> "DataOptions":
+        if self.modality is not None and self.contrasts is not None:
+            raise _AtKey("give either contrasts (a list) or modality (one contrast), not both", ("modality",))
+        return self
+
     def options_for(self, spec: str) -> dict[str, Any]:
-        """The loading options for data ``spec``: the NIfTI options this suite sets for a folder, none for builtin data."""
-        return {} if spec.startswith("builtin:") else self.model_dump(exclude={"default"}, exclude_none=True)
+        """The loading options for data ``spec``: the contrasts for any data, and the NIfTI options for a folder."""
+        contrasts = [self.modality] if self.modality is not None else self.contrasts
+        picked = {} if contrasts is None else {"contrasts": list(contrasts)}
+        if spec.startswith("builtin:"):
+            return picked
+        return {**self.model_dump(exclude={"default", "modality", "contrasts"}, exclude_none=True), **picked}
 
 
 class Suite(_Strict):

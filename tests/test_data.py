@@ -1,4 +1,5 @@
-"""Reference data: the embedded cohort and the NIfTI loader (BraTS and imagesTr/labelsTr), with its errors."""
+"""Reference data: the embedded cohort and the NIfTI loader (BraTS and imagesTr/labelsTr), with its errors (the
+public layouts one by one: tests/test_layouts.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from mriq_validate.errors import DataError
 
 
 def test_embedded_cohort_shape_range_labels(mni) -> None:
-    assert mni.train.images.shape == (256, 1, 128, 128) and mni.test.images.shape == (128, 1, 128, 128)
+    assert mni.contrasts == ("t1", "t1c", "t2", "flair")
+    assert mni.train.images.shape == (256, 4, 128, 128) and mni.test.images.shape == (128, 4, 128, 128)
+    assert mni.train.masks.shape == (256, 1, 128, 128) and mni.test.masks.shape == (128, 1, 128, 128)
     for split in (mni.train, mni.test):
         assert split.images.dtype == torch.float32 and float(split.images.min()) >= 0 and float(split.images.max()) <= 1
         assert set(split.masks.unique().tolist()) == {0, 1, 2, 3}
@@ -74,11 +77,12 @@ def test_centre_crop_pads_and_crops_to_size(h: int, w: int, th: int, tw: int) ->
     assert out.sum() == min(h, th) * min(w, tw)
 
 
-def make_volume(rng: np.random.Generator, shape=(40, 48, 12), zooms=(1.0, 1.0, 1.0), label4: bool = False) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+def make_volume(rng: np.random.Generator, shape=(40, 48, 12), zooms=(1.0, 1.0, 1.0)) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A noise volume and a BraTS 2018–2021 label volume (2 oedema around 4 enhancing)."""
     img = rng.normal(100, 20, shape).astype(np.float32)
     lab = np.zeros(shape, np.int16)
     lab[15:25, 20:30, 4:8] = 2
-    lab[18:22, 23:27, 5:7] = 4 if label4 else 3
+    lab[18:22, 23:27, 5:7] = 4
     aff = np.diag([*zooms, 1.0])
     return nib.Nifti1Image(img, aff), nib.Nifti1Image(lab, aff)
 
@@ -88,7 +92,7 @@ def make_brats(root: Path, n: int = 4, **kw) -> Path:
     for i in range(n):
         case = root / f"BraTS_{i:03d}"
         case.mkdir(parents=True)
-        img, lab = make_volume(rng, label4=i % 2 == 0, **kw)
+        img, lab = make_volume(rng, **kw)
         nib.save(img, case / f"BraTS_{i:03d}_t1.nii.gz")
         nib.save(lab, case / f"BraTS_{i:03d}_seg.nii.gz")
     return root
@@ -99,12 +103,13 @@ def test_brats_folder_loads_with_deo_preprocessing(tmp_path: Path) -> None:
     data = load_data(str(root), DiskCache(tmp_path / "cache"), crop=(32, 32), test_fraction=0.25)
     assert data.train.images.shape[1:] == (1, 32, 32)
     assert len(data.train) == 12 and len(data.test) == 4  # 3 + 1 cases x 4 lesion slices
-    assert set(data.train.masks.unique().tolist()) <= {0, 2, 3}  # BraTS label 4 became 3
+    assert set(data.train.masks.unique().tolist()) == {0, 2, 3}  # BraTS 2021 label 4 (enhancing) became 3
     assert float(data.train.images.min()) >= 0 and float(data.train.images.max()) <= 1
     train_cases = {i.split(":")[0] for i in data.train.ids}
     test_cases = {i.split(":")[0] for i in data.test.ids}
     assert not train_cases & test_cases  # split by case, never by slice
-    assert data.provenance["label_map"] == {4: 3} and data.spacing_mm == (1.0, 1.0)
+    assert {"source_value": 4, "meaning": "enhancing", "value": 3} in data.provenance["label_map"]
+    assert data.provenance["layout"] == "brats2021" and data.contrasts == ("t1",) and data.spacing_mm == (1.0, 1.0)
     again = load_data(str(root), DiskCache(tmp_path / "cache2"), crop=(32, 32), test_fraction=0.25)
     assert again.digests() == data.digests()
 
@@ -117,8 +122,10 @@ def test_imagestr_layout(tmp_path: Path) -> None:
         img, lab = make_volume(rng)
         nib.save(img, tmp_path / "d" / "imagesTr" / f"case_{i}_0000.nii.gz")
         nib.save(lab, tmp_path / "d" / "labelsTr" / f"case_{i}.nii.gz")
-    data = load_data(str(tmp_path / "d"), DiskCache(tmp_path / "c"), crop=(48, 48))
-    assert data.regions["whole_tumour"] == (2, 3) and len(data.test) > 0
+    with pytest.raises(DataError, match=r"meaning of label values \[2, 4\] .* is unknown"):
+        load_data(str(tmp_path / "d"), DiskCache(tmp_path / "c"), crop=(48, 48))
+    data = load_data(str(tmp_path / "d"), DiskCache(tmp_path / "c"), crop=(48, 48), labels={2: "oedema", 4: "enhancing"})
+    assert data.regions["whole_tumour"] == (2, 3) and data.contrasts == ("channel0",) and len(data.test) > 0
 
 
 def test_data_errors_name_the_file(tmp_path: Path) -> None:
@@ -158,5 +165,5 @@ def test_data_errors_name_the_file(tmp_path: Path) -> None:
         load_data(str(root), cache)
 
     root = make_brats(tmp_path / "modality", n=2)
-    with pytest.raises(DataError, match=r"expected one \*_flair.nii.gz and one \*_seg.nii.gz"):
+    with pytest.raises(DataError, match=r"contrast 'flair' is not in the data; it has \['t1'\]"):
         load_data(str(root), cache, modality="flair")

@@ -76,7 +76,7 @@ def test_hd95_metric_declares_lower_is_better_and_its_empty_rules() -> None:
     assert brats.config()["definition"] == "brats" and "pooled" in brats.config()["hd95"] and "374 mm" in brats.config()["hd95"]
     with pytest.raises(MetricError, match="spacing"):
         hd95_per_image(square(1, 1), square(1, 1), (1.5, 1.5, 1.5))
-    with pytest.raises(MetricError, match=r"definition 'medpy' unknown; expected one of \['brats', 'monai'\]"):
+    with pytest.raises(MetricError, match=r"definition 'medpy' unknown; expected one of \['brats', 'brats2023', 'monai'\]"):
         create_metric("hd95", {"definition": "medpy"})
 
 
@@ -166,7 +166,7 @@ def test_tstr_on_real_train_is_trtr_exactly(ctx: RunContext) -> None:
     tstr = ctx.prepare(DiceTSTR(), ctx.real("train"))
     trtr_seg = ctx.segmenter(cfg)
     train = ctx.data.train
-    assert trtr_seg.key == segmenter_key(train.images, train.masks, ctx.n_classes, cfg)
+    assert trtr_seg.key == segmenter_key(train.images, train.masks, ctx.n_classes, cfg, contrasts=tuple(ctx.data.contrasts))
     # protocol A's real-test Dice is the same segmenter on the same slices
     np.testing.assert_array_equal(tstr, ctx.prepare(Dice(), ctx.real("test")))
     assert tstr.shape == (len(ctx.data.test),)
@@ -230,6 +230,7 @@ def test_protocol_b_parameters_are_checked() -> None:
 # ---------------------------------------------------------------- training noise
 
 
+@pytest.mark.heavy
 def test_noise_floor_is_positive_and_cached(ctx: RunContext, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = DiceTSTR(noise_seeds=3)
     means = m.seed_means(ctx)
@@ -273,7 +274,7 @@ def test_3d_segmenter_smoke(tmp_path) -> None:
     # cached under a key that names the 3D configuration; a 2D configuration's key is unchanged by the new field
     assert seg.key == segmenter_key(x, y, 2, cfg) and "spatial_dims" in segmenter._key_fields(cfg)
     assert "spatial_dims" not in segmenter._key_fields(SegmenterConfig())
-    with pytest.raises(MetricError, match="spatial_dims=2 needs images and masks of shape N×1×H×W"):
+    with pytest.raises(MetricError, match="spatial_dims=2 needs images N×C×H×W"):
         segmenter.train_segmenter(x, y, 2, replace(cfg, spatial_dims=2), torch.device("cpu"))
 
 
@@ -298,6 +299,7 @@ TSTR_SUITE = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 def test_tstr_criterion_through_the_plugin(pytester: pytest.Pytester, run_plugin, cache_dir: Path) -> None:
     pytester.makefile(".yaml", suite=TSTR_SUITE)
     result = run_plugin("--mriq-device=cpu", "--mriq-model=builtin:real", "--mriq-report=out")

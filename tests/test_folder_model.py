@@ -1,17 +1,22 @@
-"""Folder models: masks read as integer labels, images scaled by the bit depth the file or the user states."""
+"""Folder models: masks read as integer labels, images scaled by the bit depth the file or the user states; several
+contrasts as one array or one file per contrast; the export-masks layout read back as a mask-conditioned model."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from contrast_data import one_contrast, several_contrasts
 from PIL import Image, PngImagePlugin
 
+from mriq_validate import cli
+from mriq_validate.data.contrasts import contrast_name
 from mriq_validate.errors import ModelError
-from mriq_validate.folder_model import SIDECAR, FolderModel, png_chunks
+from mriq_validate.folder_model import MANIFEST, SIDECAR, FolderModel, open_folder_model, png_chunks, portable_stems
 from mriq_validate.models import ModelContext, load_model
 
 SHAPE = (1, 8, 8)
@@ -161,7 +166,8 @@ def test_bad_sbit_and_colour_pngs_are_explained(tmp_path: Path) -> None:
 
 
 def test_provenance_records_the_scaling_and_the_sidecar(tmp_path: Path, mni) -> None:
-    ctx = ModelContext(mni.train.images, mni.train.masks, mni.image_shape, torch.device("cpu"), 0, dict(mni.labels))
+    mni = one_contrast(mni)
+    ctx = ModelContext.for_data(mni, torch.device("cpu"), 0)
     for i in range(2):
         save_png(tmp_path / f"c{i}.png", np.round(mni.test.images[i, 0].numpy() * 4095).astype(np.uint16))
         save_png(tmp_path / f"c{i}_seg.png", mni.test.masks[i, 0].numpy().astype(np.uint8))
@@ -173,3 +179,193 @@ def test_provenance_records_the_scaling_and_the_sidecar(tmp_path: Path, mni) -> 
     images, masks = ranged.sample(None, seed=0)
     assert torch.equal(masks, mni.test.masks[:2])
     np.testing.assert_allclose(images.numpy(), mni.test.images[:2].numpy(), atol=0.5 / 4095 + 1e-6)  # 12-bit quantisation
+
+
+# ---------------------------------------------------------------------------------------------- several contrasts
+
+SHAPE3 = (3, 8, 8)
+NAMES3 = ("t1", "t2", "flair")
+
+
+def three(seed: int = 0) -> np.ndarray:
+    """3×8×8 float images in [0, 1], distinct per contrast."""
+    return np.random.default_rng(seed).random((3, 8, 8))
+
+
+def model3(folder: Path) -> FolderModel:
+    return FolderModel(folder, SHAPE3, LABELS, NAMES3, contrast_name)
+
+
+def test_one_file_per_contrast_with_synonyms_in_any_order(tmp_path: Path) -> None:
+    img = three()
+    for name, k in (("FLAIR", 2), ("T1w", 0), ("t2w", 1)):  # synonyms of flair, t1, t2; written out of order
+        save_png(tmp_path / f"case_{name}.png", np.round(img[k] * 255).astype(np.uint8))
+    save_png(tmp_path / "case_seg.png", labels_array().astype(np.uint8))
+    images, masks = model3(tmp_path).sample(None, seed=0)
+    assert images.shape == (1, 3, 8, 8) and masks.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(images[0].numpy(), np.round(img * 255) / 255, atol=1e-7)  # channels in the data's order
+
+
+@pytest.mark.parametrize("layout", ["slice", "stack"])
+def test_one_array_with_every_contrast(tmp_path: Path, layout: str) -> None:
+    imgs = np.stack([three(0), three(1)])
+    if layout == "slice":
+        for i in range(2):
+            np.save(tmp_path / f"s{i}.npy", imgs[i])
+    else:
+        np.save(tmp_path / "s.npy", imgs)
+    images = model3(tmp_path).sample(None, seed=0)
+    np.testing.assert_allclose(images.numpy(), imgs, atol=1e-7)
+
+
+def test_files_of_contrasts_the_run_does_not_use_are_listed(tmp_path: Path) -> None:
+    img = three(2)
+    for k, name in enumerate(("t1", "t2", "flair")):
+        np.save(tmp_path / f"case_{name}.npy", img[k])
+    np.save(tmp_path / "case_t1ce.npy", img[0])  # a fourth contrast, not selected for this run
+    model = model3(tmp_path)
+    np.testing.assert_allclose(model.sample(None, seed=0)[0].numpy(), img, atol=1e-7)
+    assert model.describe()["unused_files"] == {"n": 1, "examples": ["case_t1ce.npy"], "why": "contrasts the run does not use (it uses t1, t2, flair)"}
+
+
+def test_a_missing_contrast_file_names_the_file_and_the_contrasts(tmp_path: Path) -> None:
+    save_png(tmp_path / "case_t1.png", np.zeros((8, 8), np.uint8))
+    save_png(tmp_path / "case_flair.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ModelError, match=r"'case' has case_t1.png, case_flair.png but no case_t2.png; expected one file per contrast of "
+                                         r"\['t1', 't2', 'flair'\]"):
+        model3(tmp_path)
+
+
+def test_images_given_both_ways_or_twice_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "case.npy", three())
+    np.save(tmp_path / "case_t1.npy", three()[0])
+    with pytest.raises(ModelError, match=r"case.npy and case_t1.npy both give the images of 'case'"):
+        model3(tmp_path)
+    (tmp_path / "case.npy").unlink()
+    np.save(tmp_path / "case_t1n.npy", three()[0])
+    with pytest.raises(ModelError, match=r"case_t1.npy and case_t1n.npy are both the t1 image of 'case'"):
+        model3(tmp_path)
+
+
+def test_a_grey_image_for_several_contrasts_says_how_to_name_them(tmp_path: Path) -> None:
+    save_png(tmp_path / "case.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ModelError, match=r"case.png: array of shape \(8, 8\); expected the 3 contrasts \(t1, t2, flair\) of one slice, 3×8×8 "
+                                         r"\(or a stack N×3×8×8\), or one 8×8 file per contrast named <name>_<contrast>.png"):
+        model3(tmp_path)
+
+
+def test_images_and_labels_layout_with_one_file_per_contrast(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    img = three(3)
+    for k, name in enumerate(NAMES3):
+        np.save(tmp_path / "images" / f"a_{name}.npy", img[k])
+    np.save(tmp_path / "labels" / "a.npy", labels_array())
+    images, masks = model3(tmp_path).sample(None, seed=0)
+    np.testing.assert_allclose(images[0].numpy(), img, atol=1e-7)
+    assert np.array_equal(masks[0, 0].numpy(), labels_array())
+
+
+# ---------------------------------------------------------------------------------------------- export-masks round trip
+
+
+def test_portable_stems_map_ids_to_safe_unique_names() -> None:
+    ids = ["BraTS-001:z042", "BraTS-001:z042", "a/b c", ".hidden", "", "case_t1", "case_seg"]
+    reserved = lambda stem: stem.rpartition("_")[2] in {"seg", "t1"}  # noqa: E731
+    stems = portable_stems(ids, reserved=reserved)
+    assert stems == ["BraTS-001_z042", "BraTS-001_z042__2", "a_b_c", "x.hidden", "x", "case_t1__2", "case_seg__2"]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in stems) and len(set(stems)) == len(stems)
+
+
+def _export(tmp_path: Path, cache_dir: Path, *args: str) -> tuple[Path, dict]:
+    out = tmp_path / "export"
+    assert cli.main(["export-masks", str(out), "--cache", str(cache_dir), *args]) == 0
+    return out, json.loads((out / MANIFEST).read_text())
+
+
+def _write_images(out: Path, manifest: dict, data, split: str, per_contrast: bool) -> None:
+    images = getattr(data, split).images
+    for e, img in zip(manifest["splits"][split], images):
+        if per_contrast:  # one 16-bit PNG per contrast, named with a synonym where there is one
+            for name, chan in zip(manifest["contrasts"], img):
+                token = {"t1": "t1n", "flair": "FLAIR"}.get(name, name)
+                save_png(out / split / f"{e['stem']}_{token}.png", np.round(chan.numpy() * 65535).astype(np.uint16))
+        else:
+            np.save(out / split / f"{e['stem']}.npy", img.numpy())
+
+
+def test_export_masks_round_trip_with_several_contrasts(tmp_path: Path, cache_dir: Path, mni) -> None:
+    """Export the test and train masks of three contrasts, save the real images under the exported names (test: one
+    PNG per contrast; train: one C×H×W array), load the folder as the model: generate() gives the real images back."""
+    data = several_contrasts(mni, 3)
+    out, manifest = _export(tmp_path, cache_dir, "--contrasts", ",".join(data.contrasts))
+    assert manifest["contrasts"] == list(data.contrasts) and manifest["image_shape"] == list(data.image_shape)
+    assert [e["id"] for e in manifest["splits"]["test"]] == list(data.test.ids)
+    assert [e["id"] for e in manifest["splits"]["train"]] == list(data.train.ids)
+    assert not any(":" in p.name for p in out.rglob("*"))
+    ctx = ModelContext.for_data(data, torch.device("cpu"), 0)
+    _write_images(out, manifest, data, "test", per_contrast=True)
+    model = load_model(str(out), ctx, data)
+    assert model.can_generate and model.provenance["splits"] == {"test": {"masks": len(data.test), "images": len(data.test)},
+                                                                 "train": {"masks": len(data.train), "images": 0}}
+    got = model.generate(data.test.masks, seed=0)
+    np.testing.assert_allclose(got.numpy(), data.test.images.numpy(), atol=0.5 / 65535 + 1e-6)  # 16-bit quantisation
+    assert torch.equal(model.generate(data.test.masks[3:5], seed=0), got[3:5])  # any exported masks, in the order asked
+    with pytest.raises(ModelError, match=r"no images for the train masks: save one per mask in .*train/ as <stem>.npy \(3×H×W\) or "
+                                         r"<stem>_t1.png.*train-on-synthetic criteria \(dice_tstr, dice_augmented\)"):
+        model.generate(data.train.masks, seed=0)
+    _write_images(out, manifest, data, "train", per_contrast=False)
+    model = load_model(str(out), ctx, data)
+    assert torch.equal(model.generate(data.train.masks, seed=0), data.train.images)
+
+
+def test_export_masks_with_one_contrast_and_the_suites_data_options(tmp_path: Path, cache_dir: Path, mni) -> None:
+    suite = tmp_path / "suite.yaml"
+    text = (Path(cli.__file__).resolve().parents[1] / "suites" / "brain_tumour.yaml").read_text()
+    suite.write_text(text.replace("    default: builtin:mni-tumour\n", f"    default: builtin:mni-tumour\n    contrasts: [{mni.contrasts[-1]}]\n", 1))
+    out, manifest = _export(tmp_path, cache_dir, "--suite", str(suite))
+    data = mni.select([mni.contrasts[-1]])
+    assert manifest["contrasts"] == list(data.contrasts) and manifest["data_options"] == {"contrasts": list(data.contrasts)}
+    _write_images(out, manifest, data, "test", per_contrast=False)
+    _write_images(out, manifest, data, "train", per_contrast=False)
+    model = load_model(str(out), ModelContext.for_data(data, torch.device("cpu"), 0), data)
+    assert torch.equal(model.generate(data.test.masks, seed=0), data.test.images)
+    assert torch.equal(model.generate(data.train.masks, seed=0), data.train.images)
+
+
+def test_export_folder_errors_name_the_files(tmp_path: Path, cache_dir: Path, mni) -> None:
+    data = several_contrasts(mni, 3)
+    out, manifest = _export(tmp_path, cache_dir, "--contrasts", ",".join(data.contrasts))
+    shape, names = data.image_shape, data.contrasts
+    with pytest.raises(ModelError, match=r"no images beside the exported masks yet"):
+        open_folder_model(out, shape, None, names, contrast_name)
+    first, second = (e["stem"] for e in manifest["splits"]["test"][:2])
+    np.save(out / "test" / f"{first}.npy", data.test.images[0].numpy())
+    with pytest.raises(ModelError, match=rf"images for 1 of {len(data.test)} exported masks; missing {len(data.test) - 1}, e.g. {second}.npy"):
+        open_folder_model(out, shape, None, names, contrast_name)
+    np.save(out / "test" / "typo.npy", data.test.images[0].numpy())
+    with pytest.raises(ModelError, match=r"1 file\(s\) match no exported mask, e.g. \['typo.npy'\]"):
+        open_folder_model(out, shape, None, names, contrast_name)
+    other = tuple(reversed(names))
+    with pytest.raises(ModelError, match=re.escape(f"exported for contrasts {list(names)}, the run's data has {list(other)}")):
+        open_folder_model(out, shape, None, other, contrast_name)
+    assert cli.main(["export-masks", str(out), "--cache", str(cache_dir)]) == 2  # never over an earlier export
+
+
+def test_an_exported_folder_is_a_mask_conditioned_model_in_a_gate_run(pytester: pytest.Pytester, run_plugin, cache_dir: Path, mni) -> None:
+    """export-masks, the real test images saved under the exported names (every contrast), then a gate run with the
+    folder as the model: the images are paired with the test masks and Dice on them equals Dice on the real ones."""
+    out, manifest = _export(pytester.path, cache_dir)
+    _write_images(out, manifest, mni, "test", per_contrast=False)
+    pytester.makefile(".yaml", suite=(
+        "mriq_suite:\n  name: tiny\n  context_of_use: folder test\n  criteria:\n"
+        "    - id: DICE-WT\n      requirement: r\n      hazard: h\n      rationale: r\n      metric: dice\n"
+        "      params: {region: whole_tumour}\n      threshold: {min: -0.05, relative: difference}\n"))
+    result = run_plugin(f"--mriq-model={out}", "--mriq-device=cpu", "--mriq-report=report")
+    result.assert_outcomes(passed=1)
+    rep = json.loads((pytester.path / "report" / "report.json").read_text())
+    (rec,) = rep["results"]
+    assert rec["samples"]["paired"] and rec["samples"]["evaluated"] == "generated (test masks)" and rec["compared"]["value"] == 0.0
+    contexts = rep["provenance"]["contexts"]
+    (model,) = [c["model"] for c in (contexts.values() if isinstance(contexts, dict) else contexts) if "model" in c]
+    assert model["layout"] == "export-masks" and model["splits"]["test"]["images"] == len(mni.test)

@@ -152,6 +152,43 @@ def test_well_behaved_model_gives_the_same_images_in_the_child(model_file: Path,
     assert _state(child.pid) is None and not child.log.parent.exists()
 
 
+CONTRAST_MODEL = textwrap.dedent(
+    """\
+    import torch
+
+    class Echo:
+        def __init__(self, ctx):
+            self.ctx = ctx
+
+        def generate(self, masks, *, seed):  # one channel per contrast, each the contrast's index / 10
+            c = len(self.ctx.contrasts)
+            assert self.ctx.image_shape[0] == c == self.ctx.train_images.shape[1]
+            return torch.arange(c, dtype=torch.float32).view(1, c, 1, 1).expand(masks.shape[0], c, *masks.shape[2:]) / 10
+
+        def sample(self, n, *, seed):
+            raise ValueError("contrasts seen by the factory: " + ",".join(self.ctx.contrasts))
+
+    def build(ctx): return Echo(ctx)
+    """
+)
+
+
+def test_the_child_gets_the_contrasts(tmp_path: Path) -> None:
+    """The factory in the model process sees the context's contrasts (names and order) and the C-channel slice shape."""
+    path = tmp_path / "contrast_model.py"
+    path.write_text(CONTRAST_MODEL)
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    ctx = ModelContext(torch.rand(2, 3, 8, 8), masks, (3, 8, 8), torch.device("cpu"), 0, {"lesion": 1}, ("flair", "t1", "t2"))
+    model = load_model(f"{path}:build", ctx, None, timeout=60)  # type: ignore[arg-type]
+    try:
+        out = model.generate(masks, seed=0)
+        assert out.shape == (2, 3, 8, 8) and [float(out[0, k].mean()) for k in range(3)] == pytest.approx([0.0, 0.1, 0.2])
+        with pytest.raises(ModelError, match="contrasts seen by the factory: flair,t1,t2"):
+            model.sample(1, seed=0)
+    finally:
+        model.close()
+
+
 @pytest.mark.parametrize(
     "factory, cause",
     [

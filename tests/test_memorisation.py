@@ -19,8 +19,8 @@ INV = CopyInvariance()  # copy_fraction's default: flips, shifts up to ±4 thumb
 
 @pytest.fixture(scope="module")
 def data(mni):
-    """The builtin MNI-tumour cohort (session fixture from conftest)."""
-    return mni
+    """The T1 channel of the builtin MNI-tumour cohort (session fixture from conftest): these are measures of one grey image."""
+    return mni.select(["t1"])
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +227,8 @@ def test_copy_fraction_metric_is_flip_and_shift_invariant(data, cache_dir) -> No
     from mriq_validate.metrics import Sample, create_metric
     from mriq_validate.session import RunContext, RunSettings
 
-    ctx = RunContext(RunSettings(model=None, data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
-                     "builtin:mni-tumour")
+    ctx = RunContext(RunSettings(model=None, data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir),
+                                 data_options={"contrasts": ["t1"]}), "builtin:mni-tumour")
     metric = create_metric("copy_fraction", {})
     assert metric.config()["invariance"]["max_shift_thumbnail_px"] == 4  # the range is recorded with every value
     mirrored = Sample(_shift(data.train.images[:64].flip(-1), 6, -10), None, "mirrored, moved training slices")

@@ -19,8 +19,8 @@ N_SCORE = 48  # held-out slices scored per condition
 
 @pytest.fixture(scope="module")
 def data(mni):
-    """The builtin MNI-tumour cohort (session fixture from conftest)."""
-    return mni
+    """The T1 channel of the builtin MNI-tumour cohort (session fixture from conftest): these are measures of one grey image."""
+    return mni.select(["t1"])
 
 
 @pytest.fixture(scope="module")

@@ -524,3 +524,112 @@ def test_perturbation_figure_writes_a_png(tmp_path) -> None:
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="one 2D slice"):
         perturbation_figure(*blobs(1, 48, 2), tmp_path / "bad.png", sweeps=sweeps)
+
+
+# ---------------------------------------------------------------------------------------------- several contrasts
+
+NOISE = {"gaussian", "rician", "poisson"}
+
+
+def widen(images: torch.Tensor) -> torch.Tensor:
+    """Three distinct contrasts with the same anatomy: the slice, its square and its negative."""
+    return torch.cat([images, images**2, 1 - images], 1)
+
+
+def contrast_ctx(name: str, seed: int, size: int, n: int, grow=widen) -> PerturbContext:
+    """``ctx_for`` with the training images given the same contrasts as the evaluated ones."""
+    ctx = ctx_for(name, seed, size, n)
+    if ctx.train_images is None:
+        return ctx
+    return PerturbContext(grow(ctx.train_images), ctx.train_masks, ctx.covariates, ctx.lesion_labels)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_several_contrasts_replay_keep_masks_and_identity(name: str) -> None:
+    """C = 3: same seed → same output; masks kept unless declared; identity strength → exact copy; set-level edits move
+    whole items (every contrast with its mask)."""
+    images, masks = data_for(name, 11, 32, n=6)
+    x = widen(images)
+    ctx = contrast_ctx(name, 11, 32, 6)
+    pert = get(name)
+    a, b = (apply(name, x, masks, seed=4, ctx=ctx) for _ in range(2))
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert a.images.shape == x.shape and a.images.dtype == x.dtype and a.masks.shape == masks.shape
+    if not pert.changes_mask:
+        assert torch.equal(a.masks, masks)
+    if pert.param(pert.strength).identity is not None:
+        same = apply(name, x, masks, seed=4, ctx=ctx, **{pert.strength: pert.param(pert.strength).identity})
+        assert torch.equal(same.images, x) and torch.equal(same.masks, masks)
+    if pert.scope == "set":
+        pool = [(img, m) for img, m in zip(x, masks)] + [(img, m) for img, m in zip(ctx.train_images, ctx.train_masks)] \
+            if ctx.train_images is not None else list(zip(x, masks))
+        for img, m in zip(a.images, a.masks):
+            assert any(torch.equal(img, pi) and torch.equal(m, pm) for pi, pm in pool), f"{name} split an item"
+
+
+@pytest.mark.parametrize("name, params", [(n, {}) for n in sorted(set(EXPECTED) - NOISE)] + [("external_duplication", {"augment": 1, "p": 0.5})])
+def test_every_contrast_gets_the_same_edit(name: str, params: dict) -> None:
+    """Identical contrasts stay identical, and each equals the one-contrast result of the same seed: the edit's
+    parameters and per-slice draws (field, spike, ghosts, ramp, gaps, fill, disguise) are the same for every contrast."""
+    images, masks = data_for(name, 12, 32, n=6)
+    x = images.repeat(1, 3, 1, 1)
+    one = apply(name, images, masks, seed=9, ctx=contrast_ctx(name, 12, 32, 6, grow=lambda t: t), **params)
+    out = apply(name, x, masks, seed=9, ctx=contrast_ctx(name, 12, 32, 6, grow=lambda t: t.repeat(1, 3, 1, 1)), **params)
+    for k in range(3):
+        assert torch.equal(out.images[:, k:k + 1], one.images), f"{name}: contrast {k} differs from the one-contrast edit"
+    assert torch.equal(out.masks, one.masks)
+
+
+@pytest.mark.parametrize("name, params", [("gaussian", {"sigma": 0.05}), ("rician", {"sigma": 0.05}), ("poisson", {"lam": 100.0})])
+def test_noise_is_drawn_per_contrast_at_the_same_strength(name: str, params: dict) -> None:
+    """Each contrast is its own acquisition: independent noise of the same variance in every channel, equal to the
+    one-contrast variance."""
+    flat = torch.full((4, 3, 64, 64), 0.5)
+    masks = torch.zeros((4, 1, 64, 64), dtype=torch.long)
+    resid = (apply(name, flat, masks, seed=2, **params).images.double() - 0.5).transpose(0, 1).flatten(1)  # 3 × pixels
+    one = float((apply(name, flat[:, :1], masks, seed=2, **params).images.double() - 0.5).var())
+    variances = resid.var(1)
+    assert all(float(v) == pytest.approx(one, rel=0.1) for v in variances), (variances, one)
+    corr = torch.corrcoef(resid)
+    assert float((corr - torch.eye(3, dtype=corr.dtype)).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_edits_of_several_contrasts_stay_in_the_lesion(name: str) -> None:
+    images, masks = data_for(name, 13, 48)
+    x = widen(images)
+    params = STRONG[name]
+    out = apply(name, x, masks, seed=5, ctx=ctx_for(name, 13, 48, 3), **params)
+    region = (masks > 0).numpy()
+    for i in range(x.shape[0]):
+        outside = ~allowed_region(name, params, region[i, 0])
+        for k in range(3):
+            assert np.array_equal(out.images[i, k].numpy()[outside], x[i, k].numpy()[outside]), f"{name} changed contrast {k} outside"
+
+
+def test_texture_flatten_uses_each_contrasts_own_lesion_mean() -> None:
+    images, masks = blobs(14, 48)
+    x = widen(images)
+    out = apply("texture_flatten", x, masks, seed=0, beta=1.0).images
+    lesion = (masks > 0).expand_as(x)
+    for i in range(x.shape[0]):
+        for k in range(3):
+            inside = lesion[i, k]
+            assert float(out[i, k][inside].std()) < 1e-6
+            assert float(out[i, k][inside].mean()) == pytest.approx(float(x[i, k][inside].mean()), abs=1e-5)
+
+
+def test_images_and_masks_of_other_shapes_are_refused() -> None:
+    images, masks = blobs(15, 32)
+    with pytest.raises(MetricError, match=r"perturbation 'gaussian': images \(3, 3, 32, 32\) and masks \(3, 3, 32, 32\); expected images "
+                                          r"N×C×H×W \(one channel per contrast\) and masks N×1×H×W"):
+        apply("gaussian", widen(images), masks.repeat(1, 3, 1, 1), seed=0)
+
+
+def test_perturbation_figure_shows_a_chosen_contrast(tmp_path) -> None:
+    images, masks = blobs(16, 48, 1)
+    out = perturbation_figure(widen(images)[0], masks[0], tmp_path / "c.png", sweeps={"gaussian_blur": [1.0], "lesion_erase": [1.0]},
+                              channel=2, contrast="flair")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="channel 3 of an image with 3 channel"):
+        perturbation_figure(widen(images)[0], masks[0], tmp_path / "d.png", sweeps={"gaussian_blur": [1.0]}, channel=3)

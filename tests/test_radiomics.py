@@ -16,8 +16,8 @@ IDX = {n: i for i, n in enumerate(RADIOMIC_FEATURE_NAMES)}
 
 @pytest.fixture(scope="module")
 def data(mni):
-    """The builtin MNI-tumour cohort (session fixture from conftest)."""
-    return mni
+    """The T1 channel of the builtin MNI-tumour cohort (session fixture from conftest): these are measures of one grey image."""
+    return mni.select(["t1"])
 
 
 def _glcm_loop(q: np.ndarray, roi: np.ndarray, dy: int, dx: int, levels: int) -> np.ndarray:

@@ -116,6 +116,7 @@ def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pyt
         assert html.escape(text) in page, text
 
 
+@pytest.mark.heavy
 def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Pytester,
                                                              run_plugin: Callable[..., pytest.RunResult]) -> None:
     """Two serial runs give the same report but for the volatile fields; a pytest-xdist run (-n 2) gives one

@@ -7,7 +7,7 @@ the dataset modules (they register on import); this module imports none of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,13 @@ import torch
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
+from .contrasts import select_contrasts
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``images`` N×1×H×W float32 in [0, 1]; ``masks`` N×1×H×W int64 labels; per-slice ids and covariates."""
+    """One split: ``images`` N×C×H×W float32 in [0, 1] (one channel per contrast, in ``ReferenceData.contrasts`` order);
+    ``masks`` N×1×H×W int64 labels (all zero for a cohort without annotations); per-slice ids and covariates."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -29,8 +31,9 @@ class Split:
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
-        if self.images.ndim != 4 or self.images.shape[1] != 1 or self.masks.shape != self.images.shape:
-            raise DataError(f"split images {tuple(self.images.shape)} and masks {tuple(self.masks.shape)}: expected equal N×1×H×W")
+        im, ms = tuple(self.images.shape), tuple(self.masks.shape)
+        if len(im) != 4 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+            raise DataError(f"split images {im} and masks {ms}: expected images N×C×H×W and masks N×1×H×W")
         if len(self.ids) != n or any(len(v) != n for v in self.covariates.values()):
             raise DataError(f"split has {n} slices but {len(self.ids)} ids / covariates of other lengths")
 
@@ -53,7 +56,10 @@ class ReferenceData:
     """Real reference data for one suite run.
 
     ``labels`` maps label names to mask values; ``regions`` maps region names (e.g. ``whole_tumour``) to
-    the label values they join. ``provenance`` says what is real, what is simulated and how it was prepared.
+    the label values they join. ``contrasts`` names the image channels (canonical names, :mod:`.contrasts`);
+    ``has_masks`` is False for a cohort without annotations (its masks are all zero and criteria that need masks
+    cannot apply). ``provenance`` says what is real, what is simulated and how it was prepared, and which file or
+    channel each contrast was read from.
     """
 
     name: str
@@ -62,7 +68,14 @@ class ReferenceData:
     labels: dict[str, int]
     regions: dict[str, tuple[int, ...]]
     spacing_mm: tuple[float, float]
+    contrasts: tuple[str, ...]
     provenance: dict[str, Any]
+    has_masks: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.contrasts) != self.train.images.shape[1] or self.test.images.shape[1:] != self.train.images.shape[1:]:
+            raise DataError(f"data {self.name!r}: contrasts {list(self.contrasts)} but train images {tuple(self.train.images.shape)} "
+                            f"and test images {tuple(self.test.images.shape)}; expected one channel per contrast")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -76,6 +89,17 @@ class ReferenceData:
             known = sorted({*self.regions, *self.labels})
             raise DataError(f"unknown region {region!r} for data {self.name!r}; expected one of {known}")
         return torch.isin(masks, torch.tensor(values, dtype=masks.dtype))
+
+    def select(self, contrasts: list[str] | tuple[str, ...] | None) -> "ReferenceData":
+        """This data with only the ``contrasts`` asked for (canonical names or synonyms, in that order); all when None.
+        DataError naming an unknown contrast and the contrasts the data has."""
+        idx = select_contrasts(self.contrasts, contrasts, f"data {self.name!r}")
+        if idx == list(range(len(self.contrasts))):
+            return self
+        t = torch.as_tensor(idx)
+        pick = lambda s: Split(s.images[:, t].contiguous(), s.masks, s.ids, s.covariates)  # noqa: E731
+        return replace(self, train=pick(self.train), test=pick(self.test), contrasts=tuple(self.contrasts[i] for i in idx),
+                       provenance={**self.provenance, "contrasts_selected": [self.contrasts[i] for i in idx]})
 
     def digests(self) -> dict[str, str]:
         """Content hashes of the splits (for provenance and cache keys)."""

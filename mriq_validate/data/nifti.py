@@ -1,18 +1,27 @@
-"""NIfTI folders of user data, preprocessed as in Deo et al. 2025 (see :mod:`.preprocess`).
+"""NIfTI folders of user data in their public layouts, preprocessed as in Deo et al. 2025 (see :mod:`.preprocess`).
 
-Layouts:
-* BraTS: ``<case>/<case>_<modality>.nii.gz`` + ``<case>_seg.nii.gz`` (``-`` separators as in BraTS 2023 too);
-  BraTS label 4 (enhancing, before 2023) is mapped to 3.
-* nnU-Net / Medical Segmentation Decathlon: ``imagesTr/<case>.nii.gz`` or ``imagesTr/<case>_0000.nii.gz`` +
-  ``labelsTr/<case>.nii.gz``; ``modality`` is then the channel index (a 4D image's last axis, or the ``_XXXX`` suffix).
+The layout is found from the files (:mod:`.layouts`: BraTS 2018–2021 and 2023–2025 case folders, the Medical
+Segmentation Decathlon, nnU-Net v1/v2 raw data, imagesTr/labelsTr, case folders and flat folders without labels).
+Every contrast is found by name (file suffix, dataset.json ``modality``/``channel_names``) and only the files and
+channels asked for are read; images are N×C×H×W, one channel per contrast. Label values are remapped by meaning to
+the canonical values (1 necrotic core, 2 oedema, 3 enhancing, 4 resection cavity), so ``whole_tumour`` is the same
+tissue in every layout. A cohort without label files is a healthy cohort (``has_masks=False``, slices with brain).
 
-Volumes are reoriented to RAS; axial slices (axis 2) with a lesion (``slices: lesion``) or with brain
-(``slices: all``) are kept; splits are by case (never by slice), deterministic in the case id.
+Each case is preprocessed once and cached by the SHA-256 of its files and the options (:mod:`.filememo` remembers the
+hashes), so adding a case or changing the test fraction redoes nothing else. Splits are by case (never by slice),
+deterministic in the case id. Provenance records the layout, the file or channel of each contrast, the label map
+(source value → meaning → value), the orientations and voxel sizes seen, and the files ignored.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import sys
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,125 +30,145 @@ import torch
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
-from .core import ReferenceData, Split, load_splits, save_splits
-from .preprocess import PREPROCESSING, axial_to_display, centre_crop, normalise_slice
+from .core import ReferenceData, Split
+from .filememo import file_digest
+from .layouts import (Case, ContrastEntry, LabelMeaning, cases_with, detect_layout, finish_meanings, pick_contrasts,
+                      plan_meanings, unknown_meaning_error)
+from .preprocess import PREPROCESSING, case_slices, to_ras, voxel_sizes
 
-LOADER_VERSION = "nifti/1"
-BRATS_LABELS = {"necrotic_core": 1, "oedema": 2, "enhancing": 3}
-BRATS_REGIONS = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
-NII = (".nii.gz", ".nii")
+LOADER_VERSION = "nifti/2"
+CASE_KIND = "nifti-case"
 # The loading options of a NIfTI folder when none are given; a suite's ``data:`` block (suite.DataOptions) defaults to these.
-DEFAULT_MODALITY = "t1"  # BraTS: the file suffix; imagesTr/labelsTr: the channel index
+DEFAULT_MODALITY: str | None = None  # one contrast (the older form of ``contrasts``); None: every contrast the data has
 DEFAULT_CROP = (192, 192)  # in-plane centre crop (pixels), as in Deo et al. 2025
 DEFAULT_TEST_FRACTION = 0.3  # of the cases (split by case, never by slice)
 DEFAULT_SLICES = "lesion"  # axial slices with a lesion ("all": every slice with brain)
+UNKNOWN_LABEL_SCAN = 10  # label files read to name the values when nothing says what they mean
+_GEOMETRY_ATOL = 1e-3  # mm, on the RAS affines of one case's files
 
 
-def _strip(name: str) -> str:
-    for s in NII:
-        if name.endswith(s):
-            return name[: -len(s)]
-    return name
+class StderrProgress:
+    """Prints loading progress to the terminal (``sys.__stderr__``, past pytest's capture) once loading has taken
+    ``after_s`` seconds, at most once every ``every_s`` seconds."""
+
+    def __init__(self, after_s: float = 2.0, every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.after_s, self.every_s, self.clock = after_s, every_s, clock
+        self.start = clock()
+        self.last = -float("inf")
+
+    def __call__(self, message: str) -> None:
+        now = self.clock()
+        if now - self.start < self.after_s or now - self.last < self.every_s or sys.__stderr__ is None:
+            return
+        self.last = now
+        print(message, file=sys.__stderr__, flush=True)
 
 
-def find_cases(folder: Path, modality: str) -> tuple[str, list[tuple[str, Path, Path, int | None]]]:
-    """(layout, [(case id, image file, label file, channel)]) for ``folder``; DataError when empty or ambiguous."""
-    if not folder.is_dir():
-        raise DataError(f"--mriq-data {folder}: folder does not exist")
-    if (folder / "imagesTr").is_dir():
-        labels_dir = folder / "labelsTr"
-        if not labels_dir.is_dir():
-            raise DataError(f"{folder}: has imagesTr/ but no labelsTr/ (nnU-Net/MSD layout needs both)")
-        channel = int(modality) if modality.isdigit() else 0
-        cases = []
-        for lab in sorted(p for p in labels_dir.iterdir() if p.name.endswith(NII)):
-            cid = _strip(lab.name)
-            cands = [folder / "imagesTr" / f"{cid}_{channel:04d}{s}" for s in NII] + [folder / "imagesTr" / f"{cid}{s}" for s in NII]
-            img = next((c for c in cands if c.exists()), None)
-            if img is None:
-                raise DataError(f"{lab}: no image for case {cid!r} in {folder / 'imagesTr'} (looked for {cands[0].name} and {cands[2].name})")
-            cases.append((cid, img, lab, channel if _strip(img.name) == cid else None))
-        layout = "imagesTr/labelsTr"
-    else:
-        cases = []
-        for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            files = [p for p in case_dir.iterdir() if p.name.endswith(NII)]
-            pick = lambda suffix: [p for p in files if re.search(rf"[_-]{re.escape(suffix)}$", _strip(p.name), re.IGNORECASE)]  # noqa: E731
-            segs, imgs = pick("seg"), pick(modality)
-            if not files:
-                continue
-            if len(segs) != 1 or len(imgs) != 1:
-                raise DataError(f"{case_dir}: expected one *_{modality}.nii.gz and one *_seg.nii.gz (BraTS layout), found "
-                                f"{[p.name for p in files]}")
-            cases.append((case_dir.name, imgs[0], segs[0], None))
-        layout = "brats"
-    if not cases:
-        raise DataError(f"--mriq-data {folder}: no cases found; expected BraTS case folders (<case>/<case>_{modality}.nii.gz + "
-                        "<case>_seg.nii.gz) or imagesTr/ + labelsTr/")
-    return layout, cases
+@dataclass(frozen=True)
+class CaseSlices:
+    """One preprocessed case: images K×C×H×W, masks K×H×W in the file's label values, slice indices, and metadata
+    (orientation codes of the files read, voxel sizes, shape, label value counts)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    z: np.ndarray
+    meta: dict[str, Any]
 
 
-def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """RAS-reoriented array and voxel sizes; DataError naming the file when it is not a readable NIfTI."""
+def save_case(case: CaseSlices, path: Path) -> None:
+    """Write ``case`` to one npz file at ``path`` (deflate level 1: normalised float slices barely compress further, and
+    the default level made writing the slowest step of a first load)."""
+    arrays = {"images": case.images, "masks": case.masks, "z": case.z, "meta": np.array(json.dumps(case.meta))}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+
+
+def load_case(path: Path) -> CaseSlices:
+    """Read a case written by :func:`save_case`."""
+    with np.load(path, allow_pickle=False) as z:
+        return CaseSlices(z["images"], z["masks"], z["z"], json.loads(str(z["meta"])))
+
+
+def _read(path: Path, channel: int | None, cache: dict[Any, Any], whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(3D array, affine) of ``path`` (channel ``channel`` of a 4D file); DataError naming the file. Only that channel
+    is read, unless ``whole``: then the whole 4D file is read once into ``cache`` (several channels of one
+    compressed file cost one decompression)."""
     import nibabel as nib
 
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
+        if path not in cache:
+            cache[path] = nib.load(str(path))
+        img = cache[path]
+        shape = img.shape
+        if len(shape) == 4 and channel is None and shape[3] == 1:
+            channel = 0
+        if channel is not None and (len(shape) != 4 or channel >= shape[3]):
+            raise DataError(f"{path}: shape {shape}; expected a 4D image with a channel {channel} on its last axis")
+        if channel is None and len(shape) != 3:
+            raise DataError(f"{path}: shape {shape}; expected a 3D volume")
+        if channel is not None and whole:
+            if (path, "whole") not in cache:
+                cache[(path, "whole")] = np.asarray(img.dataobj, dtype=np.float32)
+            arr = cache[(path, "whole")][..., channel]
+        else:
+            arr = np.asarray(img.dataobj[..., channel] if channel is not None else img.dataobj, dtype=np.float32)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{path}: contains NaN or infinite values")
-    return arr, tuple(float(z) for z in img.header.get_zooms())
+    return arr, affine
 
 
-def _case_slices(cid: str, img_path: Path, lab_path: Path, channel: int | None, crop: tuple[int, int], slices: str,
-                 label_map: dict[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    img, zooms = read_volume(img_path)
-    lab, lzooms = read_volume(lab_path)
-    if img.ndim == 4:
-        if channel is None or channel >= img.shape[3]:
-            raise DataError(f"{img_path}: 4D image with {img.shape[3]} channels; set the suite's data.modality to a channel index 0..{img.shape[3] - 1}")
-        img = img[..., channel]
-    if img.shape != lab.shape:
-        raise DataError(f"shape mismatch: {img_path} is {img.shape} but {lab_path} is {lab.shape}")
-    if not np.allclose(zooms[:3], lzooms[:3], atol=1e-3):
-        raise DataError(f"spacing mismatch: {img_path} has voxels {zooms[:3]} mm but {lab_path} has {lzooms[:3]} mm")
-    if not np.all(lab == np.round(lab)):
-        raise DataError(f"{lab_path}: label volume holds non-integer values")
-    lab = lab.astype(np.int64)
-    for src, dst in label_map.items():
-        lab[lab == src] = dst
-    images, masks, ids = [], [], []
-    for z in range(img.shape[2]):
-        m = lab[:, :, z]
-        x = img[:, :, z]
-        keep = m.any() if slices == "lesion" else (x > 0).mean() > 0.1
-        if not keep:
-            continue
-        images.append(centre_crop(normalise_slice(axial_to_display(x)), crop))
-        masks.append(centre_crop(axial_to_display(m), crop))
-        ids.append(f"{cid}:z{z:03d}")
-    return images, masks, ids
+def read_case(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], slices: str) -> CaseSlices:
+    """Read and preprocess one case: the picked contrasts' files or channels and the label file, reoriented to RAS and
+    checked to share shape and affine. DataError naming the file that is unreadable, non-finite or inconsistent."""
+    opened: dict[Any, Any] = {}
+    per_file = Counter(case.images[e.key].path for e in picked)
+    vols, codes = [], []
+    first: tuple[Path, np.ndarray, np.ndarray] | None = None
 
-
-def common_spacing(paths: list[Path]) -> tuple[float, float]:
-    """The in-plane voxel size (mm) shared by all images (RAS); DataError naming two files that differ."""
-    import nibabel as nib
-
-    first: tuple[Path, tuple[float, float]] | None = None
-    for p in paths:
-        try:
-            zooms = nib.as_closest_canonical(nib.load(str(p))).header.get_zooms()
-        except Exception as exc:
-            raise DataError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-        sp = (float(zooms[0]), float(zooms[1]))
+    def check(path: Path, arr: np.ndarray, aff: np.ndarray) -> None:
+        nonlocal first
         if first is None:
-            first = (p, sp)
-        elif not np.allclose(sp, first[1], atol=1e-3):
-            raise DataError(f"spacing mismatch: {p} has in-plane voxels {sp} mm but {first[0]} has {first[1]} mm; resample to one spacing first")
+            first = (path, arr, aff)
+            return
+        p0, a0, f0 = first
+        if arr.shape != a0.shape:
+            raise DataError(f"shape mismatch: {p0} is {a0.shape} but {path} is {arr.shape} (after reorienting both to RAS)")
+        if not np.allclose(aff, f0, atol=_GEOMETRY_ATOL, rtol=1e-5):
+            raise DataError(f"geometry mismatch: {p0} has voxels {voxel_sizes(f0)} mm and RAS affine origin {f0[:3, 3].round(3).tolist()} "
+                            f"but {path} has voxels {voxel_sizes(aff)} mm and origin {aff[:3, 3].round(3).tolist()}; "
+                            "every contrast and the label of a case must share one voxel grid")
+
+    for e in picked:
+        src = case.images[e.key]
+        arr, aff = _read(src.path, src.channel, opened, whole=per_file[src.path] > 1)
+        where = f"{src.path}" + (f" (channel {src.channel})" if src.channel is not None else "")
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{where}: contains NaN or infinite values")
+        arr, aff, code = to_ras(arr, aff)
+        check(src.path, arr, aff)
+        vols.append(arr)
+        codes.append(code)
+    label = None
+    counts: dict[str, int] = {}
+    if case.label is not None:
+        lab, aff = _read(case.label, None, opened)
+        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+            raise DataError(f"{case.label}: label volume holds non-integer values (expected integer labels)")
+        lab, aff, code = to_ras(lab, aff)
+        check(case.label, lab, aff)
+        label = lab.astype(np.int32)
+        codes.append(code)
+        values, n = np.unique(label, return_counts=True)
+        counts = {str(int(v)): int(k) for v, k in zip(values, n)}
     assert first is not None
-    return first[1]
+    images, masks, z = case_slices(vols, label, crop, slices)
+    meta = {"orientations": codes, "spacing_mm": list(voxel_sizes(first[2])), "shape": list(first[1].shape), "label_counts": counts}
+    return CaseSlices(images, masks, z, meta)
 
 
 def split_cases(case_ids: list[str], test_fraction: float) -> set[str]:
@@ -151,46 +180,145 @@ def split_cases(case_ids: list[str], test_fraction: float) -> set[str]:
     return set(ranked[:n_test])
 
 
-def load_nifti_folder(folder: Path, cache: DiskCache, *, modality: str = DEFAULT_MODALITY, crop: tuple[int, int] = DEFAULT_CROP,
-                      test_fraction: float = DEFAULT_TEST_FRACTION, slices: str = DEFAULT_SLICES) -> ReferenceData:
-    """Load a BraTS or imagesTr/labelsTr folder into train/test splits of preprocessed axial slices (cached)."""
-    layout, cases = find_cases(folder, modality)
+def _label_values(paths: list[Path]) -> dict[int, list[str]]:
+    """Label value → files holding it, for a few label files (to name the values in an error)."""
+    opened: dict[Any, Any] = {}
+    found: dict[int, list[str]] = {}
+    for p in paths:
+        arr, _ = _read(p, None, opened)
+        for v in np.unique(arr[np.isfinite(arr)]).astype(int):
+            found.setdefault(int(v), []).append(p.name)
+    return found
+
+
+def _case_key(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], slices: str, cache: DiskCache) -> str:
+    sources = [(file_digest(case.images[e.key].path, cache), case.images[e.key].channel) for e in picked]
+    label = file_digest(case.label, cache) if case.label is not None else None
+    return content_hash(LOADER_VERSION, {"crop": list(crop), "slices": slices}, sources, label)
+
+
+def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | None = None, labels: dict[Any, str] | None = None,
+                      modality: str | None = DEFAULT_MODALITY, crop: tuple[int, int] = DEFAULT_CROP,
+                      test_fraction: float = DEFAULT_TEST_FRACTION, slices: str = DEFAULT_SLICES,
+                      progress: Callable[[str], None] | None = None) -> ReferenceData:
+    """Load a NIfTI folder in any layout of :mod:`.layouts` into train/test splits of preprocessed axial slices.
+
+    ``contrasts`` names the contrasts to read, in order (canonical names or synonyms; channel indices in imagesTr
+    layouts); None reads every contrast the data has, canonical ones in the order t1, t1c, t2, flair. ``modality``
+    is the older form for one contrast. ``labels`` (value → meaning) decides what label values mean; without it the
+    layout's convention or dataset.json does, and a DataError asks for it when neither does. ``progress`` receives
+    one message per case (default: :class:`StderrProgress`). Cases are cached one by one.
+    """
+    if modality is not None and contrasts is not None:
+        raise DataError(f"{folder}: give either contrasts (a list) or modality (one contrast), not both")
+    wanted = [str(c) for c in contrasts] if contrasts is not None else [str(modality)] if modality is not None else None
+    if slices not in ("lesion", "all"):
+        raise DataError(f"{folder}: slices {slices!r}; expected 'lesion' or 'all'")
+    report = progress if progress is not None else StderrProgress()
     crop = (int(crop[0]), int(crop[1]))
-    label_map = {4: 3} if layout == "brats" else {}
-    options = {"modality": modality, "crop": crop, "test_fraction": test_fraction, "slices": slices, "layout": layout}
-    key = content_hash(LOADER_VERSION, options, *(p.read_bytes() for _, i, l, _ in cases for p in (i, l)))
-    test_ids = split_cases([c[0] for c in cases], test_fraction)
-    spacing = common_spacing([c[1] for c in cases])
+    layout = detect_layout(Path(folder), wanted)
+    picked = pick_contrasts(layout, wanted)
+    cases, other_cases = cases_with(layout, picked)
+    unlabelled = [c.id for c in cases if c.label is None]
+    has_masks = len(unlabelled) < len(cases)
+    if has_masks and unlabelled:
+        raise DataError(f"{folder}: cases {unlabelled[:10]}{' ...' if len(unlabelled) > 10 else ''} ({len(unlabelled)} of "
+                        f"{len(cases)}) have no label file while the others have one; label every case, or none for a "
+                        "healthy cohort")
+    plan = plan_meanings(layout, labels) if has_masks else None
+    if has_masks and plan is None:
+        scanned = [c.label for c in cases[:UNKNOWN_LABEL_SCAN] if c.label is not None]
+        raise unknown_meaning_error(layout, _label_values(scanned), len(scanned), len(cases))
+    mode = slices if has_masks else "all"
+    test_ids = split_cases([c.id for c in cases], test_fraction)
 
-    def create() -> dict[str, Split]:
-        parts: dict[str, Any] = {"train": ([], [], []), "test": ([], [], [])}
-        for cid, img, lab, channel in cases:
-            ims, ms, ids = _case_slices(cid, img, lab, channel, crop, slices, label_map)
-            target = parts["test" if cid in test_ids else "train"]
-            target[0].extend(ims), target[1].extend(ms), target[2].extend(ids)
-        out = {}
-        for name, (ims, ms, ids) in parts.items():
-            if not ims:
-                raise DataError(f"{folder}: the {name} split has no slices with {'a lesion' if slices == 'lesion' else 'brain'}")
-            case_of = np.array([i.split(":")[0] for i in ids])
-            out[name] = Split(torch.from_numpy(np.stack(ims)[:, None]), torch.from_numpy(np.stack(ms)[:, None].astype(np.int64)),
-                              tuple(ids), {"case": np.unique(case_of, return_inverse=True)[1].astype(np.int64)})
-        return out
+    read: list[tuple[Case, CaseSlices, str]] = []
+    for i, case in enumerate(cases):
+        key = _case_key(case, picked, crop, mode, cache)
+        entry = cache.get_or_create(CASE_KIND, key, ".npz", lambda case=case: read_case(case, picked, crop, mode), save_case, load_case)
+        read.append((case, entry, key))
+        report(f"mriq: reading {layout.name} {i + 1}/{len(cases)} cases ({folder})")
 
-    splits = cache.get_or_create("data", f"nifti-{key}", ".npz", create, save_splits, load_splits)
-    found = sorted({int(v) for s in ("train", "test") for v in splits[s].masks.unique()} - {0})
-    if layout == "brats":
-        extra = set(found) - set(BRATS_LABELS.values())
-        if extra:
-            raise DataError(f"{folder}: labels {found} found; BraTS labels are 1 necrotic core, 2 oedema, 3 (or 4) enhancing")
-        labels, regions = dict(BRATS_LABELS), dict(BRATS_REGIONS)
+    spacing = _common_spacing(read, picked)
+    found: dict[int, list[str]] = {}
+    for case, entry, _ in read:
+        for v in entry.meta["label_counts"]:
+            found.setdefault(int(v), []).append(str(case.label))
+    meaning = finish_meanings(plan, found, Path(folder)) if plan is not None else None
+
+    splits = {name: _assemble([r for r in read if (r[0].id in test_ids) == (name == "test")], meaning, folder, name, mode)
+              for name in ("train", "test")}
+
+    options = {"contrasts": [e.name for e in picked], "crop": crop, "test_fraction": test_fraction, "slices": slices, "layout": layout.name,
+               "slices_kept": mode}
+    orientations = Counter(code for _, entry, _ in read for code in entry.meta["orientations"])
+    provenance: dict[str, Any] = {
+        "source": f"NIfTI folder {Path(folder).resolve()} ({layout.description}, {len(cases)} cases)",
+        "layout": layout.name, "layout_evidence": layout.evidence, "options": options,
+        "contrasts_read": [{"contrast": e.name, "source": e.where} for e in picked],
+        "contrasts_available": [{"contrast": e.name, "source": e.where} for e in layout.contrasts],
+        "orientations": dict(sorted(orientations.items())),
+        "voxel_spacing_mm": sorted({tuple(round(v, 4) for v in entry.meta["spacing_mm"]) for _, entry, _ in read}),
+        "test_cases": sorted(test_ids),
+        "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {crop}"},
+        "cache_key": content_hash(LOADER_VERSION, options, sorted(test_ids), [k for _, _, k in read]),
+    }
+    if layout.notes:
+        provenance["layout_notes"] = list(layout.notes)
+    if layout.ignored:
+        provenance["ignored_files"] = {"count": len(layout.ignored), "files": list(layout.ignored[:100]),
+                                       "note": "macOS ._* resource forks, .DS_Store, hidden files and files that are not NIfTI "
+                                               "(or not read by this layout) are no data: skipped"}
+    if other_cases:
+        provenance["cases_without_the_contrasts"] = {"count": len(other_cases), "cases": other_cases[:100],
+                                                     "note": f"these hold none of {options['contrasts']}: not read"}
+    if meaning is not None:
+        provenance["label_meaning_source"] = meaning.source
+        provenance["label_map"] = meaning.provenance()
     else:
-        labels = {f"label_{v}": v for v in found}
-        regions = {"whole_tumour": tuple(found), "foreground": tuple(found)}
+        provenance["annotations"] = ("none: no case has a label file, so this is a healthy cohort (masks all zero) and "
+                                     "slices with brain are kept" + (f"; data.labels {labels} not used" if labels else ""))
     return ReferenceData(
-        name=str(folder), train=splits["train"], test=splits["test"], labels=labels, regions=regions,
-        spacing_mm=spacing,
-        provenance={"source": f"NIfTI folder {folder.resolve()} ({layout} layout, {len(cases)} cases)", "options": options,
-                    "label_map": label_map, "test_cases": sorted(test_ids), "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {crop}"},
-                    "cache_key": key},
+        name=str(folder), train=splits["train"], test=splits["test"],
+        labels=dict(meaning.labels) if meaning else {}, regions=dict(meaning.regions) if meaning else {},
+        spacing_mm=spacing, contrasts=tuple(e.name for e in picked), provenance=provenance, has_masks=has_masks,
     )
+
+
+def _assemble(read: list[tuple[Case, CaseSlices, str]], meaning: LabelMeaning | None, folder: Path, name: str, mode: str) -> Split:
+    """One split from its cases' slices, masks remapped to the canonical values (filled into arrays allocated once)."""
+    n = sum(len(entry.z) for _, entry, _ in read)
+    if not n:
+        raise DataError(f"{folder}: the {name} split has no slices with {'a lesion' if mode == 'lesion' else 'brain'}")
+    first = read[0][1].images
+    images = np.empty((n, *first.shape[1:]), np.float32)
+    masks = np.zeros((n, 1, *first.shape[2:]), np.int64)
+    ids: list[str] = []
+    case_index = np.empty(n, np.int64)
+    at = k = 0
+    for case, entry, _ in read:
+        m = len(entry.z)
+        if not m:
+            continue
+        images[at:at + m] = entry.images
+        if meaning is not None:
+            masks[at:at + m, 0] = meaning.remap(entry.masks)
+        ids.extend(f"{case.id}:z{int(z):03d}" for z in entry.z)
+        case_index[at:at + m] = k  # consecutive over the cases with slices, in case-id order
+        at, k = at + m, k + 1
+    return Split(torch.from_numpy(images), torch.from_numpy(masks), tuple(ids), {"case": case_index})
+
+
+def _common_spacing(read: list[tuple[Case, CaseSlices, str]], picked: list[ContrastEntry]) -> tuple[float, float]:
+    """The in-plane voxel size (mm, RAS) every case shares; DataError naming two files that differ."""
+    ref: tuple[Path, tuple[float, float]] | None = None
+    for case, entry, _ in read:
+        sp = (float(entry.meta["spacing_mm"][0]), float(entry.meta["spacing_mm"][1]))
+        path = case.images[picked[0].key].path
+        if ref is None:
+            ref = (path, sp)
+        elif not np.allclose(sp, ref[1], atol=1e-3):
+            raise DataError(f"spacing mismatch: {path} has in-plane voxels {sp} mm but {ref[0]} has {ref[1]} mm; "
+                            "resample to one spacing first")
+    assert ref is not None
+    return ref[1]

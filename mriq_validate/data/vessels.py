@@ -157,4 +157,4 @@ def build_mni_vessel(cache: DiskCache) -> ReferenceData:
         "simulated": "vessel trees (random-walk growth, widths 1-3 px, tapering branches) and their labels, "
                      "TOF-like background suppression, bias field, site contrast/noise, axial level",
         "real_vs_simulated_note": "no real angiography is involved; vessel geometry is not anatomical (no Circle of Willis)",
-    })
+    }, ("tof",))

@@ -33,14 +33,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sample:
-    """A set of images to measure: N×1×H×W float in [0, 1], optional N×1×H×W label masks, and where it came from."""
+    """A set of images to measure: N×C×H×W float in [0, 1] (one channel per contrast), optional N×1×H×W label masks,
+    and where it came from."""
 
     images: torch.Tensor
     masks: torch.Tensor | None
     origin: str
+    channel: int | None = None  # the data's channel this one-contrast sample holds (see ``contrast``); None: all of them
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def contrast(self, channel: int, name: str) -> "Sample":
+        """The one-contrast sample of ``channel`` (named ``name`` in its origin)."""
+        return Sample(self.images[:, channel:channel + 1], self.masks, f"{self.origin} [{name}]", channel)
+
+    def same_contrasts(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` of the data (e.g. the real training split) restricted to the contrast this sample holds."""
+        return images if self.channel is None else images[:, self.channel:self.channel + 1]
 
 
 #: What a metric may declare in ``needs``, each checked by :meth:`Metric.check_sample`.
@@ -71,6 +81,9 @@ class Metric(ABC):
     # replacement for set-level measures that duplicates would bias, value = mean over the subsets.
     resample: ClassVar[str] = "bootstrap"
     default_n_boot: ClassVar[int] = 1000
+    # "joint": one value from all contrasts together (a segmenter or feature extractor that takes every channel);
+    # "each": a measure of one grey image, taken on each contrast alone, and a criterion on it must pass on every one.
+    channels: ClassVar[Literal["joint", "each"]] = "joint"
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -101,6 +114,15 @@ class Metric(ABC):
         lo, hi = self.valid_range
         return (v >= lo - RANGE_TOLERANCE * max(1.0, abs(lo))) & (v <= hi + RANGE_TOLERANCE * max(1.0, abs(hi)))
 
+    def regions(self) -> tuple[str, ...]:
+        """The region or label names this metric reads from the data's annotations (checked against the data)."""
+        region = self.config().get("region")
+        return (region,) if isinstance(region, str) else ()
+
+    def uses_annotations(self) -> bool:
+        """Whether this metric needs the data's label masks (a cohort without annotations cannot run it)."""
+        return "masks" in self.needs or bool(self.regions())
+
     def noise_floor(self, ctx: "RunContext") -> float | None:
         """The seed-to-seed standard deviation of this metric's value on real data (training noise), if it has one."""
         return None
@@ -128,6 +150,10 @@ class PerImageMetric(Metric):
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         self.check_sample(sample)
+        if self.channels == "each" and sample.channel is None and sample.images.shape[1] > 1:
+            # a measure of one grey image given several contrasts: each image scores the mean over its contrasts (the
+            # study and the downstream table; a criterion decides on each contrast, see criteria.evaluate)
+            return np.mean([self.prepare(ctx, sample.contrast(c, f"channel {c}")) for c in range(sample.images.shape[1])], axis=0)
         s = np.asarray(self.scores(ctx, sample), dtype=np.float64)
         if s.shape != (len(sample),):
             raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(sample)} images")

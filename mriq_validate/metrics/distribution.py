@@ -50,6 +50,9 @@ class FeatureSetMetric(Metric):
                 "reference": f"real {self.reference} split", **self.params,
                 "ci": "80% subsamples without replacement, spread widened by the delete-d jackknife factor sqrt(m/(n-m))"}
 
+    def uses_annotations(self) -> bool:
+        return self.config()["features"]["extractor"] == "segmenter"  # the default extractor is trained on the labels
+
     def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         self.check_sample(sample)
         ext = make_extractor(ctx, self.features)

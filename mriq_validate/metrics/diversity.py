@@ -23,6 +23,7 @@ class MsSsimDiversity(PerImageMetric):
     diverse. Items are pairs, so the CI resamples pairs."""
 
     name = "ms_ssim_diversity"
+    channels = "each"
     functional = staticmethod(F.ms_ssim_pairs)
     higher_is_better = False
     valid_range = (-1.0, 1.0)

@@ -14,9 +14,15 @@ deviation of the TRTR segmenter's mean real-test Dice over ``noise_seeds`` train
 :data:`DEFAULT_NOISE_SEEDS`; seed 0 is the TRTR segmenter itself). A threshold in ``unit: seed_sd`` is widened for the
 uncertainty of that estimate so that it keeps the false-alarm rate it states (:class:`mriq_validate.criteria.NoiseUnit`).
 
-HD95 has two definitions (``definition``): MONAI's (the larger of the two one-way 95th percentiles) and the pooled one
-(95th percentile of both directions' distances together, with BraTS's 374 mm for an empty mask); see
+HD95 has three definitions (``definition``): MONAI's (the larger of the two one-way 95th percentiles), the pooled one
+(95th percentile of both directions' distances together, with BraTS's 374 mm for an empty mask) and BraTS 2023's
+(DeepMind surface-distance: area-weighted surface elements); see
 :data:`mriq_validate.metrics.functional.downstream.HD95_DEFINITIONS`.
+
+Lesion-wise (metrics ``dice_lesionwise`` and ``hd95_lesionwise``, protocol A): the BraTS 2023 challenges' lesion-wise
+Dice and HD95 of the same segmenter's prediction, per slice: every lesion (connected component, merged by dilation)
+scored on its own, each missed lesion and each false-positive blob scoring Dice 0 and HD95 374 mm
+(:mod:`mriq_validate.metrics.functional.lesionwise`, which documents the official code it follows).
 
 The segmenter (training, cache) is :mod:`mriq_validate.segmenter`; Dice and HD95 of label maps are
 :mod:`mriq_validate.metrics.functional.downstream`.
@@ -35,6 +41,7 @@ from ..errors import MetricError
 from ..segmenter import SegmenterConfig, check_labels, get_segmenter
 from .base import Metric, PerImageMetric, Sample, check_int, check_number, check_region, register_metric
 from .functional import downstream as F
+from .functional import lesionwise as LW
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -50,6 +57,20 @@ def _segmenter_params(name: str, region: Any, segmenter: Any, min_real_dice: Any
     """The parameters every segmenter-based metric takes, checked: ``region``, ``min_real_dice``, ``segmenter``."""
     return (check_region(name, region), check_number(name, "min_real_dice", min_real_dice, lambda v: 0 <= v < 1, "in [0, 1)"),
             SegmenterConfig.from_params(segmenter, f"metric {name!r}: "))
+
+
+def _region_masks(ctx: "RunContext", segmenter: SegmenterConfig, region: str, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """Protocol A's pair: ``region`` in the real-data segmenter's prediction on the sample's images, and in the sample's
+    own masks (boolean N×1×H×W)."""
+    assert sample.masks is not None
+    pred = ctx.predict(segmenter, sample.images)
+    return ctx.data.region_mask(pred, region), ctx.data.region_mask(sample.masks, region)
+
+
+def _check_competence(ctx: "RunContext", region: str, segmenter: SegmenterConfig, min_real_dice: float) -> None:
+    """MetricError unless the real-data segmenter reaches ``min_real_dice`` on the real test images, decided on Dice
+    exactly as protocol A's ``dice`` decides it (the same computation, memoised by the run)."""
+    ctx.prepare(Dice(region, asdict(segmenter), min_real_dice), ctx.real("test"))
 
 
 def _is_split(sample: Sample, split: Any) -> bool:
@@ -101,10 +122,7 @@ class Dice(PerImageMetric):
                 "dice": "MONAI compute_dice per slice, empty-vs-empty = 1"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        assert sample.masks is not None
-        pred = ctx.predict(self.segmenter, sample.images)
-        region = ctx.data.region_mask
-        scores = F.dice_per_image(region(pred, self.region), region(sample.masks, self.region))
+        scores = F.dice_per_image(*_region_masks(ctx, self.segmenter, self.region, sample))
         real = scores if _is_split(sample, ctx.data.test) else ctx.prepare(self, ctx.real("test"))
         if real.mean() < self.min_real_dice:
             raise MetricError(
@@ -135,7 +153,9 @@ class Hd95(PerImageMetric):
 
     ``definition: monai`` (default): the larger of the two one-way 95th percentiles of boundary distances (MONAI);
     both masks empty → 0 mm, exactly one empty → the image diagonal in mm. ``definition: brats``: the 95th percentile
-    of both directions' distances pooled (medpy, panoptica); one empty → 374 mm as in BraTS's evaluation. See
+    of both directions' distances pooled (medpy, panoptica); one empty → 374 mm as in BraTS's evaluation.
+    ``definition: brats2023``: BraTS 2023's (DeepMind surface-distance: area-weighted surface elements on the
+    voxel-corner grid, the larger one-way percentile); one empty → 374 mm. See
     :func:`~.functional.downstream.hd95_per_image`."""
 
     name = "hd95"
@@ -163,12 +183,91 @@ class Hd95(PerImageMetric):
                 "min_real_dice": self.min_real_dice, "definition": self.definition, "hd95": F.HD95_DEFINITIONS[self.definition][1]}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        assert sample.masks is not None
-        # competence of the segmenter, decided on Dice exactly as protocol A's ``dice`` does
-        ctx.prepare(Dice(self.region, asdict(self.segmenter), self.min_real_dice), ctx.real("test"))
-        pred = ctx.predict(self.segmenter, sample.images)
-        region = ctx.data.region_mask
-        return F.hd95_per_image(region(pred, self.region), region(sample.masks, self.region), tuple(ctx.data.spacing_mm), self.definition)
+        _check_competence(ctx, self.region, self.segmenter, self.min_real_dice)
+        pred, true = _region_masks(ctx, self.segmenter, self.region, sample)
+        return F.hd95_per_image(pred, true, tuple(ctx.data.spacing_mm), self.definition)
+
+
+class _Lesionwise(PerImageMetric):
+    """Protocol A, lesion by lesion: the BraTS 2023 lesion-wise score (``score``: ``dice`` or ``hd95``) of the real-data
+    segmenter's prediction on each image against the mask it was generated for
+    (:func:`~.functional.lesionwise.lesionwise_dice_hd95`).
+
+    ``challenge`` picks the BraTS 2023 settings (:data:`~.functional.lesionwise.BRATS2023_CHALLENGES`; default
+    BraTS-GLI: dilation 3 px, lesions of at most 50 ignored); ``dilation`` (pixels) and ``volume_threshold`` (mm² on
+    slices) override them."""
+
+    functional = staticmethod(LW.lesionwise_dice_hd95)
+    needs = ("masks",)
+    score: ClassVar[str] = ""
+    _LIMITATIONS: ClassVar[tuple[str, ...]] = (
+        *_PROTOCOL_A_LIMITATIONS,
+        "Per slice, a lesion is a connected region of the slice: a lesion that the slice plane cuts twice counts twice, "
+        "and the BraTS 2023 settings, chosen for 3D volumes (dilation in voxels, threshold in mm³), apply to pixels and "
+        "mm² here.",
+        "A slice without lesions scores 1 (0 mm) when the segmenter predicts nothing and 0 (374 mm) when it predicts "
+        "any blob: the mean depends on how many lesion-free slices the sample holds.",
+        "The BraTS 2023 definition (not one-to-one: a blob reaching two lesions counts for both; blobs near ignored small "
+        "lesions go unpunished) is not the BraTS 2024 or 2025+ one; values are not comparable across them.",
+    )
+
+    def __init__(self, region: str = "whole_tumour", segmenter: dict[str, Any] | None = None, min_real_dice: float = 0.5,
+                 challenge: str = "BraTS-GLI", dilation: int | None = None, volume_threshold: float | None = None) -> None:
+        self.region, self.min_real_dice, self.segmenter = _segmenter_params(self.name, region, segmenter, min_real_dice)
+        if not isinstance(challenge, str) or challenge not in LW.BRATS2023_CHALLENGES:
+            raise MetricError(f"metric {self.name!r}: challenge {challenge!r} unknown; expected one of {sorted(LW.BRATS2023_CHALLENGES)}")
+        preset = LW.BRATS2023_CHALLENGES[challenge]
+        self.challenge = challenge
+        self.dilation = preset.dilation if dilation is None else check_int(self.name, "dilation", dilation, 0)
+        self.volume_threshold = preset.volume_threshold if volume_threshold is None else check_number(
+            self.name, "volume_threshold", volume_threshold, lambda v: 0 <= v < float("inf"), ">= 0 (mm² on slices)")
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "region": self.region, "protocol": "A", "segmenter": asdict(self.segmenter),
+                "min_real_dice": self.min_real_dice, "challenge": self.challenge, "dilation": self.dilation,
+                "volume_threshold": self.volume_threshold,
+                "lesionwise": "BraTS 2023 lesion-wise (rachitsaluja/BraTS-2023-Metrics) per slice: 8-connected components, GT "
+                              "lesions merged and predicted components matched within the dilation, lesions of area <= "
+                              "volume_threshold mm² ignored, missed lesion and false positive = Dice 0 / HD95 374 mm, "
+                              "HD95 of DeepMind surface-distance"}
+
+    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        _check_competence(ctx, self.region, self.segmenter, self.min_real_dice)
+        pred, true = _region_masks(ctx, self.segmenter, self.region, sample)
+        dice, hd95 = LW.lesionwise_dice_hd95(pred, true, tuple(ctx.data.spacing_mm), dilation=self.dilation,
+                                             volume_threshold=self.volume_threshold)
+        return {"dice": dice, "hd95": hd95}[self.score]
+
+
+@register_metric
+class DiceLesionwise(_Lesionwise):
+    """Protocol A: BraTS 2023 lesion-wise Dice per slice (missed lesions and false-positive blobs score 0)."""
+
+    name = "dice_lesionwise"
+    score = "dice"
+    higher_is_better = True
+    valid_range = (0.0, 1.0)
+    summary = ("BraTS 2023 lesion-wise Dice (each lesion scored alone; misses and false-positive blobs score 0) of a segmenter "
+               "trained on real data, applied to the images (protocol A)")
+    limitations: ClassVar[tuple[str, ...]] = _Lesionwise._LIMITATIONS
+
+
+@register_metric
+class Hd95Lesionwise(_Lesionwise):
+    """Protocol A: BraTS 2023 lesion-wise HD95 (mm) per slice (missed lesions and false-positive blobs score 374 mm);
+    lower is better."""
+
+    name = "hd95_lesionwise"
+    score = "hd95"
+    higher_is_better = False
+    valid_range = (0.0, float("inf"))
+    summary = ("BraTS 2023 lesion-wise HD95 (mm; each lesion scored alone, misses and false-positive blobs 374 mm) of a "
+               "segmenter trained on real data, applied to the images (protocol A)")
+    limitations: ClassVar[tuple[str, ...]] = (
+        *_Lesionwise._LIMITATIONS,
+        "The 374 mm penalty for each missed lesion and false-positive blob exceeds the slice's diagonal and dominates the "
+        "mean: one stray blob moves the value of a slice with one lesion by 187 mm, of a lesion-free slice by 374 mm.",
+    )
 
 
 class _TrainOnSample(Metric):
@@ -235,7 +334,8 @@ class _TrainOnSample(Metric):
         else:
             images, masks = self.training_set(ctx, sample)
             ctx.progress(f"{self.name}: training a segmenter on {len(images)} image-mask pairs ({sample.origin}), or loading it from cache")
-            seg = get_segmenter(images, masks, ctx.n_classes, self.segmenter, ctx.device, ctx.cache, ctx.progress)
+            seg = get_segmenter(images, masks, ctx.n_classes, self.segmenter, ctx.device, ctx.cache, ctx.progress,
+                                contrasts=tuple(ctx.data.contrasts))
         region = ctx.data.region_mask
         scores = F.dice_per_image(region(seg.predict(test.images), self.region), region(test.masks, self.region))
         trtr = scores if is_real_train else ctx.prepare(self, ctx.real("train"))

@@ -1,13 +1,19 @@
 """Feature extractors for distribution metrics, all offline, with an on-disk cache keyed by content hashes.
 
 * ``segmenter``: task-aware features, the global-average-pooled activations of every encoder level of the
-  downstream segmenter trained on real data (MONAI UNet), concatenated (16+32+64+128 = 240 dims by default).
+  downstream segmenter trained on real data (MONAI UNet), concatenated (184 dims for the default segmenter). Joint over
+  the contrasts: the segmenter takes all C contrast channels as its input channels, so its encoder sees every contrast
+  at once (as the BraTS and nnU-Net segmenters do), and the features describe the multi-contrast slice.
 * ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.functional.radiomics`), for an FRD-style
-  distance.
+  distance; with C contrasts, the 22 features of each contrast, concatenated in contrast order (22·C dims).
 * ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.functional.memorisation.image_embedding`), for copy detection
-  (``copy_fraction`` adds the twice-resolution plain image for its flip- and shift-invariant distance).
+  (``copy_fraction`` adds the twice-resolution plain image for its flip- and shift-invariant distance); with C
+  contrasts, the thumbnails of each contrast concatenated and divided by √C (unit norm kept).
 * ``torchscript`` (``path``) or ``module`` (``module: pkg.mod:NAME``): any user network, e.g. RadImageNet or
-  Inception weights the user has; grey slices are repeated to ``channels`` and resized to ``size`` as configured.
+  Inception weights the user has; each grey contrast slice is repeated to ``channels`` and resized to ``size`` as
+  configured, and the features of the C contrasts are concatenated in contrast order.
+
+How the contrasts were combined is recorded in every extractor's ``config`` (``contrasts``).
 
 A metric's ``features:`` block is checked when the metric is created (:func:`check_features`, at suite load), and
 built into an extractor when it is evaluated (:func:`make_extractor`).
@@ -159,6 +165,25 @@ def _load_user_network(opts: dict[str, Any], device: torch.device) -> tuple[torc
     return net.to(device).eval(), content_hash(spec, [v.cpu() for v in net.state_dict().values()])
 
 
+def each_contrast(fn: Callable[[torch.Tensor, torch.Tensor | None], np.ndarray], scale: bool = False
+                  ) -> Callable[[torch.Tensor, torch.Tensor | None], np.ndarray]:
+    """``fn`` of grey images (N×1×H×W) applied to each contrast channel of N×C×H×W images (with the one mask), the
+    features concatenated in channel order; ``scale`` divides by √C (unit-norm features stay unit norm)."""
+
+    def run(x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
+        c = x.shape[1]
+        if c == 1:
+            return np.asarray(fn(x, m), dtype=np.float64)
+        out = np.concatenate([np.asarray(fn(x[:, k:k + 1], m), dtype=np.float64) for k in range(c)], axis=1)
+        return out / np.sqrt(c) if scale else out
+
+    return run
+
+
+JOINT = "joint: the network's input channels are the C contrasts, its encoder sees them together"
+EACH = "each contrast alone, features concatenated in contrast order"
+
+
 def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extractor:
     """The extractor described by a metric's ``features:`` params (``extractor`` plus its options, see
     :func:`check_features`)."""
@@ -168,19 +193,22 @@ def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extracto
         seg = ctx.segmenter(opts["segmenter"])
         blocks = unet_encoder_blocks(seg.net)
         return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device), seg.key,
-                         {"extractor": kind, "segmenter_key": seg.key, "pooling": "global average of every encoder level"})
+                         {"extractor": kind, "segmenter_key": seg.key, "pooling": "global average of every encoder level",
+                          "contrasts": JOINT, "in_channels": seg.in_channels, **({"contrast_names": list(seg.contrasts)} if seg.contrasts else {})})
     if kind == "radiomic":
         from .functional.radiomics import radiomic_features
 
         masked = opts["masked"]
-        return Extractor(kind, lambda x, m: radiomic_features(x, m if masked else None), content_hash(FEATURES_VERSION, "radiomic", masked),
-                         {"extractor": kind, "masked": masked, "features": "first-order + GLCM + gradient (functional/radiomics.py)"})
+        return Extractor(kind, each_contrast(lambda x, m: radiomic_features(x, m if masked else None)), content_hash(FEATURES_VERSION, "radiomic", masked),
+                         {"extractor": kind, "masked": masked, "features": "first-order + GLCM + gradient (functional/radiomics.py)",
+                          "contrasts": EACH})
     if kind == "pixels":
         from .functional.memorisation import image_embedding
 
         size = opts["size"]
-        return Extractor(kind, lambda x, m: np.asarray(image_embedding(x, size=size), dtype=np.float64),
-                         content_hash(FEATURES_VERSION, "pixels", size), {"extractor": kind, "size": size, "pose": "normalised"})
+        return Extractor(kind, each_contrast(lambda x, m: image_embedding(x, size=size), scale=True),
+                         content_hash(FEATURES_VERSION, "pixels", size), {"extractor": kind, "size": size, "pose": "normalised",
+                                                                          "contrasts": EACH + ", divided by sqrt(C)"})
     channels, size, value_range = opts["channels"], opts["size"], opts["range"]
     net, ident = _load_user_network(opts, ctx.device)
 
@@ -196,8 +224,8 @@ def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extracto
             out.append(net(b.repeat(1, channels, 1, 1)).flatten(1).cpu())
         return torch.cat(out).double().numpy()
 
-    return Extractor(kind, run, ident, {"extractor": kind, "channels": f"grey repeated to {channels}", "resize": size or "none",
-                                        "range": value_range, "weights_sha256_16": ident})
+    return Extractor(kind, each_contrast(run), ident, {"extractor": kind, "channels": f"grey repeated to {channels}", "resize": size or "none",
+                                                       "range": value_range, "weights_sha256_16": ident, "contrasts": EACH})
 
 
 def features(ctx: "RunContext", extractor: Extractor, images: torch.Tensor, masks: torch.Tensor | None) -> np.ndarray:

@@ -19,6 +19,7 @@ class BrainIntensity(PerImageMetric):
     """The ``percentile``-th percentile of each image's intensities inside its own brain mask (see the module)."""
 
     name = "brain_intensity"
+    channels = "each"
     functional = staticmethod(F.brain_percentile)
     higher_is_better = True  # the failure it is for (a wrong scale) makes images darker; criteria bound it both ways
     valid_range = (0.0, 1.0)

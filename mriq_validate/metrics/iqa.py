@@ -37,6 +37,7 @@ class Piqe(PerImageMetric):
     """PIQE (Venkatanath et al. 2015), a no-reference, training-free distortion score; lower is better."""
 
     name = "piqe"
+    channels = "each"
     functional = staticmethod(F.piqe)
     higher_is_better = False
     valid_range = (0.0, 100.0)
@@ -65,6 +66,7 @@ class NiqeMri(PerImageMetric):
     """
 
     name = "niqe_mri"
+    channels = "each"
     functional = staticmethod(niqe_mri)
     higher_is_better = False
     valid_range = (0.0, np.inf)
@@ -87,7 +89,7 @@ class NiqeMri(PerImageMetric):
                 "sharpness_threshold": self.sharpness_threshold, "library": "pyiqa 0.1.16 niqe_arch features"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        model = cached_fit_niqe(ctx.data.train.images, ctx.cache, self.block_size, self.sharpness_threshold)
+        model = cached_fit_niqe(sample.same_contrasts(ctx.data.train.images), ctx.cache, self.block_size, self.sharpness_threshold)
         return niqe_scores(sample.images, model)
 
 
@@ -101,6 +103,7 @@ class PyiqaWeighted(PerImageMetric):
     """
 
     name = "pyiqa"
+    channels = "each"
     functional = staticmethod(F.pyiqa_scores)
     higher_is_better = False  # the class default only (what `mriq-validate list` shows); each instance sets its own
     summary = "a pyiqa NR metric (e.g. brisque, musiq) with weights from params.weights (no download)"

@@ -31,6 +31,7 @@ class CopyFraction(PerImageMetric):
     """
 
     name = "copy_fraction"
+    channels = "each"
     functional = staticmethod(copy_flags)
     higher_is_better = False
     valid_range = (0.0, 1.0)
@@ -53,6 +54,8 @@ class CopyFraction(PerImageMetric):
         self.features = dict(features or {"extractor": "pixels"})
         self._size = check_features(self.features, "metric 'copy_fraction': features: ").get("size", 32)
         pixels = self.features.get("extractor", "segmenter") == "pixels"
+        if not pixels:  # a learnt extractor (the segmenter's encoder) takes every contrast at once
+            self.channels = "joint"  # type: ignore[misc]
         if not pixels and (flips or max_shift):
             raise MetricError(f"metric 'copy_fraction': flips and max_shift act on the thumbnails of the 'pixels' extractor, "
                               f"not on {self.features.get('extractor', 'segmenter')!r} features; remove them or use pixels")
@@ -68,7 +71,7 @@ class CopyFraction(PerImageMetric):
                 "invariance": self.invariance.config(self._size) if self.invariance else "none (features other than pixels)"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        train, test = ctx.data.train, ctx.data.test
+        train, test = (Sample(sample.same_contrasts(x.images), x.masks, "") for x in (ctx.data.train, ctx.data.test))
         ext = make_extractor(ctx, self.features)  # also validates the pixels options
         if self.invariance is None:
             gen, ref, null = (features(ctx, ext, x.images, None) for x in (sample, train, test))

@@ -1,7 +1,8 @@
 """Global acquisition artefacts: blur, bias field, k-space spikes, Gibbs ringing, ghosting.
 
 MONAI's transforms are used where they exist (GaussianSmooth, RandBiasField, KSpaceSpikeNoise, GibbsNoise);
-ghosting is written here as a k-space line modulation. Every random draw comes from the perturbation's ``rng``.
+ghosting is written here as a k-space line modulation. Every random draw comes from the perturbation's ``rng``, once
+per slice: the same field, spike position or ghosting pattern acts on every contrast channel of the slice.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Param, PerturbContext, register
+from .base import Param, PerturbContext, channel_stack, per_channel, register
 from .noise import monai_seed, plain
 
 
@@ -24,7 +25,7 @@ def gaussian_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
     function. Valid sigma: 0 to 8 px."""
     from monai.transforms import GaussianSmooth
 
-    return plain(GaussianSmooth(sigma=sigma)(images[:, 0].float()), images)[:, None], masks
+    return channel_stack(plain(GaussianSmooth(sigma=sigma)(per_channel(images).float()), images), images), masks
 
 
 @register(
@@ -39,7 +40,7 @@ def gaussian_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
 def bias_field(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, coeff: float, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth multiplicative intensity inhomogeneity (receive-coil sensitivity): I' = I·b/exp(mean log b), with
     log b a 2D Legendre polynomial of ``degree`` whose coefficients are U(-coeff, coeff) (Van Leemput et al. 1999;
-    MONAI RandBiasField, one field per image). The field's global gain is divided out so only the inhomogeneity
+    MONAI RandBiasField, one field per slice, shared by its contrasts as the receive coil is). The field's global gain is divided out so only the inhomogeneity
     remains. Valid coeff: 0 to 1 (0 = identity)."""
     from monai.transforms import RandBiasField
 
@@ -50,7 +51,7 @@ def bias_field(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generat
     for _ in range(images.shape[0]):
         b = np.asarray(plain(t(ones), torch.zeros((), dtype=torch.float64)))[0]
         fields.append(b / np.exp(np.log(b).mean()))
-    out = images.double() * torch.from_numpy(np.stack(fields))[:, None]
+    out = images.double() * torch.from_numpy(np.stack(fields))[:, None]  # one field per slice, on every contrast
     return out.to(images.dtype), masks
 
 
@@ -67,23 +68,26 @@ def kspace_spike(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     """Spike (herringbone) artefact: one corrupted k-space sample (e.g. an RF discharge) at a random location
     between 15 % and 85 % of the k-space half-width, per image. Its magnitude is raised by intensity·|k(0)|
     (phase kept), which adds a plane wave of amplitude ≈ intensity·mean(I) across the whole image (Graves &
-    Mitchell 2013; MONAI KSpaceSpikeNoise with the log-intensity set accordingly). Valid intensity: 0 to 2."""
+    Mitchell 2013; MONAI KSpaceSpikeNoise with the log-intensity set accordingly). Every contrast of a slice gets the
+    spike at the same position, relative to its own |k(0)|. Valid intensity: 0 to 2."""
     from monai.transforms import Fourier, KSpaceSpikeNoise
 
-    x = images[:, 0].double()
+    x = per_channel(images).double()  # (N·C)×H×W: slice i, contrast c at i·C + c
+    c_n = images.shape[1]
     h, w = x.shape[-2:]
     k_abs = Fourier.shift_fourier(x, 2).abs().numpy()
     centre = np.array([h // 2, w // 2])
     locs: list[tuple[int, int, int]] = []
     values: list[float] = []
-    for i in range(x.shape[0]):
+    for i in range(images.shape[0]):
         r = rng.uniform(0.15, 0.85) * min(h, w) / 2
         phi = rng.uniform(0, 2 * np.pi)
         y, xx = np.clip(np.round(centre + r * np.array([np.sin(phi), np.cos(phi)])).astype(int), 0, [h - 1, w - 1])
-        locs.append((i, int(y), int(xx)))
-        values.append(float(np.log(k_abs[i, y, xx] + intensity * k_abs[i, centre[0], centre[1]] + 1e-10)))
+        for j in range(i * c_n, (i + 1) * c_n):  # the slice's spike, on each contrast relative to its own |k(0)|
+            locs.append((j, int(y), int(xx)))
+            values.append(float(np.log(k_abs[j, y, xx] + intensity * k_abs[j, centre[0], centre[1]] + 1e-10)))
     out = KSpaceSpikeNoise(loc=locs, k_intensity=values)(x)
-    return plain(out, images)[:, None], masks
+    return channel_stack(plain(out, images), images), masks
 
 
 @register(
@@ -98,7 +102,7 @@ def gibbs(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, c
     are cut, so the change is slight. Deterministic. Valid alpha: 0 to 0.9 (1 would remove everything)."""
     from monai.transforms import GibbsNoise
 
-    return plain(GibbsNoise(alpha=alpha)(images[:, 0].float()), images)[:, None], masks
+    return channel_stack(plain(GibbsNoise(alpha=alpha)(per_channel(images).float()), images), images), masks
 
 
 @register(
@@ -118,8 +122,8 @@ def ghosting(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
     original by 1 - intensity/P. The centre line (k = 0) is never modulated, so the mean brightness is kept.
     The magnitude of the complex image is returned (TorchIO RandomGhosting in spirit). Valid intensity: 0 to 1
     (0 = identity)."""
-    x = images[:, 0].double()
-    n, h, w = x.shape
+    x = images.double()
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     period = num_ghosts + 1
     gain = torch.ones((n, h, w), dtype=torch.float64)
     for i in range(n):
@@ -129,5 +133,5 @@ def ghosting(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
         lines[offset::period] = True
         lines[0] = False  # keep the k-space centre line (TorchIO's ``restore``) so overall brightness is preserved
         gain[i] = torch.where(lines[:, None] if axis == 0 else lines[None, :], 1.0 - intensity, 1.0)
-    out = torch.fft.ifft2(torch.fft.fft2(x) * gain).abs()
-    return out.to(images.dtype)[:, None], masks
+    out = torch.fft.ifft2(torch.fft.fft2(x) * gain[:, None]).abs()  # one line pattern per slice, on every contrast
+    return out.to(images.dtype), masks

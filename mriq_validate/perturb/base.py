@@ -1,9 +1,15 @@
 """The perturbation registry: seeded, replayable edits of (images, masks) at a known strength.
 
 A perturbation is a pure function ``fn(images, masks, rng, ctx, **params) -> (images, masks)`` on
-N×1×H×W float images in [0, 1] and N×1×H×W integer label masks. It is registered with typed parameters
-(default, valid range, the value that makes it the identity) so YAML can name it and sweep its strength,
-and every call is recorded with the parameters and seed it used.
+N×C×H×W float images in [0, 1] (one channel per contrast) and N×1×H×W integer label masks. It is registered with
+typed parameters (default, valid range, the value that makes it the identity) so YAML can name it and sweep its
+strength, and every call is recorded with the parameters and seed it used.
+
+Contrasts are treated alike: every channel gets the same parameters, and whatever is drawn per slice (a bias
+field, a spike's position, a ghosting axis, a lesion edit's direction or gap positions) is drawn once per slice and
+used on every channel of it; localised edits use the one mask on every channel. Pixel noise is drawn independently
+for each channel (each contrast is its own acquisition) at the same strength. With C = 1 every draw is the one a
+single-contrast image always got.
 
 The declarations are enforced here, once, by :func:`apply`: at the strength parameter's ``identity`` value the
 function is not called and an exact copy is returned; a ``local`` edit needs a lesion in every mask; an edit
@@ -136,6 +142,7 @@ def apply(name: str, images: torch.Tensor, masks: torch.Tensor, *, seed: int, ct
     """
     pert = get(name, where)
     values = pert.resolve(params, where)
+    check_shapes(images, masks, f"{where}perturbation {name!r}")
     ctx = ctx or PerturbContext()
     if pert.scope == "local":
         require_lesion(lesion_region(masks, ctx), name)
@@ -151,6 +158,24 @@ def apply(name: str, images: torch.Tensor, masks: torch.Tensor, *, seed: int, ct
                               f"changed them; declare changes_mask=True or keep the masks")
     out_images = out_images.clamp(0.0, 1.0).to(images.dtype)
     return Perturbed(out_images, out_masks, {"name": name, "params": values, "seed": seed, "scope": pert.scope})
+
+
+def check_shapes(images: torch.Tensor, masks: torch.Tensor, where: str) -> None:
+    """MetricError unless ``images`` are N×C×H×W and ``masks`` N×1×H×W of the same N, H, W."""
+    im, ms = tuple(images.shape), tuple(masks.shape)
+    if len(im) != 4 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+        raise MetricError(f"{where}: images {im} and masks {ms}; expected images N×C×H×W (one channel per contrast) and masks N×1×H×W")
+
+
+def per_channel(images: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W as (N·C)×H×W, slice by slice with its channels together (``channel_stack``'s inverse order); for
+    transforms that treat the first axis as independent channels (MONAI's array transforms)."""
+    return images.reshape(-1, *images.shape[-2:])
+
+
+def channel_stack(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N·C)×H×W back to N×C×H×W shaped like ``like``."""
+    return flat.reshape(like.shape)
 
 
 def lesion_region(masks: torch.Tensor, ctx: PerturbContext) -> torch.Tensor:

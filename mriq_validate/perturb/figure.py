@@ -12,25 +12,30 @@ from .base import PerturbContext, apply, get
 from .sweeps import DEFAULT_SWEEPS
 
 
-def _slice(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+def _slice(x: torch.Tensor | np.ndarray, dtype: torch.dtype, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x)).to(dtype)
     while t.ndim < 4:
         t = t[None]
-    if t.shape[:2] != (1, 1):
-        raise ValueError(f"perturbation_figure needs one 2D slice (H×W, 1×H×W or 1×1×H×W), got shape {tuple(t.shape)}")
+    if t.ndim != 4 or t.shape[0] != 1:
+        raise ValueError(f"perturbation_figure needs one 2D slice as {what} (H×W, C×H×W or 1×C×H×W), got shape {tuple(t.shape)}")
     return t
 
 
 def perturbation_figure(image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, out_path: str | Path,
                         sweeps: dict[str, list[float]] | None = None, seed: int = 0,
-                        ctx: PerturbContext | None = None) -> Path:
+                        ctx: PerturbContext | None = None, channel: int = 0, contrast: str | None = None) -> Path:
     """Write a PNG grid (matplotlib, Agg) to ``out_path``: one row per perturbation, the clean slice then one column per strength,
     with the mask outline (all labels > 0) in red. Set-level perturbations act on sets, not slices, and are
-    listed as skipped in the caption; a perturbation that cannot act on this slice shows its error in the cell."""
+    listed as skipped in the caption; a perturbation that cannot act on this slice shows its error in the cell.
+    A multi-contrast slice (C×H×W) is perturbed whole; the figure shows its channel ``channel``, named ``contrast``."""
     from matplotlib.figure import Figure  # no pyplot: the global backend is left alone, rendering is Agg
 
-    img = _slice(image, torch.float32)
-    msk = _slice(mask, torch.int64)
+    img = _slice(image, torch.float32, "image")
+    msk = _slice(mask, torch.int64, "mask")
+    if msk.shape[1] != 1 or msk.shape[2:] != img.shape[2:]:
+        raise ValueError(f"perturbation_figure: mask {tuple(msk.shape)} does not match image {tuple(img.shape)}; expected one H×W mask")
+    if not 0 <= channel < img.shape[1]:
+        raise ValueError(f"perturbation_figure: channel {channel} of an image with {img.shape[1]} channel(s)")
     sweeps = dict(DEFAULT_SWEEPS if sweeps is None else sweeps)
     rows, skipped = [], []
     for name, levels in sweeps.items():
@@ -41,12 +46,12 @@ def perturbation_figure(image: torch.Tensor | np.ndarray, mask: torch.Tensor | n
     outline = msk[0, 0].numpy() > 0
     for r, name in enumerate(rows):
         pert = get(name)
-        cells: list[tuple[str, np.ndarray | str]] = [("clean", img[0, 0].numpy())]
+        cells: list[tuple[str, np.ndarray | str]] = [("clean", img[0, channel].numpy())]
         for level in sweeps[name]:
             title = f"{pert.strength}={level:g}"
             try:
                 out = apply(name, img, msk, seed=seed, ctx=ctx, **{pert.strength: level})
-                cells.append((title, out.images[0, 0].numpy()))
+                cells.append((title, out.images[0, channel].numpy()))
             except MriqError as exc:
                 cells.append((title, str(exc)))
         for c, ax in enumerate(axes[r]):
@@ -66,6 +71,8 @@ def perturbation_figure(image: torch.Tensor | np.ndarray, mask: torch.Tensor | n
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
     caption = f"seed {seed}; red: mask outline"
+    if img.shape[1] > 1 or contrast:
+        caption += f"; contrast {contrast or f'channel {channel}'} of {img.shape[1]}"
     if skipped:
         caption += f"; set-level, not shown per slice: {', '.join(skipped)}"
     fig.suptitle(caption, fontsize=8)

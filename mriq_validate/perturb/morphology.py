@@ -6,10 +6,15 @@ is bit-identical. :func:`_edit_each` enforces this: an edit returns new values *
 write, and nothing else is copied back. Masks are never changed: they say where the lesion should be, so a
 segmenter's Dice against them measures the damage done. :func:`~.base.apply` checks that every mask has a lesion
 (these are ``scope="local"``) and returns a copy at the identity strength, so the functions here do neither.
+
+Multi-contrast slices (N×C×H×W): the one mask is used on every contrast channel, and each channel replays the
+slice's random draws (a ramp direction, gap positions, the fill's noise), so all contrasts get the same edit; the
+values follow each contrast's own intensities. Channel 0 uses the draws a single-contrast slice gets.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import cv2
@@ -19,7 +24,7 @@ from scipy import ndimage
 
 from .base import Param, PerturbContext, lesion_region, register
 
-Edit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Edit = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 _SQUARE = np.ones((3, 3), bool)
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
@@ -29,15 +34,19 @@ def _disk(r: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
-def _edit_each(images: torch.Tensor, region: torch.Tensor, edit: Edit) -> torch.Tensor:
-    """Apply ``edit(img, lesion) -> (values, where)`` to each image (float64 numpy); only ``where`` is written back.
-    Works in numpy throughout (one conversion each way), since many small torch ops are slow on busy CPUs."""
+def _edit_each(images: torch.Tensor, region: torch.Tensor, edit: Edit, rng: np.random.Generator) -> torch.Tensor:
+    """Apply ``edit(img, lesion, rng) -> (values, where)`` to each channel of each slice (float64 numpy); only
+    ``where`` is written back. Every channel of a slice replays the slice's draws: channel 0 draws from ``rng`` (which
+    goes on from there), channel c > 0 from a copy of ``rng`` as it was before the slice. Works in numpy throughout
+    (one conversion each way), since many small torch ops are slow on busy CPUs."""
     x = images.detach().cpu().numpy()
     out = x.copy()
     lesions = region.detach().cpu().numpy()
     for i in range(x.shape[0]):
-        values, where = edit(x[i, 0].astype(np.float64), lesions[i, 0])
-        out[i, 0][where] = values[where]
+        before = copy.deepcopy(rng) if x.shape[1] > 1 else rng
+        for c in range(x.shape[1]):
+            values, where = edit(x[i, c].astype(np.float64), lesions[i, 0], rng if c == 0 else copy.deepcopy(before))
+            out[i, c][where] = values[where]
     return torch.from_numpy(out).to(images.device)
 
 
@@ -93,10 +102,10 @@ def boundary_blur(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
     Gaussian-smoothed value (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Changes stay within dilate(M, width). Valid sigma: 0 to 8 px."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return ndimage.gaussian_filter(img, sigma), boundary_band(m, width)
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks
 
 
 @register(
@@ -111,7 +120,7 @@ def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
     (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change. Valid alpha: 0 to 1."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(m)
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         theta = rng.uniform(0, 2 * np.pi)
@@ -121,7 +130,7 @@ def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
         g = ((yy - cy) * u[0] + (xx - cx) * u[1]) / max(half, 0.5)
         return img * (1 + alpha * np.clip(g, -1, 1)), m
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks
 
 
 @register(
@@ -133,11 +142,11 @@ def gradient(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
 def texture_flatten(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, ctx: PerturbContext, *, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten the lesion's internal texture: I' = (1 - beta)·I + beta·mean(I | M) on M (per image), which keeps the
     lesion's mean intensity but removes its heterogeneity (Deo et al. 2025, arXiv 2505.07175: localised morphological alterations). Only pixels of M change.
-    Valid beta: 0 to 1."""
+    The mean is each contrast's own. Valid beta: 0 to 1."""
     region = lesion_region(masks, ctx)
     x = images.double()
     w = region.double()
-    mean = (x * w).sum((1, 2, 3), keepdim=True) / w.sum((1, 2, 3), keepdim=True)
+    mean = (x * w).sum((2, 3), keepdim=True) / w.sum((2, 3), keepdim=True)  # per slice and contrast
     flat = ((1 - beta) * x + beta * mean).to(images.dtype)
     return torch.where(region, flat, images), masks
 
@@ -154,10 +163,10 @@ def lesion_erase(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     segmenter's Dice against it measures the damage. Only pixels of M change. Valid amount: 0 to 1."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return (1 - amount) * img + amount * healthy_fill(img, m, rng), m
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks
 
 
 def _grow(img: np.ndarray, m: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -201,13 +210,13 @@ def lesion_resize(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gene
     thinner than 2|k| px disappears. Changes stay within that shell (k > 0) or within M (k < 0). Valid k: -5 to 5."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if k > 0:
             return _grow(img, m, k, rng)
         rim = m & ~_erode(m, _disk(-k))
         return healthy_fill(img, m, rng), rim
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks
 
 
 # ---------------------------------------------------------------------------------------------- vessel edits
@@ -303,10 +312,10 @@ def vessel_break(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     ``ctx.lesion_labels`` (or every label > 0). Changes stay within dilate(V, 1). Valid gaps: 0 to 20."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return local_background(img, v, rng), _vessel_gaps(v, gaps, length, rng)
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks
 
 
 def _prunable(v: np.ndarray, min_area: int) -> np.ndarray:
@@ -353,11 +362,11 @@ def vessel_prune(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Gener
     Valid min_area: 0 to 400 px."""
     region = lesion_region(masks, ctx)
 
-    def edit(img: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def edit(img: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         gone = _prunable(v, min_area)
         if not gone.any():
             return img, gone
         halo = _dilate(gone, _SQUARE) & ~_dilate(v & ~gone, _SQUARE)
         return local_background(img, v, rng), gone | halo
 
-    return _edit_each(images, region, edit), masks
+    return _edit_each(images, region, edit, rng), masks

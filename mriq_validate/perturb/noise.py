@@ -1,7 +1,8 @@
 """Global noise: additive Gaussian, Poisson (photon-count) and MRI magnitude (Rician) noise.
 
-All three act on every pixel of every image; MONAI's transforms are used where they exist (Gaussian, Rician),
-each seeded from the perturbation's ``rng`` so the same seed replays the same draw.
+All three act on every pixel of every image and every contrast, with independent draws per pixel and per contrast
+channel (each contrast is its own acquisition) at the same strength; MONAI's transforms are used where they exist
+(Gaussian, Rician), each seeded from the perturbation's ``rng`` so the same seed replays the same draw.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Param, PerturbContext, register
+from .base import Param, PerturbContext, channel_stack, per_channel, register
 
 
 def monai_seed(rng: np.random.Generator) -> int:
@@ -39,7 +40,7 @@ def gaussian(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
 
     t = RandGaussianNoise(prob=1.0, mean=0.0, std=sigma, sample_std=False)
     t.set_random_state(seed=monai_seed(rng))
-    return plain(t(images[:, 0].float()), images)[:, None], masks
+    return channel_stack(plain(t(per_channel(images).float()), images), images), masks
 
 
 @register(
@@ -72,4 +73,4 @@ def rician(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, 
 
     t = RandRicianNoise(prob=1.0, mean=0.0, std=sigma, relative=False, channel_wise=False, sample_std=False)
     t.set_random_state(seed=monai_seed(rng))
-    return plain(t(images[:, 0].float()), images)[:, None], masks
+    return channel_stack(plain(t(per_channel(images).float()), images), images), masks

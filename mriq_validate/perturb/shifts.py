@@ -3,11 +3,13 @@
 Every set-level edit keeps N and the positions of the items it does not touch: it *overwrites* chosen slots
 (image and mask together) with other items, so item i of the output is either item i of the input or a
 replacement. Which slots were replaced is visible only in the returned tensors (compare with the input) and is
-replayed exactly by the same seed. Counts use :func:`n_of` (round half up), e.g. p = 0.15 of N = 10 → 2.
+replayed exactly by the same seed. Counts use :func:`n_of` (round half up), e.g. p = 0.15 of N = 10 → 2. Items move
+whole: every contrast channel with its mask.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 
@@ -82,7 +84,8 @@ def external_duplication(images: torch.Tensor, masks: torch.Tensor, rng: np.rand
     ``ctx.train_images`` / ``ctx.train_masks`` (drawn without replacement while the training set suffices).
     With augment = 1 each copy gets one disguise drawn at random: noise N(0, 0.01), a rotation of ±10°
     (mask rotated too, nearest neighbour), intensity ×U(0.9, 1.1), or a blend α·train + (1-α)·replaced item,
-    α ~ U(0.6, 0.8) (mask of the training item) (Mem-index ``create_contamination.py``). Valid p: 0 to 1."""
+    α ~ U(0.6, 0.8) (mask of the training item) (Mem-index ``create_contamination.py``); every contrast of a copy gets
+    the same disguise. Valid p: 0 to 1."""
     n = images.shape[0]
     k = n_of(p, n)
     if k == 0:
@@ -99,9 +102,13 @@ def external_duplication(images: torch.Tensor, masks: torch.Tensor, rng: np.rand
     if augment:
         for j, slot in enumerate(slots):
             aug = AUGMENTATIONS[int(rng.integers(len(AUGMENTATIONS)))]
-            img, msk = aug(new_i[j, 0].double().numpy(), new_m[j, 0].numpy(), images[slot, 0].double().numpy(), rng)
-            new_i[j, 0] = torch.from_numpy(np.clip(img, 0.0, 1.0)).to(new_i.dtype)
-            new_m[j, 0] = torch.from_numpy(np.ascontiguousarray(msk)).to(new_m.dtype)
+            before = copy.deepcopy(rng) if images.shape[1] > 1 else rng
+            mask = new_m[j, 0].numpy().copy()
+            for c in range(images.shape[1]):  # every contrast: the same disguise (channel c > 0 replays the draws)
+                img, msk = aug(new_i[j, c].double().numpy(), mask, images[slot, c].double().numpy(), rng if c == 0 else copy.deepcopy(before))
+                new_i[j, c] = torch.from_numpy(np.clip(img, 0.0, 1.0)).to(new_i.dtype)
+                if c == 0:
+                    new_m[j, 0] = torch.from_numpy(np.ascontiguousarray(msk)).to(new_m.dtype)
     return _overwrite(images, masks, slots, new_i, new_m)
 
 

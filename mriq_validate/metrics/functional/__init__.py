@@ -6,6 +6,7 @@ One module per family; each registered metric class names its entry point here i
 * :mod:`.memorisation`: copy distances and the conformal copy test;
 * :mod:`.diversity`: intra-set MS-SSIM, region presence;
 * :mod:`.downstream`: Dice and HD95 of label maps;
+* :mod:`.lesionwise`: BraTS 2023 lesion-wise Dice and HD95;
 * :mod:`.intensity`: brain intensity percentiles;
 * :mod:`.iqa`: pyiqa no-reference scores (PIQE, weight-based metrics);
 * :mod:`.niqe`: NIQE with a pristine model fitted on MRI;
@@ -17,10 +18,11 @@ from .diversity import ms_ssim_pairs, region_presence
 from .downstream import dice_per_image, hd95_per_image
 from .intensity import brain_percentile
 from .iqa import piqe, pyiqa_scores
+from .lesionwise import lesionwise_dice_hd95
 from .memorisation import conformal_flags, copy_distances, copy_flags
 from .niqe import niqe_mri
 from .radiomics import radiomic_features
 
 __all__ = ["brain_percentile", "conformal_flags", "copy_distances", "copy_flags", "dice_per_image", "fid_from_features", "frd",
-           "hd95_per_image", "kid", "mmd2", "ms_ssim_pairs", "niqe_mri", "piqe", "prdc", "pyiqa_scores", "radiomic_features",
-           "region_presence", "vendi_score"]
+           "hd95_per_image", "kid", "lesionwise_dice_hd95", "mmd2", "ms_ssim_pairs", "niqe_mri", "piqe", "prdc", "pyiqa_scores",
+           "radiomic_features", "region_presence", "vendi_score"]

@@ -2,10 +2,13 @@
 
 The downstream metrics (:mod:`mriq_validate.metrics.downstream`, Deo et al. 2025, arXiv 2505.07175) compute these on
 the masks of a region in a segmenter's prediction and in the reference; here they take any pair of mask stacks.
+:func:`surface_hd95` is the surface-element HD95 of DeepMind's surface-distance library, which the BraTS 2023
+evaluation uses (also per lesion, :mod:`.lesionwise`).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -14,7 +17,7 @@ import torch
 
 from ...errors import MetricError
 
-__all__ = ["BRATS_EMPTY_HD95_MM", "HD95_DEFINITIONS", "dice_per_image", "hd95_per_image"]
+__all__ = ["BRATS_EMPTY_HD95_MM", "HD95_DEFINITIONS", "dice_per_image", "hd95_per_image", "surface_hd95"]
 
 
 def _check_masks(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -74,42 +77,135 @@ def _hd95_pooled(p: torch.Tensor, t: torch.Tensor, spacing_mm: tuple[float, ...]
     return np.array(out)
 
 
+@functools.lru_cache(maxsize=32)
+def _code_to_area(spacing_mm: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's table from a voxel-corner neighbourhood code to its surface area (mm²; contour length in mm in 2D) and
+    the code's bit weights, ``monai.metrics.utils.get_code_to_measure_table``, adapted by MONAI from DeepMind's
+    surface-distance (https://github.com/google-deepmind/surface-distance)."""
+    from monai.metrics.utils import get_code_to_measure_table
+
+    table, kernel = get_code_to_measure_table(list(spacing_mm))
+    return np.asarray(table.cpu(), dtype=np.float64), np.asarray(kernel.cpu(), dtype=np.int64)[0, 0]
+
+
+def _edges_and_areas(a: np.ndarray, b: np.ndarray, spacing_mm: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """Surface elements of two masks on the voxel-corner grid of their joint bounding box (the 2×2(×2) neighbourhoods
+    neither all inside nor all outside), with their areas: what MONAI ``get_mask_edges(spacing=...)`` and DeepMind's
+    ``compute_surface_distances`` compute (identical arrays), without MONAI's tensor transforms: 0.09 ms against 16 ms
+    for a 128×128 slice pair through ``get_mask_edges``."""
+    table, kernel = _code_to_area(spacing_mm)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(a | b))
+    out = []
+    for m in (a, b):
+        padded = np.pad(m[box].astype(np.int64), 1)  # every corner of the box, zeros outside
+        n = tuple(s - 1 for s in padded.shape)
+        code = sum(int(w) * padded[tuple(slice(o, o + k) for o, k in zip(offset, n))] for offset, w in np.ndenumerate(kernel))
+        out.append(code)
+    edges = [(c != 0) & (c != len(table) - 1) for c in out]
+    return edges[0], edges[1], table[out[0]], table[out[1]]
+
+
+def _area_weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
+    """DeepMind surface-distance ``compute_robust_hausdorff`` for one direction: distances sorted (ties by area), the
+    first whose cumulative share of the surface area reaches ``percent`` (no interpolation)."""
+    order = np.lexsort((areas, distances))
+    cumulative = np.cumsum(areas[order]) / np.sum(areas)
+    i = int(np.searchsorted(cumulative, percent / 100.0))
+    return float(distances[order][min(i, len(order) - 1)])
+
+
+def surface_hd95(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, spacing_mm: tuple[float, ...],
+                 percent: float = 95.0) -> float:
+    """Robust Hausdorff distance (mm) of two non-empty boolean masks of one image, 2D or 3D, as DeepMind's
+    surface-distance ``compute_robust_hausdorff(compute_surface_distances(target, pred, spacing), 95)`` computes it,
+    the HD95 of the BraTS 2023 evaluation (https://github.com/rachitsaluja/BraTS-2023-Metrics, ``metrics.py``).
+
+    Surface elements lie on the voxel-corner grid (the 2×2(×2) neighbourhoods that are neither all inside nor all
+    outside), each weighted by its area (contour length in 2D) at ``spacing_mm``; every element's distance is the
+    Euclidean distance to the nearest surface element of the other mask. Each direction's ``percent`` percentile is
+    area-weighted without interpolation; the result is the larger of the two directions.
+
+    Args:
+        pred: a boolean H×W or D×H×W mask with at least one voxel.
+        target: a boolean mask of the same shape with at least one voxel.
+        spacing_mm: voxel spacing in mm, one entry per dimension.
+        percent: the percentile (95 for HD95).
+
+    Returns:
+        The distance in mm.
+
+    Raises:
+        MetricError: shapes or spacing that do not match, or an empty mask.
+
+    Example:
+        >>> import numpy as np
+        >>> t = np.zeros((16, 16), bool)
+        >>> t[4:8, 4:8] = True
+        >>> surface_hd95(np.roll(t, 2, axis=1), t, (1.0, 1.0))  # 2 px to the right
+        2.0
+    """
+    a, b = (m.bool().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m).astype(bool) for m in (pred, target))
+    if a.shape != b.shape or a.ndim not in (2, 3) or len(spacing_mm) != a.ndim:
+        raise MetricError(f"surface_hd95: masks {tuple(a.shape)} and {tuple(b.shape)} with spacing {tuple(spacing_mm)} mm; expected two "
+                          f"masks of one 2D or 3D shape and one spacing per dimension")
+    if not (a.any() and b.any()):
+        raise MetricError("surface_hd95: a mask is empty; the distance to an empty surface is infinite (callers score it)")
+    spacing = tuple(float(v) for v in spacing_mm)
+    edges_a, edges_b, areas_a, areas_b = _edges_and_areas(a, b, spacing)
+    from scipy.ndimage import distance_transform_edt
+
+    a_to_b = distance_transform_edt(~edges_b, sampling=spacing)[edges_a]
+    b_to_a = distance_transform_edt(~edges_a, sampling=spacing)[edges_b]
+    return max(_area_weighted_percentile(a_to_b, areas_a[edges_a], percent), _area_weighted_percentile(b_to_a, areas_b[edges_b], percent))
+
+
+def _hd95_surface(p: torch.Tensor, t: torch.Tensor, spacing_mm: tuple[float, ...]) -> np.ndarray:
+    return np.array([surface_hd95(a, b, spacing_mm) for a, b in zip(p[:, 0], t[:, 0])])
+
+
 #: The HD95 definitions (``hd95`` parameter ``definition``): how the two masks' boundary distances become one number, and
-#: what one empty mask scores. Both use the same boundary pixels (a mask minus its erosion, MONAI ``get_mask_edges``),
-#: Euclidean distances at the pixel spacing, and the linearly interpolated 95th percentile.
+#: what one empty mask scores. ``monai`` and ``brats`` use the same boundary pixels (a mask minus its erosion, MONAI
+#: ``get_mask_edges``), Euclidean distances at the pixel spacing, and the linearly interpolated 95th percentile;
+#: ``brats2023`` uses surface elements on the voxel-corner grid weighted by area (:func:`surface_hd95`).
 HD95_DEFINITIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor, tuple[float, ...]], np.ndarray], str]] = {
     "monai": (_hd95_monai, "MONAI compute_hausdorff_distance percentile=95 per slice, mm at the data's spacing: the larger of the "
                            "two one-way 95th percentiles of boundary distances; both empty = 0 mm, one empty = image diagonal (mm)"),
     "brats": (_hd95_pooled, "95th percentile of both directions' boundary distances pooled (medpy hd95, panoptica, used by the "
                             "BraTS 2025 evaluation) per slice, mm at the data's spacing; both empty = 0 mm, one empty = 374 mm "
                             "(BraTS 2023 evaluation's value for an infinite HD95)"),
+    "brats2023": (_hd95_surface, "DeepMind surface-distance compute_robust_hausdorff(95) as the BraTS 2023 evaluation computes it, per "
+                                 "slice, mm at the data's spacing: surface elements on the voxel-corner grid, each direction's 95th "
+                                 "percentile weighted by surface area (no interpolation), the larger direction; both empty = 0 mm, "
+                                 "one empty = 374 mm"),
 }
 
 
 def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, spacing_mm: tuple[float, ...], definition: str = "monai") -> np.ndarray:
     """95th-percentile Hausdorff distance in mm per image of boolean N×1×H×W (or N×1×D×H×W) masks.
 
-    Boundary pixels of each mask (the mask minus its erosion), Euclidean distances to the other mask's boundary with
-    pixel ``spacing_mm``, 95th percentile with linear interpolation; ``definition`` (:data:`HD95_DEFINITIONS`) decides
-    how the two directions combine and what an empty mask scores:
+    Boundary pixels of each mask (the mask minus its erosion; ``brats2023``: surface elements, see below), Euclidean
+    distances to the other mask's boundary with pixel ``spacing_mm``, 95th percentile with linear interpolation;
+    ``definition`` (:data:`HD95_DEFINITIONS`) decides how the two directions combine and what an empty mask scores:
 
     * ``monai`` (default): what MONAI ``compute_hausdorff_distance`` / ``HausdorffDistanceMetric(percentile=95)``
       computes, the larger of the two one-way percentiles (prediction→reference, reference→prediction). Empty masks,
       which MONAI scores as NaN/inf, are decided here: both empty → 0 mm (nothing to find, nothing found); exactly one
       empty → the image diagonal in mm (the largest distance possible inside the image).
     * ``brats``: the percentile of both directions' distances pooled, as medpy's ``hd95`` and panoptica compute it (the
-      BraTS 2025 evaluation uses panoptica; BraTS 2023's lesion-wise code took the larger one-way percentile, weighted by
-      surface area, like ``monai``). Both empty → 0 mm; exactly one empty → 374 mm, the value BraTS 2023's evaluation
-      substitutes for an infinite HD95.
+      BraTS 2025 evaluation uses panoptica). Both empty → 0 mm; exactly one empty → 374 mm, the value BraTS 2023's
+      evaluation substitutes for an infinite HD95.
+    * ``brats2023``: what BraTS 2023's evaluation computes (DeepMind surface-distance, :func:`surface_hd95`): the larger
+      one-way percentile, like ``monai``, but of surface elements on the voxel-corner grid weighted by their area, without
+      interpolation. Both empty → 0 mm; exactly one empty → 374 mm.
 
-    The two differ most when one direction has a tail the other lacks (a small far-away false positive): MONAI's takes
-    that direction's percentile, pooling dilutes it with the other direction's distances.
+    ``monai`` and ``brats`` differ most when one direction has a tail the other lacks (a small far-away false positive):
+    MONAI's takes that direction's percentile, pooling dilutes it with the other direction's distances.
 
     Args:
         pred: predicted masks, N×1×H×W (or N×1×D×H×W), boolean or 0/1.
         target: reference masks of the same shape.
         spacing_mm: pixel (voxel) spacing in mm, one entry per spatial dimension.
-        definition: ``"monai"`` or ``"brats"`` (:data:`HD95_DEFINITIONS`).
+        definition: ``"monai"``, ``"brats"`` or ``"brats2023"`` (:data:`HD95_DEFINITIONS`).
 
     Returns:
         N distances in mm (float64, ≥ 0).

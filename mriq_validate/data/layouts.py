@@ -1,0 +1,727 @@
+"""Public layouts of brain MRI folders, found from the files; which file or channel holds each contrast; what each
+label value means.
+
+Layouts (:func:`detect_layout`; the name is recorded in the data's provenance):
+
+* ``brats2021``: BraTS 2018–2021, ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2020 ships ``.nii``).
+  Labels 1 NCR/NET, 2 ED, 4 ET (Baid et al. 2021, arXiv:2107.02314; 3 was retired after BraTS 2016).
+* ``brats2023``: BraTS 2023–2025 (GLI, MEN, MET, SSA), ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+  (``BraTS-GLI-00000-000-t1c.nii.gz``). Labels 1 NETC, 2 SNFH, 3 ET; the 2024 post-treatment glioma data add
+  4 RC, resection cavity (de Verdier et al. 2024, arXiv:2405.18368; nnU-Net's Dataset226_BraTS2024-BraTS-GLI.py).
+  Pediatric cases (``BraTS-PED-*``) get no convention: the BraTS-PEDs releases do not share one label numbering
+  (the 2024 data annotate ET, NET, CC and ED, arXiv:2404.15009), so a ``labels:`` map must say it.
+* ``msd``: Medical Segmentation Decathlon (Antonelli et al. 2022), ``imagesTr/BRATS_001.nii.gz`` 4D (last axis =
+  channel) + ``labelsTr/`` + ``dataset.json`` with ``"modality"`` (Task01: 0 FLAIR, 1 T1w, 2 t1gd, 3 T2w) and
+  ``"labels"`` value → name (Task01: 1 edema, 2 non-enhancing tumor, 3 enhancing tumour: not BraTS's numbering).
+* ``nnunet_v1``: the same dataset.json keys with one file per channel, ``imagesTr/<case>_0000.nii.gz``.
+* ``nnunet_v2``: ``imagesTr/<case>_XXXX<file_ending>`` + ``labelsTr/<case><file_ending>`` + ``dataset.json`` with
+  ``"channel_names"`` and ``"labels"`` name → value, or name → values for region-based training
+  (nnunetv2/dataset_conversion/generate_dataset_json.py). nnU-Net's BraTS 2021 conversion (Dataset137_BraTS21.py)
+  writes ED as 1, NCR as 2, ET as 3 and declares ``"whole tumor": [1, 2, 3], "tumor core": [2, 3],
+  "enhancing tumor": [3]``; meanings are derived from such regions (:func:`meanings_from_regions`).
+* ``imagesTr``: imagesTr/labelsTr without dataset.json: channels by index only, label meaning from ``labels:``.
+* ``case_folders``: ``<case>/<case>_<contrast>.nii.gz`` folders in other naming (or without segmentations:
+  a healthy cohort), and ``flat``: a folder of ``<id>-<contrast>.nii.gz`` files (IXI: ``IXI002-Guys-0828-T1.nii.gz``);
+  ``<id>_seg.nii.gz`` files are labels. Their label meaning comes from ``labels:``.
+
+macOS ``._*`` files, ``.DS_Store``, ``__MACOSX/`` and other hidden files are ignored and listed (:attr:`Layout.ignored`),
+as nnU-Net's convert_MSD_dataset.py skips them; so are files that are not NIfTI (BraTS 2020's csv tables).
+
+Label meanings are canonical (:data:`LABEL_VALUES`): masks are remapped to them, so ``whole_tumour`` is the same
+tissue in every layout (:func:`plan_meanings`, :func:`finish_meanings`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .contrasts import CANONICAL, canonical_contrast, contrast_name
+
+NII = (".nii.gz", ".nii")
+#: Canonical mask value of each tumour meaning (BraTS 2023 numbering, plus the 2024 resection cavity).
+LABEL_VALUES: dict[str, int] = {"necrotic_core": 1, "oedema": 2, "enhancing": 3, "resection_cavity": 4}
+#: Tumour regions by meaning, as BraTS evaluates them (the resection cavity is in none of them, arXiv:2405.18368).
+TUMOUR_REGIONS: dict[str, tuple[str, ...]] = {
+    "whole_tumour": ("necrotic_core", "oedema", "enhancing"),
+    "tumour_core": ("necrotic_core", "enhancing"),
+    "enhancing_tumour": ("enhancing",),
+}
+BACKGROUND = "background"
+#: File-name suffixes of label volumes (``_seg``; ``_Segm`` in one BraTS 2020 case; ``_gtv`` in BraTS-MEN-RT).
+LABEL_SUFFIXES = frozenset({"seg", "segm", "label", "labels", "mask", "gtv"})
+LABELS_HINT = "labels: {1: oedema, 2: necrotic_core, 3: enhancing}"
+
+# Names of label meanings in dataset.json files, challenge documents and suite ``labels:`` maps, keyed by the name
+# lower-cased with everything but letters and digits removed (see :func:`_norm`).
+_MEANING_SYNONYMS: dict[str, str] = {
+    **dict.fromkeys(["background", "bg", "clearlabel", "none"], BACKGROUND),
+    **dict.fromkeys(["oedema", "edema", "ed", "snfh", "peritumoraledema", "peritumouraloedema", "peritumoraledematoustissue",
+                     "surroundingnonenhancingflairhyperintensity", "flairhyperintensity", "invadedtissue"], "oedema"),
+    **dict.fromkeys(["necroticcore", "necrotic", "necrosis", "ncr", "net", "netc", "ncrnet", "ncrandnet", "nonenhancing",
+                     "nonenhancingtumor", "nonenhancingtumour", "nonenhancingtumorcore", "nonenhancingtumourcore",
+                     "necroticcore", "necrotictumorcore", "necrotictumourcore", "necroticandnonenhancingtumorcore",
+                     "necroticnonenhancingtumorcore", "necroticandnonenhancingtumourcore"], "necrotic_core"),
+    **dict.fromkeys(["enhancing", "enhancingtumor", "enhancingtumour", "et", "gdenhancingtumor", "gdenhancingtumour",
+                     "enhancingtissue", "enhancingcore"], "enhancing"),
+    **dict.fromkeys(["resectioncavity", "rc", "cavity"], "resection_cavity"),
+}
+_REGION_SYNONYMS: dict[str, str] = {
+    **dict.fromkeys(["wholetumor", "wholetumour", "wt"], "whole_tumour"),
+    **dict.fromkeys(["tumorcore", "tumourcore", "tc"], "tumour_core"),
+    **dict.fromkeys(["enhancingtumor", "enhancingtumour", "et", "activetumor", "activetumour"], "enhancing_tumour"),
+}
+# Placeholder names that say nothing of the tissue ("label 1", "class2", "foreground").
+_GENERIC_NAME = re.compile(r"(label|class|structure|roi|object|segment|foreground|fg|mask|tissue|region)?\d*")
+
+
+# --------------------------------------------------------------------------------------------------- conventions
+
+
+@dataclass(frozen=True)
+class Convention:
+    """The label numbering a dataset family fixes: value → meaning; ``optional`` values are declared when found."""
+
+    name: str
+    meanings: dict[int, str]
+    optional: dict[int, str] = field(default_factory=dict)
+    reference: str = ""
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "brats2021": Convention("BraTS 2018–2021", {1: "necrotic_core", 2: "oedema", 4: "enhancing"},
+                            reference="Baid et al. 2021, arXiv:2107.02314 (1 NCR/NET, 2 ED, 4 ET)"),
+    "brats2023": Convention("BraTS 2023–2025", {1: "necrotic_core", 2: "oedema", 3: "enhancing"}, {4: "resection_cavity"},
+                            reference="BraTS 2023 data (1 NETC, 2 SNFH, 3 ET); 4 RC from the BraTS 2024 post-treatment "
+                                      "glioma data, arXiv:2405.18368"),
+}
+
+
+# --------------------------------------------------------------------------------------------------- the layout
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One contrast of one case: the file, and the channel when the file is 4D (None for a 3D file)."""
+
+    path: Path
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its image files keyed by :attr:`ContrastEntry.key`, and its label file (None when unlabelled)."""
+
+    id: str
+    images: dict[str, ImageSource]
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class ContrastEntry:
+    """A contrast a layout offers: recorded ``name`` (canonical where known), the ``key`` of :attr:`Case.images`, the
+    name it has in the data, where it is found (for provenance), its channel index in imagesTr layouts, and whether it
+    is read when the contrasts are not named (every named channel of a dataset.json, every canonical file suffix)."""
+
+    name: str
+    key: str
+    in_data: str
+    where: str
+    channel: int | None = None
+    default: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A folder's layout: the cases, the contrasts offered, how label values get their meaning, what was ignored."""
+
+    name: str
+    description: str
+    root: Path
+    cases: tuple[Case, ...]
+    contrasts: tuple[ContrastEntry, ...]
+    convention: str | None = None  # a key of CONVENTIONS when the layout fixes the label numbering
+    dataset_json: dict[str, Any] | None = None  # the dataset.json that declares the labels (read when no labels: map is given)
+    dataset_json_path: Path | None = None
+    ignored: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    evidence: str = ""
+
+    @property
+    def indexed(self) -> bool:
+        """Whether contrasts are channels of an imagesTr layout (so a digit names a channel index)."""
+        return self.name in ("msd", "nnunet_v1", "nnunet_v2", "imagesTr")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", str(name).lower())
+
+
+def is_nifti(name: str) -> bool:
+    """Whether ``name`` is a NIfTI file name (``.nii.gz`` or ``.nii``)."""
+    return name.endswith(NII)
+
+
+def nifti_stem(name: str) -> str:
+    """``name`` without its NIfTI extension."""
+    for s in NII:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def is_debris(name: str) -> bool:
+    """Files and folders that are no data: macOS ``._*`` resource forks, ``.DS_Store``, ``__MACOSX``, hidden files,
+    Windows ``Thumbs.db``/``desktop.ini``."""
+    return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
+def split_suffix(stem: str) -> tuple[str, str | None]:
+    """(``<id>``, ``<suffix>``) of ``<id>_<suffix>`` or ``<id>-<suffix>``; (stem, None) without a separator."""
+    m = re.fullmatch(r"(.+?)[_-]([^_-]+)", stem)
+    return (m.group(1), m.group(2)) if m else (stem, None)
+
+
+# --------------------------------------------------------------------------------------------------- detection
+
+
+def detect_layout(folder: Path, wanted: list[str] | None = None) -> Layout:
+    """The layout of ``folder``, found from its files (nothing but directory listings, dataset.json and NIfTI headers
+    of imagesTr/ is read). ``wanted`` (the contrasts asked for) names the contrast of a flat folder whose file names
+    do not say it. DataError when the folder is missing, empty or inconsistent, naming the files."""
+    if not folder.is_dir():
+        raise DataError(f"--mriq-data {folder}: folder does not exist")
+    if (folder / "imagesTr").is_dir():
+        return _images_tr(folder)
+    ignored: list[str] = []
+    dirs, files = [], []
+    for p in sorted(folder.iterdir()):
+        if is_debris(p.name):
+            ignored.append(p.name + ("/" if p.is_dir() else ""))
+        elif p.is_dir():
+            dirs.append(p)
+        elif is_nifti(p.name):
+            files.append(p)
+        else:
+            ignored.append(p.name)
+    case_dirs = [d for d in dirs if any(is_nifti(q.name) and not is_debris(q.name) for q in d.iterdir())]
+    ignored += [d.name + "/" for d in dirs if d not in case_dirs]
+    if case_dirs and files:
+        raise DataError(f"{folder}: holds both NIfTI files ({files[0].name}, ...) and case folders ({case_dirs[0].name}/, ...); "
+                        "expected one of them (case folders: <case>/<case>_<contrast>.nii.gz; flat: <id>-<contrast>.nii.gz)")
+    if case_dirs:
+        return _case_folders(folder, case_dirs, ignored)
+    if files:
+        return _flat(folder, files, ignored, wanted)
+    hint = f" (its subfolders {[d.name for d in dirs[:5]]} hold no NIfTI files: point at the folder that holds the cases)" if dirs else ""
+    raise DataError(f"--mriq-data {folder}: no cases found{hint}; expected BraTS case folders (<case>/<case>_t1.nii.gz + "
+                    "<case>_seg.nii.gz), imagesTr/ + labelsTr/ (+ dataset.json), or a folder of <id>-<contrast>.nii.gz files")
+
+
+def _parse_files(paths: Iterable[Path], where: str) -> tuple[dict[str, Path], list[Path]]:
+    """The image files of one case by contrast name (from the file-name suffix), and its label files."""
+    images: dict[str, Path] = {}
+    labels: list[Path] = []
+    for p in paths:
+        stem = nifti_stem(p.name)
+        suffix = split_suffix(stem)[1] or stem  # <case>/t1.nii.gz: the whole name is the contrast
+        if _norm(suffix) in LABEL_SUFFIXES:
+            labels.append(p)
+            continue
+        name = contrast_name(suffix)
+        if name in images:
+            raise DataError(f"{images[name]} and {p} are both contrast {name!r}; expected one file per contrast in {where}")
+        images[name] = p
+    return images, labels
+
+
+def _case_folders(folder: Path, case_dirs: list[Path], ignored: list[str]) -> Layout:
+    cases: list[Case] = []
+    suffixes: dict[str, tuple[str, str]] = {}  # contrast name -> (separator, suffix) as written, first seen
+    for d in case_dirs:
+        nii = []
+        for q in sorted(d.iterdir()):
+            if is_debris(q.name) or not is_nifti(q.name) or q.is_dir():
+                ignored.append(f"{d.name}/{q.name}")
+            else:
+                nii.append(q)
+        images, labels = _parse_files(nii, f"{d}/<case>_<contrast>.nii.gz")
+        if len(labels) > 1:
+            raise DataError(f"{d}: {len(labels)} label files {[p.name for p in labels]}; expected one <case>_seg.nii.gz")
+        for name, p in images.items():
+            suffixes.setdefault(name, _written_suffix(p))
+        cases.append(Case(d.name, {n: ImageSource(p) for n, p in images.items()}, labels[0] if labels else None))
+    written = {_norm(s) for _, s in suffixes.values()}
+    contrasts = tuple(ContrastEntry(name, name, suffixes[name][1], f"<case>/{'<case>' if suffixes[name][0] else ''}"
+                                    f"{''.join(suffixes[name])}.nii.gz", None, canonical_contrast(name) is not None)
+                      for name in _ordered(suffixes))
+    labelled = any(c.label for c in cases)
+    notes: list[str] = []
+    if labelled and written <= {"t1", "t1ce", "t2", "flair"}:
+        return Layout("brats2021", "BraTS 2018–2021 case folders", folder, tuple(cases), contrasts, "brats2021",
+                      ignored=tuple(ignored), evidence=f"case folders with contrast suffixes {sorted(written)} and _seg files")
+    if labelled and written <= {"t1n", "t1c", "t2w", "t2f"}:
+        ped = [c.id for c in cases if c.id.upper().startswith("BRATS-PED")]
+        if not ped:
+            return Layout("brats2023", "BraTS 2023–2025 case folders", folder, tuple(cases), contrasts, "brats2023",
+                          ignored=tuple(ignored), evidence=f"case folders with contrast suffixes {sorted(written)} and -seg files")
+        notes.append(f"pediatric cases ({ped[0]}, ...): the BraTS-PEDs releases do not share one label numbering (the 2024 "
+                     "data annotate ET, NET, CC and ED, arXiv:2404.15009), so the suite's data.labels must say it")
+    return Layout("case_folders", "case folders", folder, tuple(cases), contrasts, None, ignored=tuple(ignored), notes=tuple(notes),
+                  evidence=f"case folders with contrast suffixes {sorted(written)}" + ("" if labelled else " and no label files"))
+
+
+def _flat(folder: Path, files: list[Path], ignored: list[str], wanted: list[str] | None) -> Layout:
+    parsed = [(p, *split_suffix(nifti_stem(p.name))) for p in files]
+    named = [t for t in parsed if t[2] is not None and (canonical_contrast(t[2]) or _norm(t[2]) in LABEL_SUFFIXES)]
+    if not named:  # no file says its contrast: every file is one case of the one contrast asked for
+        asked = [w for w in (wanted or []) if not str(w).isdigit()]
+        if len(asked) != 1:
+            raise DataError(f"{folder}: the file names ({files[0].name}, ...) do not say their contrast; name the one contrast "
+                            "they hold with the suite's data.contrasts (e.g. contrasts: [t1])")
+        name = contrast_name(asked[0])
+        cases = tuple(Case(nifti_stem(p.name), {name: ImageSource(p)}, None) for p in files)
+        return Layout("flat", "flat folder of one contrast", folder, cases,
+                      (ContrastEntry(name, name, str(asked[0]), f"every *.nii.gz in the folder (contrast named by data.contrasts)"),),
+                      ignored=tuple(ignored), evidence="NIfTI files directly in the folder, their names without a contrast suffix")
+    groups: dict[str, list[Path]] = {}
+    for p, cid, suffix in parsed:
+        groups.setdefault(cid if suffix is not None else nifti_stem(p.name), []).append(p)
+    cases_l: list[Case] = []
+    suffixes: dict[str, tuple[str, str]] = {}
+    for cid, paths in sorted(groups.items()):
+        images, labels = _parse_files(paths, f"{folder}/<id>-<contrast>.nii.gz")
+        if len(labels) > 1:
+            raise DataError(f"{folder}: case {cid!r} has {len(labels)} label files {[p.name for p in labels]}; expected one")
+        for name, p in images.items():
+            suffixes.setdefault(name, _written_suffix(p))
+        cases_l.append(Case(cid, {n: ImageSource(p) for n, p in images.items()}, labels[0] if labels else None))
+    contrasts = tuple(ContrastEntry(n, n, suffixes[n][1], f"<id>{''.join(suffixes[n])}.nii.gz", None,
+                                    canonical_contrast(n) is not None) for n in _ordered(suffixes))
+    return Layout("flat", "flat folder", folder, tuple(cases_l), contrasts, None, ignored=tuple(ignored),
+                  evidence=f"NIfTI files directly in the folder with contrast suffixes {sorted({_norm(s) for _, s in suffixes.values()})}")
+
+
+def _written_suffix(p: Path) -> tuple[str, str]:
+    """(separator, contrast suffix) of ``p`` as written: ``("_", "t1ce")``, ``("-", "t2f")``, ``("", "t1")`` for t1.nii.gz."""
+    stem = nifti_stem(p.name)
+    suffix = split_suffix(stem)[1]
+    return (stem[-len(suffix) - 1], suffix) if suffix else ("", stem)
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    """Canonical contrasts in canonical order, then the others in the order given."""
+    names = list(dict.fromkeys(names))
+    return [c for c in CANONICAL if c in names] + [n for n in names if n not in CANONICAL]
+
+
+def read_dataset_json(path: Path) -> dict[str, Any]:
+    """The dataset.json at ``path``; DataError naming the file when it is not a JSON object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object with 'channel_names' (or 'modality') and 'labels'")
+    return obj
+
+
+def _channel_names(meta: dict[str, Any], path: Path) -> tuple[str, dict[int, str]]:
+    key = "channel_names" if "channel_names" in meta else "modality" if "modality" in meta else ""
+    if not key:
+        return "", {}
+    raw = meta[key]
+    if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
+        raise DataError(f"{path}: '{key}' must map channel indices to names (e.g. {{\"0\": \"T1\"}}), found {raw!r}")
+    return key, {int(k): str(v) for k, v in raw.items()}
+
+
+def _images_tr(folder: Path) -> Layout:
+    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    if not labels_dir.is_dir():
+        raise DataError(f"{folder}: has imagesTr/ but no labelsTr/ (nnU-Net/MSD layout needs both)")
+    meta_path = folder / "dataset.json"
+    meta = read_dataset_json(meta_path) if meta_path.is_file() else None
+    ending = str(meta.get("file_ending", ".nii.gz")) if meta else None
+    if ending is not None and ending not in NII:
+        raise DataError(f"{meta_path}: file_ending {ending!r}; only NIfTI ({', '.join(NII)}) is read")
+    endings = (ending,) if ending else NII
+    ignored = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())
+               if p.name not in ("imagesTr", "labelsTr", "dataset.json")]
+
+    def listing(d: Path) -> dict[str, Path]:
+        out = {}
+        for p in sorted(d.iterdir()):
+            if is_debris(p.name) or p.is_dir() or not p.name.endswith(endings):
+                ignored.append(f"{d.name}/{p.name}")
+            else:
+                out[p.name[: -len(next(e for e in endings if p.name.endswith(e)))]] = p
+        return out
+
+    imgs, labs = listing(images_dir), listing(labels_dir)
+    if not imgs:
+        raise DataError(f"--mriq-data {folder}: no cases found in {images_dir} (expected <case>_0000{endings[0]} or <case>{endings[0]})")
+    split = {stem: re.fullmatch(r"(.+)_(\d{4})", stem) for stem in imgs}
+    if all(split.values()):
+        per_case: dict[str, dict[int, Path]] = {}
+        for stem, m in split.items():
+            assert m is not None
+            per_case.setdefault(m.group(1), {})[int(m.group(2))] = imgs[stem]
+        channels = sorted(next(iter(per_case.values())))
+        for cid, chans in per_case.items():
+            if sorted(chans) != channels:
+                raise DataError(f"{images_dir}: case {cid!r} has channels {sorted(chans)} but others have {channels}; "
+                                f"expected <case>_0000..{channels[-1]:04d}{endings[0]} for every case")
+        n_channels, four_d = len(channels), False
+        if channels != list(range(n_channels)):
+            raise DataError(f"{images_dir}: channel files {channels}; expected consecutive indices from 0000")
+        case_files = {cid: {f"{ch:04d}": ImageSource(p) for ch, p in chans.items()} for cid, chans in per_case.items()}
+    elif not any(split.values()):
+        first = next(iter(imgs.values()))
+        n_channels, four_d = _channels_of(first)
+        case_files = {stem: {(f"ch{ch}" if four_d else "0000"): ImageSource(p, ch if four_d else None) for ch in range(n_channels)}
+                      for stem, p in imgs.items()}
+    else:
+        a = next(s for s, m in split.items() if m)
+        b = next(s for s, m in split.items() if not m)
+        raise DataError(f"{images_dir}: mixes per-channel files ({imgs[a].name}) and whole-case files ({imgs[b].name}); expected one kind")
+    orphans = sorted(set(labs) - set(case_files))
+    if orphans:
+        raise DataError(f"{labels_dir / labs[orphans[0]].name}: label of case {orphans[0]!r} has no image in {images_dir}")
+    unlabelled = sorted(set(case_files) - set(labs))
+    if unlabelled:
+        raise DataError(f"{labels_dir}: no label file for cases {unlabelled[:10]}{' ...' if len(unlabelled) > 10 else ''} "
+                        f"({len(unlabelled)} of {len(case_files)}); nnU-Net/MSD layouts label every training case")
+    cases = tuple(Case(cid, case_files[cid], labs[cid]) for cid in sorted(case_files))
+
+    key, names = _channel_names(meta, meta_path) if meta else ("", {})
+    if names and sorted(names) != list(range(n_channels)):
+        raise DataError(f"{meta_path}: '{key}' names channels {sorted(names)} but {images_dir} holds {n_channels} "
+                        f"channel(s) per case (0..{n_channels - 1})")
+    per_channel_files = all(split.values())
+
+    def pattern(ch: int) -> str:
+        if four_d:
+            return f"channel {ch} of imagesTr/<case>{endings[0]}"
+        return f"imagesTr/<case>_{ch:04d}{endings[0]}" if per_channel_files else f"imagesTr/<case>{endings[0]}"
+
+    def ckey(ch: int) -> str:
+        return f"ch{ch}" if four_d else f"{ch:04d}"
+    if names:
+        contrasts = tuple(ContrastEntry(contrast_name(names[ch]), ckey(ch), names[ch],
+                                        f"{pattern(ch)} (dataset.json {key} '{ch}': '{names[ch]}')", ch) for ch in range(n_channels))
+        order = {n: i for i, n in enumerate(_ordered(e.name for e in contrasts))}
+        contrasts = tuple(sorted(contrasts, key=lambda e: order[e.name]))
+    else:
+        contrasts = tuple(ContrastEntry(f"channel{ch}", ckey(ch), str(ch), f"{pattern(ch)} (no dataset.json names it)", ch)
+                          for ch in range(n_channels))
+    if meta is None:
+        name, desc = "imagesTr", "imagesTr/labelsTr without dataset.json"
+    elif key == "channel_names":
+        name, desc = "nnunet_v2", "nnU-Net v2 raw dataset"
+    elif four_d:
+        name, desc = "msd", "Medical Segmentation Decathlon"
+    else:
+        name, desc = "nnunet_v1", "nnU-Net v1 / MSD-style dataset with per-channel files"
+    evidence = (f"imagesTr/ + labelsTr/ with {'4D images' if four_d else 'one file per channel'}, "
+                + (f"dataset.json with {key!r}" if key else "no dataset.json" if meta is None else "dataset.json without channel names"))
+    if (folder / "imagesTs").is_dir():
+        ignored = [i for i in ignored if i != "imagesTs/"] + ["imagesTs/ (test images without labels: not read)"]
+    return Layout(name, desc, folder, cases, contrasts, None, meta if meta and "labels" in meta else None, meta_path,
+                  tuple(ignored), (), evidence)
+
+
+def _channels_of(path: Path) -> tuple[int, bool]:
+    """(channels, is 4D) of the NIfTI at ``path`` from its header."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if len(shape) == 4:
+        return int(shape[3]), True
+    if len(shape) == 3:
+        return 1, False
+    raise DataError(f"{path}: a {len(shape)}D image; expected a 3D volume or a 4D stack of channels (last axis)")
+
+
+# --------------------------------------------------------------------------------------------------- contrasts
+
+
+def pick_contrasts(layout: Layout, wanted: list[str] | None) -> list[ContrastEntry]:
+    """The contrasts to read, in the order asked (all the layout offers by default, canonical first, when ``wanted`` is
+    None). A digit names a channel index in imagesTr layouts. DataError naming an unknown, repeated or ambiguous
+    contrast and the contrasts the data has."""
+    offered = list(layout.contrasts)
+    have = list(dict.fromkeys(e.name for e in offered))
+    where = f"{layout.root} ({layout.description})"
+    if wanted is None:
+        picked = [e for e in offered if e.default]
+        if not picked:
+            raise DataError(f"{where}: no file says a known contrast (found {have}); name the contrasts to read with the "
+                            "suite's data.contrasts")
+        names = [e.name for e in picked]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"{where}: contrast {dup[0]!r} is ambiguous: {[e.where for e in picked if e.name == dup[0]]}; "
+                            f"name the channels to read with data.contrasts (channel indices allowed)")
+        return picked
+    if not wanted:
+        raise DataError(f"{where}: contrasts is empty; expected some of {have} (or leave it out for all)")
+    out: list[ContrastEntry] = []
+    for w in wanted:
+        text = str(w)
+        if text.isdigit():
+            if not layout.indexed:
+                raise DataError(f"{where}: contrast {text!r} is a channel index, which only imagesTr layouts have; "
+                                f"name a contrast: {have}")
+            matches = [e for e in offered if e.channel == int(text)]
+            if not matches:
+                raise DataError(f"{where}: channel {text} does not exist; the data has channels "
+                                f"{sorted(e.channel for e in offered if e.channel is not None)} ({have})")
+        else:
+            matches = [e for e in offered if e.name == contrast_name(text)]
+            if not matches:
+                hint = (" imagesTr/ without a dataset.json does not name its channels: give channel indices (contrasts: ['0']) "
+                        "or add a dataset.json with channel_names." if layout.name == "imagesTr" else "")
+                raise DataError(f"{where}: contrast {text!r} is not in the data; it has {have} (synonyms: t1=t1n=T1w, "
+                                f"t1c=t1ce=t1gd, t2=t2w, flair=t2f).{hint}")
+            if len(matches) > 1:
+                raise DataError(f"{where}: contrast {text!r} is ambiguous: {[e.where for e in matches]}; give a channel index")
+        if matches[0] in out:
+            raise DataError(f"{where}: contrast {text!r} is asked for twice (as {matches[0].name!r})")
+        out.append(matches[0])
+    return out
+
+
+def cases_with(layout: Layout, picked: list[ContrastEntry]) -> tuple[list[Case], list[str]]:
+    """(cases holding every picked contrast, ids of cases holding none of them). DataError naming a case that holds
+    some but not all."""
+    keep, other = [], []
+    for c in layout.cases:
+        have = [e.key in c.images for e in picked]
+        if all(have):
+            keep.append(c)
+        elif not any(have):
+            other.append(c.id)
+        else:
+            missing = [e.name for e, h in zip(picked, have) if not h]
+            raise DataError(f"{layout.root / c.id if layout.name != 'flat' else layout.root}: case {c.id!r} has no {missing} "
+                            f"(it has {sorted(c.images)}); every case needs each contrast read ({[e.name for e in picked]})")
+    if not keep:
+        raise DataError(f"{layout.root}: no case holds the contrasts {[e.name for e in picked]}")
+    return keep, other
+
+
+# --------------------------------------------------------------------------------------------------- label meaning
+
+
+def label_meaning(name: str) -> str | None:
+    """The meaning of a label named ``name``: a canonical tumour meaning (``"edema"`` → ``"oedema"``, ``"NETC"`` →
+    ``"necrotic_core"``), ``"background"``, the name itself lower-cased for another tissue (``"vessel"``), or None
+    for a placeholder that says nothing (``"label 1"``, ``"foreground"``, ``"2"``).
+
+    >>> [label_meaning(n) for n in ("edema", "non-enhancing tumor", "enhancing tumour", "RC", "Vessel", "label_2")]
+    ['oedema', 'necrotic_core', 'enhancing', 'resection_cavity', 'vessel', None]
+    """
+    key = _norm(name)
+    if key in _MEANING_SYNONYMS:
+        return _MEANING_SYNONYMS[key]
+    if _GENERIC_NAME.fullmatch(key):
+        return None
+    return re.sub(r"[^a-z0-9]+", "_", str(name).strip().lower()).strip("_")
+
+
+def meanings_from_regions(regions: dict[str, tuple[int, ...]], where: str) -> dict[int, str]:
+    """Label meanings from nnU-Net region definitions: a value in the enhancing region is enhancing; in the tumour
+    core but not enhancing, necrotic core; in the whole tumour only, oedema. DataError unless whole tumour, tumour
+    core and enhancing tumour are all named."""
+    named: dict[str, set[int]] = {}
+    for name, values in regions.items():
+        r = _REGION_SYNONYMS.get(_norm(name))
+        if r is None:
+            raise DataError(f"{where}: region {name!r} {list(values)} is not whole tumour, tumour core or enhancing tumour, "
+                            f"so the meaning of its labels is unknown; give the suite's data.{LABELS_HINT}")
+        named[r] = set(values)
+    if set(named) != set(TUMOUR_REGIONS):
+        raise DataError(f"{where}: regions {sorted(regions)} do not define whole tumour, tumour core and enhancing tumour, "
+                        f"so the meaning of each label is unknown; give the suite's data.{LABELS_HINT}")
+    et, tc, wt = named["enhancing_tumour"], named["tumour_core"], named["whole_tumour"]
+    if not et <= tc <= wt:
+        raise DataError(f"{where}: regions are not nested (enhancing {sorted(et)} within tumour core {sorted(tc)} within "
+                        f"whole tumour {sorted(wt)}); give the suite's data.{LABELS_HINT}")
+    out = {}
+    for v in sorted(wt):
+        out[v] = "enhancing" if v in et else "necrotic_core" if v in tc else "oedema"
+    return out
+
+
+def declared_meanings(labels: Any, path: Path, regions_class_order: Any = None) -> tuple[dict[int, str], str]:
+    """(value → meaning, source) from a dataset.json ``labels``: MSD / nnU-Net v1 map values to names
+    (``{"1": "edema"}``), nnU-Net v2 names to values (``{"edema": 1}``) or, for region-based training, names to
+    value lists (``{"whole tumor": [1, 2, 3]}``). DataError naming the file for a malformed map."""
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(f"{path}: 'labels' must be a non-empty object, found {labels!r}")
+    if all(str(k).isdigit() for k in labels):  # MSD / nnU-Net v1: value -> name
+        out = {}
+        for k, name in labels.items():
+            m = label_meaning(str(name))
+            if m is None:
+                raise _unnamed(path, int(k), name)
+            out[int(k)] = m
+        return out, f"dataset.json ({path}) 'labels' value → name"
+    parsed: dict[str, tuple[int, ...]] = {}
+    for name, value in labels.items():
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        if not vals or not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in vals):
+            raise DataError(f"{path}: label {name!r}: expected an integer or a list of integers, found {value!r}")
+        parsed[str(name)] = tuple(int(v) for v in vals)
+    if any(len(v) > 1 for v in parsed.values()):  # region-based (nnU-Net v2), e.g. Dataset137_BraTS21.py
+        regions = {n: v for n, v in parsed.items() if label_meaning(n) != BACKGROUND}
+        meanings = meanings_from_regions(regions, f"{path} 'labels'")
+        bg = {v[0]: BACKGROUND for n, v in parsed.items() if label_meaning(n) == BACKGROUND}
+        order = f", regions_class_order {list(regions_class_order)}" if regions_class_order is not None else ""
+        return {**bg, **meanings}, f"dataset.json ({path}) 'labels' as regions{order}: meanings derived from the regions"
+    out = {}
+    for name, (v,) in parsed.items():
+        m = label_meaning(name)
+        if m is None:
+            raise _unnamed(path, v, name)
+        if v in out and out[v] != m:
+            raise DataError(f"{path}: label value {v} is named both {out[v]!r} and {name!r}")
+        out[v] = m
+    return out, f"dataset.json ({path}) 'labels' name → value"
+
+
+def _unnamed(path: Path, value: int, name: Any) -> DataError:
+    return DataError(f"{path}: label {value} is named {name!r}, which does not say the tissue; give the suite's "
+                     f"data.{LABELS_HINT} (names: necrotic_core, oedema, enhancing, resection_cavity, or any tissue name)")
+
+
+def user_meanings(labels: dict[Any, Any]) -> dict[int, str]:
+    """Value → meaning from a suite's ``data.labels`` (keys may be strings after a JSON round trip). DataError naming
+    a key that is no integer or a meaning that says nothing."""
+    out = {}
+    for k, name in labels.items():
+        if isinstance(k, bool) or not (isinstance(k, int) or str(k).strip().lstrip("-").isdigit()):
+            raise DataError(f"data.labels key {k!r}: expected a label value (an integer), as in {LABELS_HINT}")
+        m = label_meaning(str(name))
+        if m is None:
+            raise DataError(f"data.labels {k}: {name!r} does not say the tissue; use necrotic_core, oedema, enhancing, "
+                            "resection_cavity, background, or a tissue name")
+        out[int(k)] = m
+    return out
+
+
+@dataclass(frozen=True)
+class MeaningPlan:
+    """Label meanings known before any label file is read: value → meaning, where that came from, and values that are
+    declared only when found (the 2024 resection cavity)."""
+
+    meanings: dict[int, str]
+    source: str
+    optional: dict[int, str] = field(default_factory=dict)
+    convention: str | None = None
+
+
+def plan_meanings(layout: Layout, labels: dict[Any, Any] | None) -> MeaningPlan | None:
+    """How label values get their meaning: the suite's ``labels`` map decides when given; else the layout's
+    convention or its dataset.json; None when nothing says it (the caller then reports the values it finds)."""
+    if labels:
+        return MeaningPlan(user_meanings(labels), "suite data.labels")
+    if layout.convention:
+        conv = CONVENTIONS[layout.convention]
+        return MeaningPlan(dict(conv.meanings), f"convention: {conv.name} ({conv.reference})", dict(conv.optional), layout.convention)
+    if layout.dataset_json is not None and layout.dataset_json_path is not None:
+        meta = layout.dataset_json
+        return MeaningPlan(*declared_meanings(meta["labels"], layout.dataset_json_path, meta.get("regions_class_order")))
+    return None
+
+
+def unknown_meaning_error(layout: Layout, found: dict[int, list[str]], read: int, total: int) -> DataError:
+    """The error for labels whose meaning nothing says, naming the values found and asking for a ``labels:`` map."""
+    values = sorted(v for v in found if v != 0)
+    why = "; ".join(layout.notes) or ("imagesTr/ has no dataset.json" if layout.name == "imagesTr"
+                                      else f"the {layout.description} layout does not fix label meanings")
+    seen = f"in {read} of {total} label files" if read < total else "in the label files"
+    example = ", ".join(f"{v}: <meaning>" for v in values) or "1: <meaning>"
+    return DataError(f"{layout.root}: the meaning of label values {values} (found {seen}) is unknown ({why}); add to the "
+                     f"suite's data block labels: {{{example}}} with meanings necrotic_core, oedema, enhancing, "
+                     f"resection_cavity or a tissue name, e.g. {LABELS_HINT}")
+
+
+@dataclass(frozen=True)
+class LabelMeaning:
+    """Final label meaning: source value → meaning → value in the masks, the data's labels and regions."""
+
+    meanings: dict[int, str]
+    values: dict[int, int]
+    source: str
+    labels: dict[str, int]
+    regions: dict[str, tuple[int, ...]]
+
+    def remap(self, masks: np.ndarray) -> np.ndarray:
+        """``masks`` (source values) in the canonical values; every value must be in :attr:`values`."""
+        out = np.zeros(masks.shape, np.int64)
+        for src, dst in self.values.items():
+            if dst:
+                out[masks == src] = dst
+        return out
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """JSON-ready ``[{"source_value", "meaning", "value"}]``."""
+        return [{"source_value": v, "meaning": self.meanings[v], "value": self.values[v]} for v in sorted(self.meanings)]
+
+
+def finish_meanings(plan: MeaningPlan, found: dict[int, list[str]], root: Path) -> LabelMeaning:
+    """The label meaning once the label values ``found`` (value → files holding it) are known. DataError naming a
+    value the plan does not explain, with the files that hold it."""
+    meanings = dict(plan.meanings)
+    for v, m in plan.optional.items():
+        if v in found:
+            meanings[v] = m
+    unexplained = sorted(v for v in found if v != 0 and v not in meanings)
+    if unexplained:
+        v = unexplained[0]
+        files = found[v][:3]
+        extra = ""
+        if plan.convention == "brats2021" and v == 3:
+            extra = (" (BraTS 2018–2021 has no label 3: BraTS 2012–2016 used it for non-enhancing tumour, and a converted "
+                     "dataset may use it for enhancing tumour)")
+        raise DataError(f"{root}: label values {unexplained} found (e.g. value {v} in {files}) are not in the label map of "
+                        f"{plan.source}: {dict(sorted(meanings.items()))}{extra}; give the suite's data.labels for every "
+                        f"value, e.g. {LABELS_HINT}")
+    meanings.setdefault(0, BACKGROUND)
+    # tumour meanings take their canonical values; another tissue keeps its own value unless that is taken
+    used = {LABEL_VALUES[m] for m in meanings.values() if m in LABEL_VALUES}
+    values: dict[int, int] = {}
+    others: dict[str, int] = {}
+    for v in sorted(meanings):
+        m = meanings[v]
+        if m == BACKGROUND:
+            values[v] = 0
+        elif m in LABEL_VALUES:
+            values[v] = LABEL_VALUES[m]
+        elif m in others:
+            values[v] = others[m]
+        else:
+            values[v] = others[m] = v if v > 0 and v not in used else max([len(LABEL_VALUES), *used, *meanings]) + 1
+            used.add(values[v])
+    labels = dict(sorted(((m, values[v]) for v, m in meanings.items() if m != BACKGROUND), key=lambda kv: (kv[1], kv[0])))
+    regions: dict[str, tuple[int, ...]] = {}
+    for region, parts in TUMOUR_REGIONS.items():
+        vals = tuple(sorted({labels[p] for p in parts if p in labels}))
+        if vals:
+            regions[region] = vals
+    fg = tuple(sorted(set(labels.values())))
+    if fg:
+        regions["foreground"] = fg
+    return LabelMeaning(meanings, values, plan.source, labels, regions)

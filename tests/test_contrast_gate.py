@@ -1,0 +1,57 @@
+"""Measures of one grey image are decided on each contrast: a model that gets one contrast wrong fails the criterion,
+and the outcome says which contrast (the mean over contrasts would have hidden it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mriq_validate.criteria import evaluate
+from mriq_validate.metrics import Sample
+from mriq_validate.session import RunContext, RunSettings
+from mriq_validate.suite import load_suite
+
+SUITE = Path(__file__).resolve().parents[1] / "suites" / "brain_tumour.yaml"
+
+
+class OneContrastScaled(RunContext):
+    """The real test images as the 'generated' ones, with channel ``channel`` multiplied by ``factor``."""
+
+    def __init__(self, cache_dir: Path, channel: int | None, factor: float) -> None:
+        super().__init__(RunSettings(model="constructed", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
+                         "builtin:mni-tumour")
+        self.channel, self.factor = channel, factor
+
+    def generated(self, split: str = "test") -> tuple[Sample, bool]:
+        real = self.real(split)
+        images = real.images.clone()
+        if self.channel is not None:
+            images[:, self.channel] *= self.factor
+        return Sample(images, real.masks, f"generated ({split} masks)"), True
+
+
+@pytest.fixture(scope="module")
+def intensity_criterion():  # type: ignore[no-untyped-def]
+    (crit,) = [c for c in load_suite(SUITE).criteria if c.id == "INTENSITY-SCALE"]
+    return crit
+
+
+def test_every_contrast_is_decided_and_reported(cache_dir: Path, intensity_criterion) -> None:  # type: ignore[no-untyped-def]
+    out = evaluate(intensity_criterion, OneContrastScaled(cache_dir, None, 1.0))
+    assert out.verdict == "PASS"
+    assert out.per_contrast is not None and list(out.per_contrast) == ["t1", "t1c", "t2", "flair"]
+    assert all(p["verdict"] == "PASS" and p["checked"] == pytest.approx(1.0) for p in out.per_contrast.values())
+
+
+@pytest.mark.parametrize("channel, name", [(1, "t1c"), (3, "flair")])
+def test_one_contrast_at_half_scale_fails_by_name(cache_dir: Path, intensity_criterion, channel: int, name: str) -> None:  # type: ignore[no-untyped-def]
+    out = evaluate(intensity_criterion, OneContrastScaled(cache_dir, channel, 0.5))
+    assert out.verdict == "FAIL"
+    assert out.per_contrast is not None
+    assert {k for k, p in out.per_contrast.items() if p["verdict"] == "FAIL"} == {name}
+    assert out.per_contrast[name]["checked"] == pytest.approx(0.5, abs=0.01)  # the ratio reads the scale factor
+    assert f"[{name}]" in out.message and f"{name} 0.5" in out.message
+    # the mean over the four contrasts (≈ 0.875) would have passed the band [0.7071, 1.4142]
+    mean = sum(p["checked"] for p in out.per_contrast.values()) / 4
+    assert 0.7071 < mean < 1.4142
