@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(BIN)/python -m mriq_validate.cli demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not heavy" tests
+	$(BIN)/python -m pytest -q -m "not heavy" --durations=15 tests
 
 test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -m heavy tests
+	$(BIN)/python -m pytest -q -m heavy --durations=15 tests
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -26,13 +26,14 @@ def criterion(**kw) -> Criterion:
 
 
 def test_perturbation_parameters_without_a_sweep_are_applied(ctx: RunContext) -> None:
-    crit = criterion(kind="sensitivity", perturbation={"name": "rician", "sigma": 0.3}, threshold={"min": -1.0})
+    crit = criterion(kind="sensitivity", metric="brain_intensity", perturbation={"name": "rician", "sigma": 0.3}, threshold={"min": -1.0})
     out = evaluate(crit, ctx)
     assert out.perturbation["params"] == {"sigma": 0.3}
 
 
 def test_sweep_levels_are_applied(ctx: RunContext) -> None:
-    crit = criterion(kind="sensitivity", perturbation={"name": "rician", "sigma": [0.01, 0.2]}, threshold={"min": -1.0})
+    crit = criterion(kind="sensitivity", metric="brain_intensity", perturbation={"name": "rician", "sigma": [0.01, 0.2]},
+                     threshold={"min": -1.0})
     assert [evaluate(crit, ctx, lvl).perturbation["params"]["sigma"] for lvl in crit.perturbation.levels()] == [0.01, 0.2]
 
 

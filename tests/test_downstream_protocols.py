@@ -239,7 +239,7 @@ def test_noise_floor_is_positive_and_cached(ctx: RunContext, cache_dir: Path, mo
     assert means[0] == pytest.approx(ctx.prepare(m, ctx.real("train")).mean())  # seed 0 is the TRTR baseline itself
     train, cfg = ctx.data.train, SegmenterConfig()
     for k in range(3):
-        key = segmenter_key(train.images, train.masks, ctx.n_classes, replace(cfg, seed=cfg.seed + k))
+        key = segmenter_key(train.images, train.masks, ctx.n_classes, replace(cfg, seed=cfg.seed + k), contrasts=tuple(ctx.data.contrasts))
         assert (cache_dir / "segmenters" / f"{key}.pt").is_file()
     # a fresh run loads the three segmenters from disk (no training) and protocol A has the same floor
     monkeypatch.setattr(segmenter, "train_segmenter", lambda *a, **k: pytest.fail("noise-floor segmenters must come from the cache"))

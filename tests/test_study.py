@@ -29,6 +29,7 @@ def quick_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     return out
 
 
+@pytest.mark.heavy
 def test_quick_study_writes_every_output(quick_out: Path) -> None:
     for name in ("sensitivity.csv", "correlation.csv", "memorisation.csv", "study.json", "study.html", "study.md"):
         assert (quick_out / name).is_file(), name
@@ -58,6 +59,7 @@ def test_quick_study_writes_every_output(quick_out: Path) -> None:
             assert r["detected"] == "False", r
 
 
+@pytest.mark.heavy
 def test_sensitivity_rule(quick_out: Path) -> None:
     for r in _rows(quick_out / "sensitivity.csv"):
         worse, se = float(r["worse"]), float(r["se"])
@@ -66,6 +68,7 @@ def test_sensitivity_rule(quick_out: Path) -> None:
             assert (r["detected"] == "True") == (worse > 3 * se)
 
 
+@pytest.mark.heavy
 def test_study_is_deterministic(tmp_path: Path, cache_dir: Path) -> None:
     cfg = dict(seed=5, cache_dir=str(cache_dir), quick=True, measures=["dice", "piqe"],
                perturbations=["gaussian", "internal_duplication"], models=["real"])
