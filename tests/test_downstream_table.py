@@ -16,6 +16,7 @@ from mriq_validate.criteria import seed_sd_multiplier
 from mriq_validate.downstream_table import downstream_table, paired_estimates
 
 
+@pytest.mark.heavy
 def test_downstream_table_small(cache_dir: Path) -> None:
     p = paired_estimates(np.array([0.5, 0.7, 0.9]), np.array([0.5, 0.7, 0.9]), np.random.default_rng(0), 200)
     assert p.difference.value == 0 and p.difference.ci_low == 0 and p.difference.ci_high == 0
