@@ -37,15 +37,15 @@ from .isolation import DEFAULT_TIMEOUT_S, IsolatedModel
 class ModelContext:
     """What a model factory receives: the real training split, the slice shape, device, seed, labels and contrasts.
 
-    ``train_images`` is N×C×H×W (one channel per contrast), ``train_masks`` N×1×H×W; ``image_shape`` is (C, H, W),
-    the shape of one slice a model must return; ``contrasts`` names the C channels in order (canonical names such as
+    ``train_images`` is N×C×H×W slices or N×C×D×H×W volumes (one channel per contrast), ``train_masks`` N×1×H×W
+    (N×1×D×H×W); ``image_shape`` is (C, H, W) or (C, D, H, W), the shape of one item a model must return; ``contrasts`` names the C channels in order (canonical names such as
     ``("t1", "t1c", "t2", "flair")``, :mod:`mriq_validate.data.contrasts`). Left empty, :func:`load_model` fills it
     from the reference data. Build it from the data with :meth:`for_data`.
     """
 
     train_images: torch.Tensor
     train_masks: torch.Tensor
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     device: torch.device
     seed: int
     labels: dict[str, int] = field(default_factory=dict)
@@ -83,17 +83,23 @@ def _shape_text(shape: tuple[Any, ...]) -> str:
 
 
 def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str, contrasts: tuple[str, ...] = ()) -> torch.Tensor:
-    """``out`` as float32 N×C×H×W in [0, 1], ``shape`` = (C, H, W) with one channel per contrast in ``contrasts``
-    (their names, in order, for the message); ModelError saying what was expected and what came back."""
+    """``out`` as float32 N×C×H×W (or N×C×D×H×W) in [0, 1], ``shape`` = (C, H, W) (or (C, D, H, W)) with one channel
+    per contrast in ``contrasts`` (their names, in order, for the message); ModelError saying what was expected and
+    what came back."""
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
     want = (n if n is not None else "N", *shape)
     per_contrast = f": one channel per contrast {', '.join(contrasts)}" if contrasts else ""
+    per_contrast += " (volumes N×C×D×H×W)" if len(shape) == 4 else ""
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"{source} returned {type(out).__name__}; expected a torch.Tensor of shape {_shape_text(want)}{per_contrast}")
-    if out.ndim != 4 or tuple(out.shape[1:]) != tuple(shape) or (n is not None and out.shape[0] != n):
+    if out.ndim != len(shape) + 1 or tuple(out.shape[1:]) != tuple(shape) or (n is not None and out.shape[0] != n):
         hint = ""
-        if out.ndim == 4 and tuple(out.shape[2:]) == tuple(shape[1:]) and out.shape[1] != shape[0]:
+        if out.ndim == len(shape) + 2 and tuple(out.shape[2:]) == tuple(shape) and out.shape[1] == 1:
+            hint = " (an extra axis: drop it)"
+        elif out.ndim == len(shape) and tuple(out.shape[1:]) == tuple(shape[1:]) and len(shape) == 4:
+            hint = " (a volume model must return N volumes C×D×H×W, not a stack of slices)"
+        elif out.ndim == len(shape) + 1 and tuple(out.shape[2:]) == tuple(shape[1:]) and out.shape[1] != shape[0]:
             hint = (f" ({out.shape[1]} channel(s) for {shape[0]} contrast(s): return every contrast the data has, in its order, "
                     f"or select the contrasts the model makes with the suite's data: contrasts)")
         raise ModelError(f"{source} returned shape {_shape_text(tuple(out.shape))}; expected {_shape_text(want)}{per_contrast}{hint}")
@@ -111,11 +117,11 @@ def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str, c
 
 
 def check_masks(out: Any, n: int, shape: tuple[int, ...], labels: set[int], source: str) -> torch.Tensor:
-    """``out`` as int64 N×1×H×W (``shape`` = (1, H, W)) whose labels are all in ``labels`` (0 = background is always
-    allowed)."""
+    """``out`` as int64 N×1×H×W or N×1×D×H×W (``shape`` = (1, H, W) or (1, D, H, W)) whose labels are all in
+    ``labels`` (0 = background is always allowed)."""
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(out)
-    if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape) != (n, *shape):
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *shape):
         got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
         raise ModelError(f"{source} returned masks {got}; expected a tensor of shape {(n, *shape)}")
     if out.is_floating_point() and not bool((out == out.round()).all()):

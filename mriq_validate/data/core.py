@@ -1,4 +1,4 @@
-"""Reference data: train / test splits of 2D slices with integer label masks, plus provenance.
+"""Reference data: train / test splits of 2D slices or 3D volumes with integer label masks, plus provenance.
 
 Also the registry of builtin datasets (``builtin:NAME``). It is filled by the package ``__init__``, which imports
 the dataset modules (they register on import); this module imports none of them.
@@ -21,8 +21,9 @@ from .contrasts import select_contrasts
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``images`` N×C×H×W float32 in [0, 1] (one channel per contrast, in ``ReferenceData.contrasts`` order);
-    ``masks`` N×1×H×W int64 labels (all zero for a cohort without annotations); per-slice ids and covariates."""
+    """One split: ``images`` N×C×H×W slices or N×C×D×H×W volumes, float32 in [0, 1] (one channel per contrast, in
+    ``ReferenceData.contrasts`` order); ``masks`` N×1×H×W (N×1×D×H×W) int64 labels (all zero for a cohort without
+    annotations); per-item ids and covariates. An item is a slice or a volume."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -32,13 +33,19 @@ class Split:
     def __post_init__(self) -> None:
         n = self.images.shape[0]
         im, ms = tuple(self.images.shape), tuple(self.masks.shape)
-        if len(im) != 4 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
-            raise DataError(f"split images {im} and masks {ms}: expected images N×C×H×W and masks N×1×H×W")
+        if len(im) not in (4, 5) or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+            raise DataError(f"split images {im} and masks {ms}: expected images N×C×H×W and masks N×1×H×W (slices), or "
+                            f"N×C×D×H×W and N×1×D×H×W (volumes)")
         if len(self.ids) != n or any(len(v) != n for v in self.covariates.values()):
             raise DataError(f"split has {n} slices but {len(self.ids)} ids / covariates of other lengths")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for slices, 3 for volumes."""
+        return self.images.ndim - 2
 
     def subset(self, index: np.ndarray | list[int]) -> "Split":
         """The slices at ``index`` (in that order)."""
@@ -67,7 +74,7 @@ class ReferenceData:
     test: Split
     labels: dict[str, int]
     regions: dict[str, tuple[int, ...]]
-    spacing_mm: tuple[float, float]
+    spacing_mm: tuple[float, ...]  # one per spatial axis: (row, column) for slices, (D, H, W) for volumes
     contrasts: tuple[str, ...]
     provenance: dict[str, Any]
     has_masks: bool = True
@@ -76,11 +83,19 @@ class ReferenceData:
         if len(self.contrasts) != self.train.images.shape[1] or self.test.images.shape[1:] != self.train.images.shape[1:]:
             raise DataError(f"data {self.name!r}: contrasts {list(self.contrasts)} but train images {tuple(self.train.images.shape)} "
                             f"and test images {tuple(self.test.images.shape)}; expected one channel per contrast")
+        if len(self.spacing_mm) != self.train.spatial_dims:
+            raise DataError(f"data {self.name!r}: spacing {tuple(self.spacing_mm)} mm for {self.train.spatial_dims}D items "
+                            f"{tuple(self.train.images.shape)}; expected one spacing per spatial axis")
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """C×H×W of one slice."""
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """C×H×W of one slice, or C×D×H×W of one volume."""
+        return tuple(self.train.images.shape[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for slices, 3 for volumes."""
+        return self.train.spatial_dims
 
     def region_mask(self, masks: torch.Tensor, region: str) -> torch.Tensor:
         """Boolean mask of ``region`` (a region name or a label name)."""

@@ -1,7 +1,8 @@
 """The perturbation registry: seeded, replayable edits of (images, masks) at a known strength.
 
 A perturbation is a pure function ``fn(images, masks, rng, ctx, **params) -> (images, masks)`` on
-N×C×H×W float images in [0, 1] (one channel per contrast) and N×1×H×W integer label masks. It is registered with
+N×C×H×W float slices or N×C×D×H×W float volumes in [0, 1] (one channel per contrast) and N×1×H×W (N×1×D×H×W)
+integer label masks; every family works in both (a volume's draws are made once per volume). It is registered with
 typed parameters (default, valid range, the value that makes it the identity) so YAML can name it and sweep its
 strength, and every call is recorded with the parameters and seed it used.
 
@@ -161,20 +162,22 @@ def apply(name: str, images: torch.Tensor, masks: torch.Tensor, *, seed: int, ct
 
 
 def check_shapes(images: torch.Tensor, masks: torch.Tensor, where: str) -> None:
-    """MetricError unless ``images`` are N×C×H×W and ``masks`` N×1×H×W of the same N, H, W."""
+    """MetricError unless ``images`` are N×C×H×W and ``masks`` N×1×H×W of the same N, H, W (or N×C×D×H×W and
+    N×1×D×H×W)."""
     im, ms = tuple(images.shape), tuple(masks.shape)
-    if len(im) != 4 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
-        raise MetricError(f"{where}: images {im} and masks {ms}; expected images N×C×H×W (one channel per contrast) and masks N×1×H×W")
+    if len(im) not in (4, 5) or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+        raise MetricError(f"{where}: images {im} and masks {ms}; expected images N×C×H×W (one channel per contrast) and masks N×1×H×W, "
+                          f"or volumes N×C×D×H×W and N×1×D×H×W")
 
 
 def per_channel(images: torch.Tensor) -> torch.Tensor:
-    """N×C×H×W as (N·C)×H×W, slice by slice with its channels together (``channel_stack``'s inverse order); for
-    transforms that treat the first axis as independent channels (MONAI's array transforms)."""
-    return images.reshape(-1, *images.shape[-2:])
+    """N×C×H×W as (N·C)×H×W (N×C×D×H×W as (N·C)×D×H×W), item by item with its channels together (``channel_stack``'s
+    inverse order); for transforms that treat the first axis as independent channels (MONAI's array transforms)."""
+    return images.reshape(-1, *images.shape[2:])
 
 
 def channel_stack(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N·C)×H×W back to N×C×H×W shaped like ``like``."""
+    """(N·C)×H×W (or (N·C)×D×H×W) back to the shape of ``like``."""
     return flat.reshape(like.shape)
 
 
