@@ -22,7 +22,7 @@ def main() -> int:
 
     cache = os.environ.setdefault("MRIQ_CACHE_DIR", "/tmp/mriq-cuda-cache")
     data = load_data("builtin:mni-tumour", DiskCache(cache))
-    cfg, dev = SegmenterConfig(), torch.device("cuda")
+    cfg, dev = SegmenterConfig().resolve(2), torch.device("cuda")
     start = time.perf_counter()
     net, history = train_segmenter(data.train.images, data.train.masks, 4, cfg, dev)
     torch.cuda.synchronize()

@@ -66,7 +66,7 @@ def main() -> None:
                     help=f"CPU thread counts to measure (sets ${THREADS_ENV}; 0 = torch's default); default: the library's setting")
     ap.add_argument("--config", default="{}", help="JSON overrides of SegmenterConfig fields")
     args = ap.parse_args()
-    cfg = SegmenterConfig.from_params(json.loads(args.config))
+    cfg = SegmenterConfig.from_params(json.loads(args.config)).resolve(2)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     threads = args.threads if args.threads is not None else [None]
     if "cuda" in devices and not torch.cuda.is_available():

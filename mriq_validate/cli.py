@@ -12,9 +12,17 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import MissingFileError, MriqError
 from .options import parse_device, parse_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from .data import ReferenceData
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -70,20 +78,36 @@ def _export_masks(args: argparse.Namespace) -> int:
     data = load_data(spec, DiskCache(args.cache or default_cache_dir()), **options)
     out = Path(args.out)
     splits = {name: (getattr(data, name).ids, getattr(data, name).masks) for name in ("test", "train")}
+    volumes = data.spatial_dims == 3
     source = {"data": spec, "data_name": data.name, "data_options": options, "digests": data.digests(),
               **({"suite": str(args.suite)} if args.suite else {})}
     write_mask_folder(out, splits, contrasts=tuple(data.contrasts), image_shape=data.image_shape, labels=dict(data.labels),
-                      source=source, name_of=contrast_name)
-    c, h, w = data.image_shape
-    images = (f"<stem>.npy (float in [0, 1], {c}×{h}×{w}, contrasts in the order {', '.join(data.contrasts)}) or one grey file per "
-              f"contrast, {', '.join(f'<stem>_{k}.png' for k in data.contrasts)}" if c > 1 else
-              f"<stem>.npy (float in [0, 1], {h}×{w}) or <stem>.png")
-    print(f"wrote {len(data.test)} test and {len(data.train)} train masks ({h}x{w}, labels {data.labels}, contrasts "
-          f"{list(data.contrasts)}) of {spec} to {out}/test/ and {out}/train/ as <stem>_seg.npy, and {out}/{MANIFEST} (the slice "
-          f"id of each stem). For each mask save your model's image beside it as {images}.\n"
+                      source=source, name_of=contrast_name, save_volume=_nifti_mask_writer(data) if volumes else None)
+    c, *dims = data.image_shape
+    size = "×".join(str(n) for n in dims)
+    ext = "nii.gz" if volumes else "png"
+    images = (f"<stem>.npy (float in [0, 1], {c}×{size}, contrasts in the order {', '.join(data.contrasts)}) or one grey file per "
+              f"contrast, {', '.join(f'<stem>_{k}.{ext}' for k in data.contrasts)}" if c > 1 else
+              f"<stem>.npy (float in [0, 1], {size}) or <stem>.{ext}")
+    mask_ext = "nii.gz" if volumes else "npy"
+    print(f"wrote {len(data.test)} test and {len(data.train)} train masks ({size.replace('×', 'x')}, labels {data.labels}, contrasts "
+          f"{list(data.contrasts)}) of {spec} to {out}/test/ and {out}/train/ as <stem>_seg.{mask_ext}, and {out}/{MANIFEST} (the "
+          f"{'volume' if volumes else 'slice'} id of each stem). For each mask save your model's image beside it as {images}.\n"
           f"  test/: {SPLIT_USES['test']};\n  train/: {SPLIT_USES['train']} (leave it empty if the suite has none).\n"
           f"Then run pytest --mriq-model {out}" + (f" with the same data (--mriq-data {spec})" if args.data else ""))
     return 0
+
+
+def _nifti_mask_writer(data: ReferenceData) -> Callable[[Path, str, np.ndarray], None]:
+    """``save(path, volume id, mask)`` for the volume masks of ``data``: a uint8 NIfTI of the D×H×W mask turned back to
+    RAS X×Y×Z with the volume's grid affine (provenance ``affine_dhw``), so it overlays the reference data."""
+    from .data.cohort_writer import save_nifti
+    from .data.volumes import item_affine, volume_from_display, xyz_affine
+
+    def save(path: Path, item_id: str, mask: np.ndarray) -> None:
+        save_nifti(path, volume_from_display(mask), xyz_affine(item_affine(data.provenance, item_id), mask.shape))
+
+    return save
 
 
 def _downstream_table(args: argparse.Namespace) -> int:

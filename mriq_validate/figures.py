@@ -4,6 +4,7 @@ PNG bytes or ``data:`` URIs, so ``report.html`` stays one self-contained file.
 - :func:`criteria_figure`: each criterion's compared quantity with its CI against the threshold (dot and whisker);
 - :func:`dose_response_figure`: sweeps (one criterion at several perturbation levels) as dose-response curves;
 - :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines, a row pair per contrast;
+  volumes are shown by the axial slice through each lesion's centroid (:func:`axial_sample`), its index written;
 - :func:`new_figure`, :func:`png_bytes`, :func:`data_uri`: the canvas and encoding the study's figures use too.
 """
 
@@ -203,6 +204,39 @@ def dose_response_figure(results: list[dict[str, Any]]) -> Any | None:
     return fig
 
 
+def lesion_slice(mask: Any) -> int:
+    """The axial slice (index along D) through the lesion centroid of a D×H×W mask (labels > 0): the mean D index of
+    its lesion voxels, rounded half up; the mid slice D // 2 when the mask has no lesion."""
+    m = np.asarray(mask) > 0
+    if m.ndim != 3:
+        raise ValueError(f"lesion_slice: expected a D×H×W mask, got shape {m.shape}")
+    if not m.any():
+        return m.shape[0] // 2
+    return int(np.floor(np.nonzero(m)[0].mean() + 0.5))
+
+
+def axial_sample(samples: dict[str, Any]) -> dict[str, Any]:
+    """A sample grid's arrays with volumes turned into slices: ``real`` / ``generated`` N×C×D×H×W become N×C×H×W,
+    ``masks`` / ``generated_masks`` (N×1×D×H×W or N×D×H×W) N×H×W, each item cut at the axial slice through its lesion
+    centroid (:func:`lesion_slice` of ``masks``, the mid slice without masks or lesion), the indices under
+    ``slice_index``. Samples of slices (no 5D images) come back unchanged."""
+    arrays = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in samples.items()
+              if k in ("real", "generated", "masks", "generated_masks") and v is not None}
+    if not any(arrays.get(k) is not None and arrays[k].ndim == 5 for k in ("real", "generated")):
+        return samples
+    masks = {k: (a[:, 0] if a.ndim == 5 else a) for k, a in arrays.items() if k in ("masks", "generated_masks")}
+    n = max(len(a) for a in arrays.values())
+    ref = masks.get("masks")
+    depth = next(a.shape[2] for k, a in arrays.items() if k in ("real", "generated") and a.ndim == 5)
+    index = np.array([lesion_slice(ref[i]) if ref is not None and i < len(ref) else depth // 2 for i in range(n)], dtype=np.int64)
+    out = dict(samples)
+    for k, a in arrays.items():
+        vol = masks.get(k, a)
+        out[k] = np.stack([vol[i][:, index[i]] if vol.ndim == 5 else vol[i][index[i]] for i in range(len(vol))])
+    out["slice_index"] = index
+    return out
+
+
 def _slices(a: Any, n: int) -> np.ndarray:
     """Masks (or one-channel images) N×H×W from N×1×H×W, N×H×W or H×W; the first ``n``."""
     arr = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
@@ -237,9 +271,12 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
     """Real and generated slices, first ``n`` (columns), with the outline of each mask label drawn on both. One pair of
     rows (real, generated) per contrast, each row labelled with its contrast (``contrasts``, or ``samples["contrasts"]``;
     ``channel k`` when no names are given). ``samples``: ``real``, ``generated`` (N×C×H×W, or N×H×W for one contrast)
-    and optionally ``masks`` (shared) or ``generated_masks``. None when ``samples`` is missing or has neither row."""
+    and optionally ``masks`` (shared) or ``generated_masks``. Volumes (N×C×D×H×W) are cut by :func:`axial_sample`, and
+    a sample with ``slice_index`` has each column titled with its axial slice. None when ``samples`` is missing or has
+    neither row."""
     if not samples:
         return None
+    samples = axial_sample(samples)
     sets = [(name, _channels(samples[name], n)) for name in ("real", "generated") if samples.get(name) is not None]
     if not sets:
         return None
@@ -249,6 +286,7 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
     masks = _slices(samples["masks"], n) if samples.get("masks") is not None else None
     gen_masks = _slices(samples["generated_masks"], n) if samples.get("generated_masks") is not None else masks
     cols = max(len(a) for _, _, a in rows)
+    index = np.asarray(samples["slice_index"]).ravel() if samples.get("slice_index") is not None else None
     fig = new_figure(1.75 * cols + 0.4, 1.85 * len(rows))
     axes = fig.subplots(len(rows), cols, squeeze=False)
     labels = sorted({int(v) for m in (masks, gen_masks) if m is not None for v in np.unique(m) if v > 0})
@@ -270,6 +308,8 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
                         ax.contour(m, levels=[0.5], colors=[LABEL_COLOURS[k % len(LABEL_COLOURS)]], linewidths=0.9)
             if j == 0:
                 ax.set_ylabel(title, fontsize=FONT + 2, fontweight="bold")
+            if i == 0 and index is not None and j < len(index):
+                ax.set_title(f"axial slice {int(index[j])}", fontsize=FONT + 1)
     if labels:
         from matplotlib.lines import Line2D
 

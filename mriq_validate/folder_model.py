@@ -18,11 +18,20 @@ t1, t1c, t2, flair). Each entry ``<name>`` is either
 
 The mask of ``<name>`` is ``<name>_seg.<ext>`` (or ``labels/<name>.<ext>``), one per entry whatever C is.
 
+Volumes (data of volumes C×D×H×W, ``image_shape`` of length 4): one volume per entry, as NIfTI (``.nii``/``.nii.gz``:
+X×Y×Z for one contrast, X×Y×Z×C with the contrasts along the fourth axis, or one X×Y×Z file per contrast
+``<name>_<contrast>.nii.gz``) or as ``.npy`` already on the data's grid (D×H×W, C×D×H×W; a stack N×C×D×H×W). A NIfTI
+file is read in any orientation: the caller's ``VolumeGrid`` turns it into the data's D×H×W grid (RAS, axial slices
+as 2D slices) and gives its voxel spacing, which must match the data's ``spacing_mm`` (D, H, W); a file of the wrong
+shape or spacing is an error naming the file, what it holds and what was expected. PNG files hold slices, not volumes.
+Masks follow the same rules (``<name>_seg.nii.gz``).
+
 Export layout (a mask-conditioned model with ``generate``): what ``mriq-validate export-masks OUT`` writes,
 ``OUT/mriq_masks.json`` (the manifest: original slice ids, file stems, contrasts, shape, labels, data source) and
-``OUT/test/<stem>_seg.npy``, ``OUT/train/<stem>_seg.npy``. A slice id becomes a portable stem by replacing each
-character outside ``A-Z a-z 0-9 . _ -`` with ``_`` (``case:z042`` → ``case_z042``; :func:`portable_stems`). The model's
-image for a mask is saved beside it under the same stem, as above (``<stem>.npy`` or ``<stem>_<contrast>.png``, ...).
+``OUT/test/<stem>_seg.npy``, ``OUT/train/<stem>_seg.npy`` (volumes: ``<stem>_seg.nii.gz`` on the data's grid). A slice
+(volume) id becomes a portable stem by replacing each character outside ``A-Z a-z 0-9 . _ -`` with ``_`` (``case:z042``
+→ ``case_z042``; :func:`portable_stems`). The model's image for a mask is saved beside it under the same stem, as
+above (``<stem>.npy`` or ``<stem>_<contrast>.png``, ...; volumes ``<stem>.nii.gz`` or ``<stem>_<contrast>.nii.gz``).
 ``generate(masks)`` then returns the saved images for the real test masks (mask-conditioned criteria) and for the
 real train masks (train-on-synthetic criteria such as ``dice_tstr`` and ``dice_augmented``); a split whose images are
 all missing is allowed (criteria that need it say what to save), a split with only some is an error.
@@ -79,6 +88,19 @@ class Stored:
     array: np.ndarray
     max_code: int | None  # the largest value the integer container holds (None: floating point)
     sbit: int | None = None  # PNG sBIT: significant bits of the original samples
+    affine: np.ndarray | None = None  # NIfTI: the voxel-to-world affine (4×4) of the stored array
+
+
+@dataclass(frozen=True)
+class VolumeGrid:
+    """The data's volume grid, for folders of volumes: ``spacing_mm`` (D, H, W) and ``to_grid(array, affine)``, which
+    turns a NIfTI array (X×Y×Z, or X×Y×Z×C) with its affine into the data's layout (D×H×W, or C×D×H×W) and returns
+    its voxel spacing (D, H, W) in mm. Given by the caller (``models.py`` builds it from :mod:`mriq_validate.data`),
+    so that this module holds no orientation convention of its own."""
+
+    spacing_mm: tuple[float, ...]
+    to_grid: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, tuple[float, ...]]]
+    tolerance_mm: float = 1e-3
 
 
 def png_chunks(data: bytes) -> dict[bytes, bytes]:
@@ -126,7 +148,7 @@ def _read_png(path: Path, mask: bool) -> Stored:
 
 def read_stored(path: Path, *, mask: bool = False) -> Stored:
     """One file's samples as stored (no scaling); ModelError naming the file when it cannot be read."""
-    suffix = _suffix(path)
+    suffix, affine = _suffix(path), None
     try:
         if suffix == ".png":
             return _read_png(path, mask)
@@ -135,17 +157,19 @@ def read_stored(path: Path, *, mask: bool = False) -> Stored:
         else:
             import nibabel as nib
 
-            arr = np.asarray(nib.load(str(path)).dataobj)  # scl_slope/inter applied (then float) where the header sets them
+            img = nib.load(str(path))
+            # scl_slope/inter applied (then float) where the header sets them
+            arr, affine = np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"{path}: cannot be read as {suffix} ({type(exc).__name__}: {exc})") from exc
     if arr.dtype.kind == "b":
-        return Stored(arr.astype(np.uint8), 1)
+        return Stored(arr.astype(np.uint8), 1, affine=affine)
     if arr.dtype.kind in "ui":
-        return Stored(arr, int(np.iinfo(arr.dtype).max))
+        return Stored(arr, int(np.iinfo(arr.dtype).max), affine=affine)
     if arr.dtype.kind == "f":
-        return Stored(arr.astype(np.float64), None)
+        return Stored(arr.astype(np.float64), None, affine=affine)
     raise ModelError(f"{path}: values of type {arr.dtype}; expected integers or floating-point numbers")
 
 
@@ -226,30 +250,41 @@ def to_labels(stored: Stored, path: Path, labels: set[int] | None) -> np.ndarray
     return out
 
 
-def _as_stack(arr: np.ndarray, path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One contrast (or a mask): an H×W slice or an N×H×W stack (singleton axes dropped), as N×H×W."""
-    h, w = shape[1:]
+def _item(shape: tuple[int, ...]) -> tuple[str, str]:
+    """``("slice", "H×W")`` or ``("volume", "D×H×W")`` for an image shape (C, H, W) or (C, D, H, W)."""
+    return ("volume", "D×H×W") if len(shape) == 4 else ("slice", "H×W")
+
+
+def _as_stack(arr: np.ndarray, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """One contrast (or a mask): an H×W slice (D×H×W volume) or a stack N×H×W (N×D×H×W), singleton axes dropped,
+    as N×H×W (N×D×H×W). ``shape`` is the image shape (C, H, W) or (C, D, H, W)."""
+    spatial = tuple(shape[1:])
     a = np.squeeze(arr)
-    if a.shape == (h, w):
+    if a.shape == spatial:
         return a[None]
-    if a.ndim == 3 and a.shape[1:] == (h, w):
+    if a.ndim == len(spatial) + 1 and a.shape[1:] == spatial:
         return a
-    raise ModelError(f"{path}: array of shape {arr.shape}; expected one {h}×{w} slice (or a stack N×{h}×{w})")
+    item, axes = _item(shape)
+    size = "×".join(map(str, spatial))
+    raise ModelError(f"{path}: array of shape {arr.shape}; expected one {size} {item} (or a stack N×{size})"
+                     + (f" ({axes} on the data's grid)" if len(spatial) == 3 else ""))
 
 
-def _as_images(arr: np.ndarray, path: Path, shape: tuple[int, int, int], contrasts: tuple[str, ...]) -> np.ndarray:
-    """A file holding every contrast, as N×C×H×W: for C = 1 any :func:`_as_stack` form; for C > 1 one slice C×H×W
-    or a stack N×C×H×W."""
-    c, h, w = shape
+def _as_images(arr: np.ndarray, path: Path, shape: tuple[int, ...], contrasts: tuple[str, ...]) -> np.ndarray:
+    """A file holding every contrast, as N×C×H×W (N×C×D×H×W): for C = 1 any :func:`_as_stack` form; for C > 1 one
+    item C×H×W (C×D×H×W) or a stack N×C×H×W (N×C×D×H×W)."""
+    c = shape[0]
     if c == 1:
         return _as_stack(arr, path, shape)[:, None]
-    if arr.shape == (c, h, w):
+    if arr.shape == tuple(shape):
         return arr[None]
-    if arr.ndim == 4 and arr.shape[1:] == (c, h, w):
+    if arr.ndim == len(shape) + 1 and arr.shape[1:] == tuple(shape):
         return arr
     names = f" ({', '.join(contrasts)})" if contrasts else ""
-    raise ModelError(f"{path}: array of shape {arr.shape}; expected the {c} contrasts{names} of one slice, {c}×{h}×{w} "
-                     f"(or a stack N×{c}×{h}×{w}), or one {h}×{w} file per contrast named <name>_<contrast>{_suffix(path)}")
+    item, _ = _item(shape)
+    size, whole = "×".join(map(str, shape[1:])), "×".join(map(str, shape))
+    raise ModelError(f"{path}: array of shape {arr.shape}; expected the {c} contrasts{names} of one {item}, {whole} "
+                     f"(or a stack N×{whole}), or one {size} file per contrast named <name>_<contrast>{_suffix(path)}")
 
 
 def _lower(name: str) -> str:
@@ -354,14 +389,17 @@ def pair_files(folder: Path) -> list[tuple[Path, Path | None]]:
 
 class FolderModel:
     """Pre-generated images (and masks) in a folder, offered through ``sample``; ``labels`` (the data's label set)
-    checks the masks file by file; ``contrasts`` names the C channels of ``image_shape`` (C, H, W), and ``name_of``
-    maps a file's contrast token to such a name (``mriq_validate.data.contrasts.contrast_name``: synonyms such as
-    ``t1ce`` or ``FLAIR`` are understood; default: lower case)."""
+    checks the masks file by file; ``contrasts`` names the C channels of ``image_shape`` (C, H, W) or (C, D, H, W), and
+    ``name_of`` maps a file's contrast token to such a name (``mriq_validate.data.contrasts.contrast_name``: synonyms
+    such as ``t1ce`` or ``FLAIR`` are understood; default: lower case). For volumes, ``grid`` reads NIfTI files onto
+    the data's grid and checks their spacing (without it, NIfTI arrays are taken as D×H×W, as ``.npy`` files are)."""
 
-    def __init__(self, folder: Path, image_shape: tuple[int, int, int], labels: set[int] | None = None,
-                 contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None) -> None:
+    def __init__(self, folder: Path, image_shape: tuple[int, ...], labels: set[int] | None = None,
+                 contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None, grid: VolumeGrid | None = None) -> None:
         self.folder, self.shape, self.labels = folder, tuple(image_shape), labels
-        self.contrasts, self.name_of = tuple(contrasts), name_of or _lower
+        self.contrasts, self.name_of, self.grid = tuple(contrasts), name_of or _lower, grid
+        if len(self.shape) not in (3, 4):
+            raise ModelError(f"model folder {folder}: image shape {self.shape}; expected (C, H, W) for slices or (C, D, H, W) for volumes")
         if self.contrasts and len(self.contrasts) != self.shape[0]:
             raise ModelError(f"model folder {folder}: contrasts {list(self.contrasts)} for images of shape {self.shape}; "
                              f"expected one contrast per channel")
@@ -376,15 +414,45 @@ class FolderModel:
         units, self.unused = folder_units(self.folder, self.contrasts, self.name_of)
         return units
 
+    def _on_grid(self, stored: Stored, path: Path) -> Stored:
+        """For volume data: a NIfTI file's array turned onto the data's D×H×W grid (``grid``), its spacing and size
+        checked against the data's; a PNG refused. Slice data: ``stored`` as it is."""
+        if len(self.shape) != 4:
+            return stored
+        size = "×".join(map(str, self.shape[1:]))
+        if _suffix(path) == ".png":
+            raise ModelError(f"{path}: a PNG holds a 2D slice; the data are volumes (D×H×W = {size}): save each volume as NIfTI "
+                             f"(.nii.gz) or as .npy on the data's grid")
+        if stored.affine is None or self.grid is None:
+            return stored
+        if stored.array.ndim not in (3, 4):
+            raise ModelError(f"{path}: NIfTI of shape {stored.array.shape}; expected one volume X×Y×Z (or X×Y×Z×C with the contrasts "
+                             f"along the fourth axis) on the data's grid D×H×W = {size}")
+        arr, spacing = self.grid.to_grid(stored.array, stored.affine)
+        want = tuple(float(v) for v in self.grid.spacing_mm)
+        d, h, w = self.shape[1:]
+        where = (f"NIfTI of shape {'×'.join(map(str, stored.array.shape))} (X×Y×Z{'×C' if stored.array.ndim == 4 else ''}); "
+                 f"expected the data's grid, D×H×W = {size} (X×Y×Z = {w}×{h}×{d} in RAS)")
+        if arr.ndim not in (3, 4) or tuple(arr.shape[-3:]) != tuple(self.shape[1:]):
+            raise ModelError(f"{path}: {where}, got {'×'.join(map(str, arr.shape))} on it; resample or crop the volume onto the "
+                             f"reference data's grid")
+        if len(spacing) != len(want) or any(abs(a - b) > self.grid.tolerance_mm for a, b in zip(spacing, want)):
+            found = ", ".join(f"{v:.4g}" for v in spacing)
+            raise ModelError(f"{path}: voxel spacing ({found}) mm (D, H, W, from the NIfTI affine); expected the data's "
+                             f"({', '.join(f'{v:g}' for v in want)}) mm: resample the volume onto the reference data's grid")
+        return Stored(np.ascontiguousarray(arr), stored.max_code, stored.sbit, stored.affine)
+
     def _load(self, units: list[Unit]) -> None:
-        """Read every unit's images (N×C×H×W on [0, 1]) and masks (N×1×H×W), and how the images were scaled."""
+        """Read every unit's images (N×C×H×W or N×C×D×H×W on [0, 1]) and masks (N×1×H×W or N×1×D×H×W), and how the
+        images were scaled."""
         self.files: list[Path] = []
         imgs, masks, scalings = [], [], Counter()
         for unit in units:
             img = self._read_images(unit, scalings)
             imgs.append(img)
             if unit.mask is not None:
-                m = _as_stack(to_labels(read_stored(unit.mask, mask=True), unit.mask, self.labels), unit.mask, self.shape)
+                m = _as_stack(to_labels(self._on_grid(read_stored(unit.mask, mask=True), unit.mask), unit.mask, self.labels),
+                              unit.mask, self.shape)
                 if m.shape[0] != img.shape[0]:
                     raise ModelError(f"{unit.mask}: mask stack {m.shape} does not match image stack {img.shape} of "
                                      f"{', '.join(p.name for p in unit.images)}")
@@ -395,10 +463,10 @@ class FolderModel:
         self.scaling = next(iter(scalings)) if len(scalings) == 1 else "; ".join(f"{how} ({n} files)" for how, n in sorted(scalings.items()))
 
     def _read_images(self, unit: Unit, scalings: Counter[str]) -> np.ndarray:
-        """The unit's images as N×C×H×W on [0, 1]: one file with every contrast, or one file per contrast."""
+        """The unit's images as N×C×H×W (N×C×D×H×W) on [0, 1]: one file with every contrast, or one file per contrast."""
         stacks = []
         for path in unit.images:
-            unit_values, how = to_unit(read_stored(path), self.value_range, path)
+            unit_values, how = to_unit(self._on_grid(read_stored(path), path), self.value_range, path)
             scalings[how] += 1
             self.files.append(path)
             stacks.append(unit_values)
@@ -407,8 +475,9 @@ class FolderModel:
         per = [_as_stack(a, p, self.shape) for a, p in zip(stacks, unit.images)]
         if len({a.shape[0] for a in per}) > 1:
             counts = ", ".join(f"{p.name}: {a.shape[0]}" for a, p in zip(per, unit.images))
-            raise ModelError(f"{unit.images[0].parent}: the contrast files of {unit.name!r} hold different numbers of slices ({counts}); "
-                             f"expected the same slices in each")
+            item = _item(self.shape)[0]
+            raise ModelError(f"{unit.images[0].parent}: the contrast files of {unit.name!r} hold different numbers of {item}s ({counts}); "
+                             f"expected the same {item}s in each")
         return np.stack(per, axis=1)
 
     def describe(self) -> dict[str, Any]:
@@ -473,12 +542,18 @@ def portable_stems(ids: list[str] | tuple[str, ...], taken: set[str] | None = No
 
 
 def write_mask_folder(out: Path, splits: dict[str, tuple[tuple[str, ...], torch.Tensor]], *, contrasts: tuple[str, ...],
-                      image_shape: tuple[int, int, int], labels: dict[str, int], source: dict[str, Any],
-                      name_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+                      image_shape: tuple[int, ...], labels: dict[str, int], source: dict[str, Any],
+                      name_of: Callable[[str], str] | None = None,
+                      save_volume: Callable[[Path, str, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Write each split's masks (``{split: (ids, masks N×1×H×W)}``) as ``<out>/<split>/<stem>_seg.npy`` (uint8 labels)
     and the manifest ``<out>/mriq_masks.json`` (the original ids, stems, contrasts, shape, labels, ``source``); return
-    the manifest. ModelError when ``out`` already holds an export or files in a split folder."""
+    the manifest. Volumes (``image_shape`` (C, D, H, W), masks N×1×D×H×W): each mask is written by
+    ``save_volume(path, item id, mask D×H×W uint8)`` as ``<stem>_seg.nii.gz`` (the caller knows the grid's affine, so the mask
+    overlays the reference data). ModelError when ``out`` already holds an export or files in a split folder."""
     name_of = name_of or _lower
+    volumes = len(image_shape) == 4
+    if volumes and save_volume is None:
+        raise ValueError("write_mask_folder: volumes need save_volume(path, id, mask) to write each mask as NIfTI on the data's grid")
     if (out / MANIFEST).exists() or any((out / s).is_dir() and any((out / s).iterdir()) for s in splits):
         raise ModelError(f"{out}: already holds an export (or files in {', '.join(f'{s}/' for s in splits)}); export to an empty or new folder, "
                          f"so that no image generated for other masks is left beside the new ones")
@@ -487,14 +562,21 @@ def write_mask_folder(out: Path, splits: dict[str, tuple[tuple[str, ...], torch.
         base, sep, token = stem.rpartition("_")
         return bool(sep and base) and (token == "seg" or name_of(token) in contrasts)
 
-    per_contrast = ", ".join(f"<stem>_{c}.png" for c in contrasts)
+    per_contrast = ", ".join(f"<stem>_{c}.{'nii.gz' if volumes else 'png'}" for c in contrasts)
+    if volumes:
+        naming = ("stem: the volume id with every character outside A-Z a-z 0-9 . _ - replaced by '_' (and __2, __3, ... against "
+                  "clashes); mask <split>/<stem>_seg.nii.gz (on the data's grid); images <split>/<stem>.nii.gz on the mask's grid ("
+                  + (f"X×Y×Z×{image_shape[0]}, contrasts in order along the 4th axis) or one X×Y×Z file per contrast: {per_contrast}"
+                     if image_shape[0] > 1 else "X×Y×Z)") + ", or <stem>.npy (float in [0, 1], C×D×H×W)")
+    else:
+        naming = ("stem: the slice id with every character outside A-Z a-z 0-9 . _ - replaced by '_' (and __2, __3, ... "
+                  "against clashes); mask <split>/<stem>_seg.npy; images <split>/<stem>.npy (float in [0, 1], "
+                  + (f"{image_shape[0]}×H×W, channels in contrast order) or one grey file per contrast: {per_contrast}"
+                     if image_shape[0] > 1 else "H×W) or <stem>.png / <stem>.nii.gz"))
     manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, **source, "contrasts": list(contrasts), "image_shape": list(image_shape),
         "labels": dict(labels),
-        "naming": ("stem: the slice id with every character outside A-Z a-z 0-9 . _ - replaced by '_' (and __2, __3, ... "
-                   "against clashes); mask <split>/<stem>_seg.npy; images <split>/<stem>.npy (float in [0, 1], "
-                   + (f"{image_shape[0]}×H×W, channels in contrast order) or one grey file per contrast: {per_contrast}"
-                      if image_shape[0] > 1 else "H×W) or <stem>.png / <stem>.nii.gz")),
+        "naming": naming,
         "uses": {s: SPLIT_USES.get(s, "") for s in splits},
         "splits": {},
     }
@@ -503,7 +585,11 @@ def write_mask_folder(out: Path, splits: dict[str, tuple[tuple[str, ...], torch.
         folder.mkdir(parents=True, exist_ok=True)
         entries = []
         for sid, stem, mask in zip(ids, portable_stems(ids, reserved=reserved), masks):
-            np.save(folder / f"{stem}_seg.npy", mask[0].numpy().astype(np.uint8))
+            if volumes:
+                assert save_volume is not None
+                save_volume(folder / f"{stem}_seg.nii.gz", str(sid), mask[0].numpy().astype(np.uint8))
+            else:
+                np.save(folder / f"{stem}_seg.npy", mask[0].numpy().astype(np.uint8))
             entries.append({"id": str(sid), "stem": stem})
         manifest["splits"][split] = entries
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -520,8 +606,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(m, dict) or m.get("format") != EXPORT_FORMAT or m.get("version") != EXPORT_VERSION:
         raise ModelError(f"{path}: not a version-{EXPORT_VERSION} manifest of {EXPORT_FORMAT!r} (fields format and version); export again")
     shape, contrasts, splits = m.get("image_shape"), m.get("contrasts"), m.get("splits")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v >= 1 for v in shape)):
-        raise ModelError(f"{path}: field 'image_shape' is {shape!r}; expected [C, H, W]")
+    if not (isinstance(shape, list) and len(shape) in (3, 4) and all(isinstance(v, int) and v >= 1 for v in shape)):
+        raise ModelError(f"{path}: field 'image_shape' is {shape!r}; expected [C, H, W] (slices) or [C, D, H, W] (volumes)")
     if not (isinstance(contrasts, list) and len(contrasts) == shape[0] and all(isinstance(c, str) for c in contrasts)):
         raise ModelError(f"{path}: field 'contrasts' is {contrasts!r}; expected {shape[0]} contrast names")
     if not (isinstance(splits, dict) and splits and all(isinstance(v, list) for v in splits.values())):
@@ -546,8 +632,9 @@ class MaskFolderModel(FolderModel):
             raise ModelError(f"{where}: the masks were exported for contrasts {m['contrasts']}, the run's data has {list(self.contrasts)}; "
                              f"export again with the suite's data options (mriq-validate export-masks --suite SUITE)")
         if tuple(m["image_shape"][1:]) != self.shape[1:]:
-            raise ModelError(f"{where}: the masks were exported for {m['image_shape'][1]}×{m['image_shape'][2]} slices, the run's data has "
-                             f"{self.shape[1]}×{self.shape[2]}; export again with the run's data")
+            item = _item(tuple(m["image_shape"]))[0]
+            raise ModelError(f"{where}: the masks were exported for {'×'.join(map(str, m['image_shape'][1:]))} {item}s, the run's data has "
+                             f"{'×'.join(map(str, self.shape[1:]))} {_item(self.shape)[0]}s; export again with the run's data")
         self.manifest = m
         self.split_masks: dict[str, torch.Tensor] = {}
         self.split_rows: dict[str, tuple[int, int] | None] = {}
@@ -569,10 +656,10 @@ class MaskFolderModel(FolderModel):
         masks, claimed, found, missing = [], set(), [], []
         for e in entries:
             stem = e["stem"]
-            mask = folder / f"{stem}_seg.npy"
+            mask = folder / f"{stem}_seg{self._mask_suffix}"
             if not mask.is_file():
-                raise ModelError(f"{mask}: the mask of slice {e['id']!r} listed in {MANIFEST} is missing; export again")
-            masks.append(_as_stack(to_labels(read_stored(mask, mask=True), mask, self.labels), mask, self.shape))
+                raise ModelError(f"{mask}: the mask of {_item(self.shape)[0]} {e['id']!r} listed in {MANIFEST} is missing; export again")
+            masks.append(_as_stack(to_labels(self._on_grid(read_stored(mask, mask=True), mask), mask, self.labels), mask, self.shape))
             claimed.add(mask.name)
             mine = [p for p in by_entry.get(stem, []) if p.name != mask.name]
             claimed.update(p.name for p in mine)
@@ -587,14 +674,23 @@ class MaskFolderModel(FolderModel):
         stray = sorted(set(by_name) - claimed)
         if stray:
             raise ModelError(f"{folder}: {len(stray)} file(s) match no exported mask, e.g. {stray[:5]}; images are named after their mask "
-                             f"(<stem>_seg.npy → {self._expected('<stem>')}); see {MANIFEST} for the stems")
+                             f"(<stem>_seg{self._mask_suffix} → {self._expected('<stem>')}); see {MANIFEST} for the stems")
         self.split_masks[split] = torch.from_numpy(np.concatenate(masks)[:, None].astype(np.int64)) if masks else torch.zeros((0, 1, *self.shape[1:]), dtype=torch.int64)
         if found and missing:
             raise ModelError(f"{folder}: images for {len(found)} of {len(entries)} exported masks; missing {len(missing)}, e.g. "
                              f"{', '.join(self._expected(s) for s in missing[:3])} (give all of a split or none)")
         return found
 
+    @property
+    def _mask_suffix(self) -> str:
+        """How export-masks saves a mask: ``.npy`` for slices, ``.nii.gz`` for volumes."""
+        return ".nii.gz" if len(self.shape) == 4 else ".npy"
+
     def _expected(self, stem: str) -> str:
+        if len(self.shape) == 4:
+            c = self.shape[0]
+            per = f" or {', '.join(f'{stem}_{k}.nii.gz' for k in self.contrasts or ('<contrast>',))}" if c > 1 else ""
+            return f"{stem}.nii.gz (X×Y×Z{f'×{c}' if c > 1 else ''} on the mask's grid){per}, or {stem}.npy ({c}×D×H×W)"
         if self.shape[0] == 1:
             return f"{stem}.npy (or .png, .nii.gz)"
         return f"{stem}.npy ({self.shape[0]}×H×W) or {', '.join(f'{stem}_{c}.png' for c in self.contrasts or ('<contrast>',))}"
@@ -610,7 +706,7 @@ class MaskFolderModel(FolderModel):
             start += n
         if start == 0:
             raise ModelError(f"model folder {self.folder}: no images beside the exported masks yet; save one per mask, e.g. "
-                             f"{self._expected('<stem>')} next to <stem>_seg.npy in "
+                             f"{self._expected('<stem>')} next to <stem>_seg{self._mask_suffix} in "
                              f"{', '.join(f'{s}/' for s in self.split_masks)} ({MANIFEST} lists the stems)")
 
     def describe(self) -> dict[str, Any]:
@@ -647,9 +743,10 @@ class MaskFolderModel(FolderModel):
         return torch.stack(out) if out else self.images[:0].clone()
 
 
-def open_folder_model(folder: Path, image_shape: tuple[int, int, int], labels: set[int] | None = None,
-                      contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None) -> FolderModel:
+def open_folder_model(folder: Path, image_shape: tuple[int, ...], labels: set[int] | None = None,
+                      contrasts: tuple[str, ...] = (), name_of: Callable[[str], str] | None = None,
+                      grid: VolumeGrid | None = None) -> FolderModel:
     """The model of a folder: :class:`MaskFolderModel` when it holds an export manifest (``mriq_masks.json``), else
     :class:`FolderModel`."""
     cls = MaskFolderModel if (folder / MANIFEST).is_file() else FolderModel
-    return cls(folder, image_shape, labels, contrasts, name_of)
+    return cls(folder, image_shape, labels, contrasts, name_of, grid)

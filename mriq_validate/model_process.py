@@ -52,7 +52,7 @@ def child_main(fd: int, parent: int) -> None:
                 kind, target, name, spec, ctx_file = request[2:]
                 saved = torch.load(ctx_file, weights_only=True)
                 ctx = ModelContext(**{**saved, "device": torch.device(saved["device"]), "image_shape": tuple(saved["image_shape"]),
-                                      "contrasts": tuple(saved["contrasts"])})
+                                      "contrasts": tuple(saved["contrasts"]), "spacing_mm": tuple(saved["spacing_mm"])})
                 model = build_user_model(kind, target, name, spec, ctx)
                 reply: tuple[Any, ...] = ("ok", [m for m in METHODS if callable(getattr(model, m, None))])
             else:

@@ -4,7 +4,8 @@ Forms: ``builtin:NAME`` (stand-ins with known behaviour), ``path/file.py:NAME`` 
 (a factory called with a :class:`ModelContext`), a folder of pre-generated images, a TorchScript file.
 A model has ``generate(masks, *, seed)`` (mask-conditioned) and/or ``sample(n, *, seed)`` (unconditional,
 images or (images, masks)). Masks are N×1×H×W integer labels; images are N×C×H×W floats in [0, 1] with one channel
-per contrast of the reference data, in its order (``ModelContext.contrasts``, e.g. t1, t1c, t2, flair; a suite picks
+per contrast of the reference data (for volume data: masks N×1×D×H×W, images N×C×D×H×W, D the axial slice index
+inferior to superior, each D-slice oriented as a 2D slice), in its order (``ModelContext.contrasts``, e.g. t1, t1c, t2, flair; a suite picks
 them with ``data: contrasts:``). Every output is checked; a violation raises :class:`ModelError` saying what was
 expected and what came back.
 
@@ -35,12 +36,14 @@ from .isolation import DEFAULT_TIMEOUT_S, IsolatedModel
 
 @dataclass(frozen=True)
 class ModelContext:
-    """What a model factory receives: the real training split, the slice shape, device, seed, labels and contrasts.
+    """What a model factory receives: the real training split, the item shape, device, seed, labels and contrasts.
 
     ``train_images`` is N×C×H×W slices or N×C×D×H×W volumes (one channel per contrast), ``train_masks`` N×1×H×W
-    (N×1×D×H×W); ``image_shape`` is (C, H, W) or (C, D, H, W), the shape of one item a model must return; ``contrasts`` names the C channels in order (canonical names such as
+    (N×1×D×H×W); ``image_shape`` is (C, H, W) or (C, D, H, W), the shape of one item a model must return;
+    ``contrasts`` names the C channels in order (canonical names such as
     ``("t1", "t1c", "t2", "flair")``, :mod:`mriq_validate.data.contrasts`). Left empty, :func:`load_model` fills it
-    from the reference data. Build it from the data with :meth:`for_data`.
+    from the reference data. ``spacing_mm`` is the voxel size of an item, one entry per spatial axis ((row, column)
+    or (D, H, W), in mm; empty when not known). Build it from the data with :meth:`for_data`.
     """
 
     train_images: torch.Tensor
@@ -50,6 +53,7 @@ class ModelContext:
     seed: int
     labels: dict[str, int] = field(default_factory=dict)
     contrasts: tuple[str, ...] = ()
+    spacing_mm: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.contrasts and len(self.contrasts) != self.image_shape[0]:
@@ -58,8 +62,9 @@ class ModelContext:
 
     @classmethod
     def for_data(cls, data: ReferenceData, device: torch.device, seed: int) -> "ModelContext":
-        """The context for a model of ``data``: its training split, slice shape, labels and contrasts."""
-        return cls(data.train.images, data.train.masks, data.image_shape, device, seed, dict(data.labels), tuple(data.contrasts))
+        """The context for a model of ``data``: its training split, item shape, labels and contrasts."""
+        return cls(data.train.images, data.train.masks, data.image_shape, device, seed, dict(data.labels), tuple(data.contrasts),
+                   tuple(float(v) for v in data.spacing_mm))
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -97,8 +102,12 @@ def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str, c
         hint = ""
         if out.ndim == len(shape) + 2 and tuple(out.shape[2:]) == tuple(shape) and out.shape[1] == 1:
             hint = " (an extra axis: drop it)"
-        elif out.ndim == len(shape) and tuple(out.shape[1:]) == tuple(shape[1:]) and len(shape) == 4:
-            hint = " (a volume model must return N volumes C×D×H×W, not a stack of slices)"
+        elif out.ndim == len(shape) and len(shape) == 4:
+            hint = " (4 axes: a volume model must return N volumes C×D×H×W, not slices N×C×H×W)"
+        elif (out.ndim == len(shape) + 1 and len(shape) == 4 and out.shape[1] == shape[0]
+              and sorted(out.shape[2:]) == sorted(shape[1:]) and tuple(out.shape[2:]) != tuple(shape[1:])):
+            hint = (" (the spatial axes in another order: volumes are D×H×W, D the axial slice index inferior to superior, "
+                    "each slice H×W oriented as the data's 2D slices)")
         elif out.ndim == len(shape) + 1 and tuple(out.shape[2:]) == tuple(shape[1:]) and out.shape[1] != shape[0]:
             hint = (f" ({out.shape[1]} channel(s) for {shape[0]} contrast(s): return every contrast the data has, in its order, "
                     f"or select the contrasts the model makes with the suite's data: contrasts)")
@@ -123,7 +132,8 @@ def check_masks(out: Any, n: int, shape: tuple[int, ...], labels: set[int], sour
         out = torch.from_numpy(out)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *shape):
         got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
-        raise ModelError(f"{source} returned masks {got}; expected a tensor of shape {(n, *shape)}")
+        kind = " (volumes N×1×D×H×W)" if len(shape) == 4 else ""
+        raise ModelError(f"{source} returned masks {got}; expected a tensor of shape {(n, *shape)}{kind}")
     if out.is_floating_point() and not bool((out == out.round()).all()):
         raise ModelError(f"{source} returned non-integer mask values; expected integer labels {sorted(labels | {0})}")
     out = out.detach().to("cpu").long()
@@ -166,7 +176,8 @@ class ModelAdapter:
             close()
 
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        """Images N×C×H×W (one channel per contrast of the context) for ``masks`` (N×1×H×W), checked."""
+        """Images N×C×H×W (N×C×D×H×W; one channel per contrast of the context) for ``masks`` (N×1×H×W or N×1×D×H×W),
+        checked."""
         if not self.can_generate:
             raise ModelError(f"model {self.spec} has no generate(masks, *, seed); this criterion needs mask-conditioned images")
         out = self._call("generate", masks.clone(), seed=seed)
@@ -259,8 +270,9 @@ class Memoriser:
 
 
 class Collapse(RealLookup):
-    """``builtin:collapse``: conditional mode collapse. Every image shares one of two anatomies (training slices with
-    their lesion erased); only the lesion, pasted from the real image (every contrast), follows the mask."""
+    """``builtin:collapse``: conditional mode collapse. Every image shares one of two anatomies (training slices or
+    volumes with their lesion erased); only the lesion, pasted from the real image (every contrast), follows the mask.
+    The paste (dilation, Gaussian weight) is n-D: it works on slices and volumes alike."""
 
     N_MODES = 2
 
@@ -294,8 +306,12 @@ class Builtin:
     """A builtin stand-in: its factory and the behaviour it is known to have."""
 
     factory: Callable[[ReferenceData], Any]
-    behaviour: str
+    behaviour: str  # as for slices; lengths in "px"
     fit_for_release: bool
+
+    def describe(self, spatial_dims: int = 2) -> str:
+        """The behaviour for data of ``spatial_dims`` dimensions: lengths in voxels for volumes."""
+        return self.behaviour if spatial_dims == 2 else self.behaviour.replace(" px", " voxels")
 
 
 BUILTIN_MODELS: dict[str, Builtin] = {
@@ -362,6 +378,20 @@ class TorchScriptModel:
             return self.module(masks.float().to(self.device))
 
 
+def nifti_to_grid(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI array X×Y×Z (or X×Y×Z×C) and its affine on the reference data's volume grid: reoriented to RAS
+    (:func:`~mriq_validate.data.preprocess.to_ras`) and turned into D×H×W (C×D×H×W) as the data's volumes are
+    (:func:`~mriq_validate.data.volumes.display_volume`); and its voxel spacing (D, H, W) in mm."""
+    from .data.preprocess import to_ras, voxel_sizes
+    from .data.volumes import display_volume
+
+    if np.ndim(array) not in (3, 4):
+        raise ModelError(f"a NIfTI array of shape {tuple(np.shape(array))}; expected a volume X×Y×Z (or X×Y×Z×C)")
+    ras, ras_affine, _ = to_ras(np.asarray(array), np.asarray(affine))
+    sx, sy, sz = voxel_sizes(ras_affine)
+    return display_volume(np.moveaxis(ras, 3, 0) if ras.ndim == 4 else ras), (sz, sy, sx)
+
+
 def _call_factory(factory: Callable[[ModelContext], Any], spec: str, ctx: ModelContext) -> Any:
     try:
         return factory(ctx)
@@ -399,7 +429,7 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: fl
     """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`; user code runs in a child process whose
     every call (loading included) must return within ``timeout`` seconds. A context without contrasts gets the data's."""
     from .data.contrasts import contrast_name
-    from .folder_model import open_folder_model
+    from .folder_model import VolumeGrid, open_folder_model
 
     if not ctx.contrasts and data is not None and len(data.contrasts) == ctx.image_shape[0]:
         ctx = replace(ctx, contrasts=tuple(data.contrasts))
@@ -409,14 +439,16 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: fl
         if name not in BUILTIN_MODELS:
             raise ModelError(f"--mriq-model {spec}: unknown builtin; expected one of {sorted('builtin:' + n for n in BUILTIN_MODELS)}")
         b = BUILTIN_MODELS[name]
-        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.behaviour, "isolation": "in-process"})
+        dims = len(ctx.image_shape) - 1
+        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.describe(dims), "isolation": "in-process"})
     path = Path(spec)
     if path.suffix in {".pt", ".pth", ".ts", ".torchscript"}:
         if not path.is_file():
             raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
         return _isolated("torchscript", str(path.resolve()), "", spec, ctx, timeout, {"sha256_16": content_hash(path.read_bytes())})
     if path.is_dir():
-        folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name)
+        grid = VolumeGrid(tuple(data.spacing_mm), nifti_to_grid) if len(ctx.image_shape) == 4 and data is not None else None
+        folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name, grid)
         return ModelAdapter(folder, spec, ctx, {"kind": "folder", **folder.describe(), "isolation": "in-process"})
     if ":" in spec:
         target, name = spec.rsplit(":", 1)

@@ -324,8 +324,11 @@ def _provenance(rep: dict[str, Any]) -> str:
         data = c.get("data")
         if data:
             digests = ", ".join(f"{k}: {v}" for k, v in (data.get("digests") or {}).items())
-            out.append(_kv([("name", data.get("name")), ("content digests", digests), ("train / test images", f"{data.get('n_train')} / {data.get('n_test')}"),
-                            ("image shape", data.get("image_shape")), ("spacing (mm)", data.get("spacing_mm")), ("labels", data.get("labels"))])
+            kind = data.get("item_kind") or "images"
+            dims = f"{data['spatial_dims']}D {kind}" if data.get("spatial_dims") else None
+            out.append(_kv([("name", data.get("name")), ("content digests", digests), (f"train / test {kind}", f"{data.get('n_train')} / {data.get('n_test')}"),
+                            ("items", dims), ("image shape", data.get("image_shape")), ("spacing (mm)", data.get("spacing_mm")),
+                            ("labels", data.get("labels"))])
                        + _json_details(data.get("provenance"), "data provenance and preprocessing"))
         else:
             out.append("<p class='empty'>Not loaded in this run.</p>")
@@ -377,9 +380,14 @@ def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = N
                            "line and band are the compared quantity and its 95% CI; points are coloured by verdict.</p>"))
     grid = figures.sample_grid_figure(sample_images, label_names=_label_names(rep)) if sample_images else None
     if grid is not None:
-        sections.append(("samples", "Samples: real vs generated", _img(grid, "real and generated slices")
-                         + "<p class='caption'>First slices of the real test split and the model's images for the same masks, a "
-                           "pair of rows (real, generated) per contrast; outlines show the mask labels.</p>"))
+        volumes = sample_images is not None and (sample_images.get("slice_index") is not None
+                                                 or any(getattr(sample_images.get(k), "ndim", 0) == 5 for k in ("real", "generated")))
+        first = ("First volumes of the real test split and the model's volumes for the same masks, each shown by its axial "
+                 "slice through the lesion centroid (the mid slice when there is no lesion; the index above each column)"
+                 if volumes else "First slices of the real test split and the model's images for the same masks")
+        sections.append(("samples", "Samples: real vs generated", _img(grid, f"real and generated {'volumes' if volumes else 'slices'}")
+                         + f"<p class='caption'>{first}, a pair of rows (real, generated) per contrast; outlines show the mask "
+                           "labels.</p>"))
     sections.append(("deviations", "Deviations from the plan", _deviations(rep)))
     sections.append(("limitations", "Known limitations", _limitations(rep)))
     sections.append(("selfcheck", "Tool self-check", _self_check(rep)))

@@ -3,9 +3,11 @@
 Its configuration (:class:`SegmenterConfig`: network, losses and augmentations from the registries :data:`NETWORKS`,
 :data:`LOSSES`, :data:`AUGMENTS`) is recorded with every value computed with it. It reads every contrast at once: its
 input channels are the images' C channels (one per contrast, as nnU-Net and the BraTS baselines stack the modalities
-as input channels), and it predicts one label map N×1×H×W. Trained segmenters are cached on disk by content hash of
-training data, configuration, seed and (for C > 1) the contrast names (:func:`segmenter_key`; not the device type for
-CPU: a segmenter trained on CUDA is keyed apart, training being bit-for-bit deterministic on CPU only).
+as input channels), and it predicts one label map N×1×H×W (N×1×D×H×W for volumes: a 3D UNet, chosen by the data's
+dimensionality unless the suite sets ``spatial_dims``; see :meth:`SegmenterConfig.resolve`). Trained segmenters are
+cached on disk by content hash of training data, configuration, seed and (for C > 1) the contrast names
+(:func:`segmenter_key`; not the device type for CPU: a segmenter trained on CUDA is keyed apart, training being
+bit-for-bit deterministic on CPU only).
 
 The metrics that use it (Dice, HD95, TSTR; Deo et al. 2025, arXiv 2505.07175, downstream evaluation) are in
 :mod:`mriq_validate.metrics.downstream`; the maths of Dice and HD95 on label maps in
@@ -19,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,42 +33,59 @@ from .errors import MetricError
 TRAINER_VERSION = "unet-2d/1"  # 3D segmenters add spatial_dims=3 to the key (see _key_fields)
 
 
+#: The training budget a suite does not set, per spatial dimensionality (``epochs``, ``batch_size``).
+#: 2D: 256 slices of 128×128 of the embedded data train in about 45-60 s on one CPU core (see :class:`SegmenterConfig`).
+#: 3D: sized for ``builtin:mni-tumour-3d`` (45 training volumes of 4×64×72×64 at 3 mm), one CPU thread (seed 0; CPU
+#: seconds of training on a shared 2-core machine; whole-tumour / tumour-core Dice on its 19 test volumes): 16 epochs
+#: 27 s, 0.825 / 0.722; 24 epochs 43 s, 0.865 / 0.811 (seed 1: 38 s, 0.897 / 0.781); 32 epochs 55 s, 0.884 / 0.771.
+#: 24 epochs keep a margin under a minute on a slower or busier CPU. Batch 2: at 16 epochs, batch 4 gave 0.849 against
+#: 0.916 for batch 2 on a cohort like it (half the optimiser steps), and small batches keep memory low on the native
+#: 1 mm grid.
+DEFAULT_BUDGET: dict[int, dict[str, int]] = {2: {"epochs": 40, "batch_size": 16}, 3: {"epochs": 24, "batch_size": 2}}
+
+
 @dataclass(frozen=True)
 class SegmenterConfig:
     """Architecture and training budget of the downstream segmenter (recorded with every Dice value).
 
     Adam with a cosine learning-rate schedule over ``epochs``; ``spatial_dims`` 2 (slices N×C×H×W) or 3 (volumes
-    N×C×D×H×W), C input channels (contrasts) taken from the training images.
+    N×C×D×H×W), C input channels (contrasts) taken from the training images. ``None`` for ``spatial_dims``,
+    ``epochs`` or ``batch_size`` means "decided by the data": the data's dimensionality and its default budget
+    (:data:`DEFAULT_BUDGET`), filled in by :meth:`resolve`, so one suite serves slices and volumes. ``roi_size``
+    (optional, one length per spatial axis) makes inference run by MONAI ``sliding_window_inference`` over windows
+    of that size when an image is larger (for volumes on a fine grid); it does not change training.
 
-    The default is sized for CPUs: on the embedded data (256 training slices of 128×128) it trains in about 45-60 s on one
-    core and reaches whole-tumour Dice 0.773 on the real test slices (seed 0, CPU; 0.769 mean over 3 seeds on CUDA),
-    against 0.782 in 438 s for the earlier default (channels (16, 32, 64, 128), num_res_units 1, 30 epochs, lr 3e-3).
-    ``benchmarks/downstream_cost.py`` measures it.
+    The 2D default is sized for CPUs: on the embedded data (256 training slices of 128×128) it trains in about 45-60 s
+    on one core and reaches whole-tumour Dice 0.773 on the real test slices (seed 0, CPU; 0.769 mean over 3 seeds on
+    CUDA), against 0.782 in 438 s for the earlier default (channels (16, 32, 64, 128), num_res_units 1, 30 epochs,
+    lr 3e-3). ``benchmarks/downstream_cost.py`` measures it.
     """
 
     network: str = "unet"
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 0
-    epochs: int = 40
-    batch_size: int = 16
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float = 1e-2
     loss: str = "dice_ce"
     augment: str = "flip"
     seed: int = 0
-    spatial_dims: int = 2
+    spatial_dims: int | None = None
+    roi_size: tuple[int, ...] | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None, where: str = "") -> "SegmenterConfig":
-        """Build from YAML ``segmenter:`` params; MetricError naming an unknown field or a value of the wrong type or range."""
+        """Build from YAML ``segmenter:`` params; MetricError naming an unknown field or a value of the wrong type or range.
+        A field given as null keeps its default (what :meth:`resolve` decides from the data)."""
         if params is not None and not isinstance(params, dict):
             raise MetricError(f"{where}segmenter: expected a mapping of settings, got {params!r}")
-        params = dict(params or {})
+        params = {k: v for k, v in (params or {}).items() if not (v is None and k in _BY_DATA)}
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(params) - known
         if unknown:
             raise MetricError(f"{where}segmenter: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
-        for key in ("channels", "strides"):
+        for key in ("channels", "strides", "roi_size"):
             if key in params:
                 v = params[key]
                 if not isinstance(v, (list, tuple)) or not v or not all(_is_int(x) and x >= 1 for x in v):
@@ -87,7 +106,38 @@ class SegmenterConfig:
         cfg = cls(**params)
         if len(cfg.strides) != len(cfg.channels) - 1:
             raise MetricError(f"{where}segmenter: strides {cfg.strides} must have one entry fewer than channels {cfg.channels}")
+        if cfg.roi_size is not None:
+            k = divisor(cfg)
+            if any(r % k for r in cfg.roi_size):
+                raise MetricError(f"{where}segmenter.roi_size {list(cfg.roi_size)} must be divisible by {k} on every axis (the "
+                                  f"{cfg.network}'s downsampling with strides {list(cfg.strides)})")
+            if cfg.spatial_dims is not None:
+                cfg.resolve(cfg.spatial_dims, where)
         return cfg
+
+    def resolve(self, spatial_dims: int, where: str = "") -> "SegmenterConfig":
+        """This configuration for data of ``spatial_dims`` (2 slices, 3 volumes): ``spatial_dims`` set, and the budget
+        fields left to the data (``epochs``, ``batch_size``) taken from :data:`DEFAULT_BUDGET`.
+
+        Raises:
+            MetricError: the configuration sets another ``spatial_dims`` than the data's, or a ``roi_size`` with another
+                number of axes.
+        """
+        if spatial_dims not in DEFAULT_BUDGET:
+            raise MetricError(f"{where}segmenter: data with {spatial_dims} spatial dimensions; expected 2 (slices) or 3 (volumes)")
+        kind = {2: "2D slices (N×C×H×W)", 3: "3D volumes (N×C×D×H×W)"}
+        if self.spatial_dims is not None and self.spatial_dims != spatial_dims:
+            raise MetricError(f"{where}segmenter.spatial_dims={self.spatial_dims} but the data are {kind[spatial_dims]}; leave "
+                              f"spatial_dims out (the data decide) or set it to {spatial_dims}")
+        if self.roi_size is not None and len(self.roi_size) != spatial_dims:
+            raise MetricError(f"{where}segmenter.roi_size {list(self.roi_size)} has {len(self.roi_size)} axes but the data are "
+                              f"{kind[spatial_dims]}; expected {spatial_dims} lengths")
+        fill = {k: v for k, v in DEFAULT_BUDGET[spatial_dims].items() if getattr(self, k) is None}
+        return replace(self, spatial_dims=spatial_dims, **fill) if fill or self.spatial_dims is None else self
+
+
+#: The fields left to the data when None (:meth:`SegmenterConfig.resolve`).
+_BY_DATA = ("epochs", "batch_size", "spatial_dims", "roi_size")
 
 
 def _is_int(v: Any) -> bool:
@@ -111,6 +161,28 @@ def _basic_unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch
 #: network name → build(config, n_classes, in_channels)
 NETWORKS: dict[str, Callable[[SegmenterConfig, int, int], torch.nn.Module]] = {"unet": _unet, "basic_unet": _basic_unet}
 
+#: network name → the factor every spatial size must be divisible by (its total downsampling): MONAI UNet downsamples
+#: by each stride in turn; BasicUNet by 2 four times.
+DIVISORS: dict[str, Callable[[SegmenterConfig], int]] = {"unet": lambda cfg: math.prod(cfg.strides), "basic_unet": lambda cfg: 16}
+
+
+def divisor(cfg: SegmenterConfig) -> int:
+    """The factor the network of ``cfg`` needs every spatial size to be divisible by."""
+    return DIVISORS[cfg.network](cfg)
+
+
+def divisible_pad(x: torch.Tensor, k: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``x`` (N×C×spatial) zero-padded so that every spatial size is divisible by ``k``, and the index that crops a
+    padded result back. Symmetric, the odd voxel after, as MONAI ``DivisiblePad(k, method="symmetric")``
+    (https://docs.monai.io/en/stable/transforms.html#divisiblepad); ``x`` itself when nothing is to pad."""
+    extra = [(-n) % k for n in x.shape[2:]]
+    if not any(extra):
+        return x, (slice(None),) * x.ndim
+    before = [e // 2 for e in extra]
+    widths = [w for b, e in zip(reversed(before), reversed(extra)) for w in (b, e - b)]  # last axis first, as F.pad wants
+    crop = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, x.shape[2:])))
+    return torch.nn.functional.pad(x, widths), crop
+
 
 def _dice_ce() -> torch.nn.Module:
     from monai.losses import DiceCELoss
@@ -127,6 +199,9 @@ LOSSES: dict[str, Callable[[], Any]] = {"dice_ce": _dice_ce, "ce": _ce}
 
 
 def _flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-right flip of half the batch: the last axis, W, which is left-right on slices (RAS axial slices shown
+    anterior at the top) and on volumes (each D-slice is such a slice); never the anterior-posterior or
+    inferior-superior axes, which a brain is not symmetric along."""
     flip = torch.rand(x.shape[0], generator=g) < 0.5
     x, y = x.clone(), y.clone()
     x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
@@ -177,8 +252,9 @@ def torch_threads(device: torch.device) -> Iterator[None]:
 
 @dataclass
 class Segmenter:
-    """A trained segmenter: ``predict`` returns label maps N×1×H×W (int64) for images N×C×H×W of the ``in_channels``
-    contrasts it was trained on (``contrasts``: their names, when known)."""
+    """A trained segmenter: ``predict`` returns label maps N×1×H×W (N×1×D×H×W; int64) for images N×C×H×W (N×C×D×H×W)
+    of the ``in_channels`` contrasts it was trained on (``contrasts``: their names, when known). ``config`` is the
+    resolved configuration that trained it (:meth:`SegmenterConfig.resolve`)."""
 
     net: torch.nn.Module
     n_classes: int
@@ -195,18 +271,37 @@ class Segmenter:
             self.in_channels = int(first.in_channels) if first is not None else None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Argmax labels N×1×H×W for ``images`` (N×C×H×W in [0, 1], the channels it was trained on)."""
-        if images.ndim != self.config.spatial_dims + 2 or (self.in_channels is not None and images.shape[1] != self.in_channels):
+    def predict(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Argmax labels N×1×H×W (N×1×D×H×W) for ``images`` N×C×H×W (N×C×D×H×W) in [0, 1], the channels it was
+        trained on; ``batch_size`` images at a time (default 64 slices or 2 volumes).
+
+        Sizes the network cannot take are zero-padded to a multiple of its downsampling and the prediction cropped back
+        (:func:`divisible_pad`). With ``config.roi_size`` set and an image larger than it on some axis, inference runs
+        by MONAI ``sliding_window_inference`` (windows of ``roi_size``, overlap 0.25, Gaussian blending;
+        https://docs.monai.io/en/stable/inferers.html#sliding-window-inference-function)."""
+        dims = self.config.spatial_dims or images.ndim - 2
+        if images.ndim != dims + 2 or dims not in (2, 3) or (self.in_channels is not None and images.shape[1] != self.in_channels):
             named = f" ({', '.join(self.contrasts)})" if self.contrasts else ""
             raise MetricError(f"segmenter trained on {self.in_channels} channel(s){named} got images of shape {tuple(images.shape)}; "
-                              f"expected N×{self.in_channels}×{'D×' if self.config.spatial_dims == 3 else ''}H×W")
+                              f"expected N×{self.in_channels}×{'D×' if dims == 3 else ''}H×W")
+        cfg = self.config.resolve(dims)
+        roi = cfg.roi_size
+        sliding = roi is not None and any(n > r for n, r in zip(images.shape[2:], roi))
+        k = divisor(cfg)
+        batch_size = batch_size or (64 if dims == 2 else 2)
         self.net.eval()
         out = []
         with torch_threads(self.device):
             for i in range(0, images.shape[0], batch_size):
                 x = images[i : i + batch_size].to(self.device, torch.float32)
-                out.append(self.net(x).argmax(1, keepdim=True).cpu())
+                if sliding:
+                    from monai.inferers import sliding_window_inference
+
+                    logits = sliding_window_inference(x, roi, batch_size, self.net, overlap=0.25, mode="gaussian")
+                else:
+                    padded, crop = divisible_pad(x, k)
+                    logits = self.net(padded)[crop]
+                out.append(logits.argmax(1, keepdim=True).cpu())
         return torch.cat(out).long()
 
 
@@ -223,11 +318,16 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
                     progress: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``cfg.network`` on (images, masks) with seed ``cfg.seed``; deterministic on CPU.
 
-    ``images`` N×C×H×W (or N×C×D×H×W with ``spatial_dims: 3``) in [0, 1], one input channel per contrast; ``masks``
-    N×1×H×W (N×1×D×H×W), integer labels. Runs on ``device`` (batches are moved there; nothing is read back but the loss).
+    ``images`` N×C×H×W (or N×C×D×H×W: ``cfg`` resolved for the images' dimensionality, :meth:`SegmenterConfig.resolve`)
+    in [0, 1], one input channel per contrast; ``masks`` N×1×H×W (N×1×D×H×W), integer labels. Sizes the network cannot
+    take are zero-padded (background) to a multiple of its downsampling (:func:`divisible_pad`). Runs on ``device``
+    (batches are moved there; nothing is read back but the loss).
     """
     check_labels(masks, n_classes)
     check_pairs(images, masks, cfg)
+    cfg = cfg.resolve(images.ndim - 2)
+    images, _ = divisible_pad(images, divisor(cfg))
+    masks, _ = divisible_pad(masks, divisor(cfg))
     with torch.random.fork_rng(devices=[]), torch_threads(device):
         torch.manual_seed(cfg.seed)
         net = NETWORKS[cfg.network](cfg, n_classes, images.shape[1]).to(device)
@@ -263,11 +363,15 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
 
 
 def _key_fields(cfg: SegmenterConfig) -> dict[str, Any]:
-    """The configuration as it enters the cache key. ``spatial_dims`` is left out when 2, so that the keys of 2D
-    segmenters cached before 3D support existed stay valid."""
-    fields = asdict(cfg)
+    """The configuration as it enters the cache key, resolved (a configuration that leaves its dimensionality to the
+    data is read as 2D here; :func:`segmenter_key` resolves it for its images first), so the budget that trained it
+    (``epochs``, ``batch_size``) is in the key. ``spatial_dims`` is left out when 2 and ``roi_size`` when unset, so
+    that the keys of 2D segmenters cached before 3D support existed stay valid."""
+    fields = asdict(cfg.resolve(cfg.spatial_dims or 2))
     if fields["spatial_dims"] == 2:
         del fields["spatial_dims"]
+    if fields["roi_size"] is None:
+        del fields["roi_size"]
     return fields
 
 
@@ -278,6 +382,7 @@ def segmenter_key(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg
     is hashed with their content; for C > 1 the contrast names are part of the key too, so that data with other
     contrasts never meets a cached segmenter (left out for C = 1, so that keys cached before multi-contrast support
     stay valid; one channel of other content hashes apart anyway)."""
+    cfg = cfg.resolve(images.ndim - 2)
     extra: tuple[Any, ...] = () if device_type == "cpu" else (device_type,)
     if images.shape[1] > 1 and contrasts:
         extra += ({"contrasts": list(contrasts)},)
@@ -288,9 +393,10 @@ def check_pairs(images: torch.Tensor, masks: torch.Tensor, cfg: SegmenterConfig,
     """MetricError unless ``images`` are N×C×(D×)H×W and ``masks`` N×1×(D×)H×W for ``cfg.spatial_dims``, with one
     contrast name per channel when names are given."""
     im, ms = tuple(images.shape), tuple(masks.shape)
-    spatial = "D×H×W" if cfg.spatial_dims == 3 else "H×W"
-    if len(im) != cfg.spatial_dims + 2 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
-        raise MetricError(f"segmenter with spatial_dims={cfg.spatial_dims} needs images N×C×{spatial} (one channel per contrast) and "
+    dims = cfg.spatial_dims or (len(im) - 2 if len(im) in (4, 5) else 2)
+    spatial = "D×H×W" if dims == 3 else "H×W"
+    if len(im) != dims + 2 or im[1] < 1 or ms != (im[0], 1, *im[2:]):
+        raise MetricError(f"segmenter with spatial_dims={dims} needs images N×C×{spatial} (one channel per contrast) and "
                           f"masks N×1×{spatial}, got {im} and {ms}")
     if contrasts and len(contrasts) != im[1]:
         raise MetricError(f"segmenter: contrasts {list(contrasts)} but images with {im[1]} channel(s) {im}; expected one channel per contrast")
@@ -298,8 +404,11 @@ def check_pairs(images: torch.Tensor, masks: torch.Tensor, cfg: SegmenterConfig,
 
 def get_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device: torch.device,
                   cache: DiskCache, progress: Callable[[str], None] | None = None, *, contrasts: tuple[str, ...] = ()) -> Segmenter:
-    """The segmenter trained on (images N×C×H×W, masks N×1×H×W), loaded from the cache when the same data, config, seed
-    and contrasts (the channel names, in order) were seen."""
+    """The segmenter trained on (images N×C×H×W, masks N×1×H×W, or volumes N×C×D×H×W and N×1×D×H×W), loaded from the
+    cache when the same data, config, seed and contrasts (the channel names, in order) were seen. ``cfg`` is resolved
+    for the images' dimensionality (:meth:`SegmenterConfig.resolve`); the returned segmenter holds the resolved one."""
+    if images.ndim in (4, 5):
+        cfg = cfg.resolve(images.ndim - 2)  # an explicit spatial_dims against the data is named first
     check_pairs(images, masks, cfg, contrasts)
     key = segmenter_key(images, masks, n_classes, cfg, device.type, contrasts)
 

@@ -17,6 +17,7 @@ import torch
 from .cache import DiskCache, content_hash
 from .data import ReferenceData, load_data
 from .errors import MriqError
+from .figures import axial_sample
 from .isolation import DEFAULT_TIMEOUT_S
 from .metrics import Metric, Sample
 from .models import ModelAdapter, ModelContext, load_model
@@ -24,6 +25,12 @@ from .seeding import derive_seed
 from .segmenter import Segmenter, SegmenterConfig, get_segmenter
 
 SPLITS = ("test", "train")
+ITEM_KINDS = {2: "slices", 3: "volumes"}  # spatial dimensions → what one item of the data is
+
+
+def item_kind(spatial_dims: int) -> str:
+    """``slices`` for 2D data, ``volumes`` for 3D."""
+    return ITEM_KINDS[spatial_dims]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,7 +124,7 @@ class RunContext:
         model, real = self.model, getattr(self.data, split)
         seed = derive_seed(self.seed, "generated", split)
         origin = f"generated ({split} masks)" if model.can_generate else "generated"
-        self.progress(f"generating {len(real)} images with {model.spec} ({split} masks)")
+        self.progress(f"generating {len(real)} {self.item_kind} with {model.spec} ({split} masks)")
         if model.can_generate:
             return Sample(model.generate(real.masks, seed=seed), real.masks, origin), True
         n = None if model.provenance.get("kind") == "folder" else len(real)
@@ -135,15 +142,22 @@ class RunContext:
         return Sample(t.images, t.masks, f"real {split}")
 
     @property
+    def item_kind(self) -> str:
+        """What one item of the data is, in words: ``slices`` (2D) or ``volumes`` (3D)."""
+        return item_kind(self.data.spatial_dims)
+
+    @property
     def n_classes(self) -> int:
         return max(self.data.labels.values()) + 1
 
     def segmenter(self, cfg: SegmenterConfig) -> Segmenter:
-        """The segmenter of config ``cfg`` trained on the real training split (cached on disk)."""
+        """The segmenter of config ``cfg`` (resolved for the data's dimensionality) trained on the real training split
+        (cached on disk)."""
+        cfg = cfg.resolve(self.data.spatial_dims)
         key = json.dumps(asdict(cfg), sort_keys=True)
         if key not in self._segmenters:
             tr = self.data.train
-            self.progress(f"segmenter: training or loading from cache ({len(tr)} real training slices)")
+            self.progress(f"segmenter: training or loading from cache ({len(tr)} real training {self.item_kind})")
             self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress,
                                                   contrasts=tuple(self.data.contrasts))
         return self._segmenters[key]
@@ -165,7 +179,9 @@ class RunContext:
 
     def sample_images(self, k: int = 6) -> dict[str, Any] | None:
         """The first ``k`` real test slices (k×C×H×W), the model's images for their masks, the masks (k×H×W) and the contrast
-        names, for the report's sample grid; None until the model has generated images for the test masks."""
+        names, for the report's sample grid; for volumes, each item's axial slice through its lesion centroid
+        (:func:`~mriq_validate.figures.axial_sample`; the indices under ``slice_index``), so that the grid travels as
+        slices. None until the model has generated images for the test masks."""
         lazy = self._generated["test"]
         if not lazy.done or lazy.error is not None:
             return None
@@ -173,8 +189,8 @@ class RunContext:
         if not paired:
             return None
         t = self.data.test
-        return {"real": t.images[:k].numpy(), "generated": sample.images[:k].numpy(), "masks": t.masks[:k, 0].numpy(),
-                "contrasts": list(self.data.contrasts)}
+        return axial_sample({"real": t.images[:k].numpy(), "generated": sample.images[:k].numpy(), "masks": t.masks[:k, 0].numpy(),
+                             "contrasts": list(self.data.contrasts)})
 
     def provenance(self) -> dict[str, Any]:
         """What the report records about this run's data and model (only what has been loaded)."""
@@ -183,6 +199,7 @@ class RunContext:
         if self._data.done and self._data.error is None:
             d = self.data
             out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
+                           "spatial_dims": d.spatial_dims, "item_kind": item_kind(d.spatial_dims),
                            "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
                            "contrasts": list(d.contrasts), "has_masks": d.has_masks, "regions": {k: list(v) for k, v in d.regions.items()},
                            "provenance": d.provenance}

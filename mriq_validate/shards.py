@@ -38,7 +38,7 @@ from .report import SHARD_SAMPLES_FILE
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 #: the shard's sample grid (real vs generated slices) for the merged report.html; written beside a shard's report.json
 SAMPLES_FILE = SHARD_SAMPLES_FILE
-_SAMPLE_KEYS = ("real", "generated", "masks", "generated_masks", "contrasts")
+_SAMPLE_KEYS = ("real", "generated", "masks", "generated_masks", "contrasts", "slice_index")
 
 
 class MergeRefused(MriqError):

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
@@ -199,7 +199,9 @@ class DataOptions(_Strict):
     ``contrasts`` names the image channels in order (canonical names or synonyms: t1/t1n/T1w, t1c/t1ce/t1gd, t2/t2w,
     flair/t2f); left out, every contrast the data has. ``modality`` is the older single-contrast form of it.
     ``labels`` gives the meaning of each label value (``{1: oedema, 2: necrotic_core, 3: enhancing}``) for a folder
-    whose layout and dataset.json do not say it."""
+    whose layout and dataset.json do not say it. ``slicing`` is ``slices`` (2D axial slices; options ``crop`` and
+    ``slices``) or ``volume`` (one 3D volume per case; options ``spacing_mm``, isotropic mm, and ``shape``, D×H×W);
+    for builtin data it must be the data's own kind (a builtin takes no other option)."""
 
     default: str = "builtin:mni-tumour"
     contrasts: list[str] | None = Field(default=None, min_length=1)
@@ -208,6 +210,9 @@ class DataOptions(_Strict):
     crop: tuple[int, int] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
     slices: Literal["lesion", "all"] | None = None
+    slicing: Literal["slices", "volume"] | None = None
+    spacing_mm: float | None = Field(default=None, gt=0)
+    shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
 
     @model_validator(mode="after")
     def _one_contrast_form(self) -> "DataOptions":
@@ -215,12 +220,26 @@ class DataOptions(_Strict):
             raise _AtKey("give either contrasts (a list) or modality (one contrast), not both", ("modality",))
         return self
 
+    @model_validator(mode="after")
+    def _options_of_the_slicing(self) -> "DataOptions":
+        if self.slicing is None and self.spacing_mm is None and self.shape is None:
+            return self  # slices, as always: no need to load the data package
+        from .data.nifti import DEFAULT_SLICING, check_slicing_options
+
+        for key in ("crop", "slices", "spacing_mm", "shape"):
+            if getattr(self, key) is not None:
+                error = _error_of(lambda _: check_slicing_options(self.slicing or DEFAULT_SLICING, [key], "data"), {})
+                if error is not None:
+                    raise _AtKey(error, (key,))
+        return self
+
     def options_for(self, spec: str) -> dict[str, Any]:
-        """The loading options for data ``spec``: the contrasts for any data, and the NIfTI options for a folder."""
+        """The loading options for data ``spec``: the contrasts and ``slicing`` for any data, and the NIfTI options for
+        a folder."""
         contrasts = [self.modality] if self.modality is not None else self.contrasts
-        picked = {} if contrasts is None else {"contrasts": list(contrasts)}
+        picked: dict[str, Any] = {} if contrasts is None else {"contrasts": list(contrasts)}
         if spec.startswith("builtin:"):
-            return picked
+            return picked if self.slicing is None else {**picked, "slicing": self.slicing}
         return {**self.model_dump(exclude={"default", "modality", "contrasts"}, exclude_none=True), **picked}
 
 

@@ -55,7 +55,7 @@ def test_importing_the_package_registers_every_builtin_dataset() -> None:
     code = "import json, mriq_validate.data.core as core; print(json.dumps(sorted(core.BUILTIN_DATASETS)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["mni-tumour", "mni-vessel"]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["mni-tumour", "mni-tumour-3d", "mni-vessel"]
 
 
 @settings(max_examples=30, deadline=None)

@@ -373,7 +373,7 @@ def test_the_metrics_are_registered_with_their_direction_range_and_settings() ->
 @pytest.mark.parametrize("params, message", [
     ({"challenge": "BraTS-2024"}, "metric 'dice_lesionwise': challenge 'BraTS-2024' unknown; expected one of ['BraTS-GLI', "),
     ({"dilation": 1.5}, "metric 'dice_lesionwise': dilation must be an integer >= 0, got 1.5"),
-    ({"volume_threshold": -1}, "metric 'dice_lesionwise': volume_threshold must be a number >= 0 (mm² on slices), got -1"),
+    ({"volume_threshold": -1}, "metric 'dice_lesionwise': volume_threshold must be a number >= 0 (mm³ on volumes, mm² on slices), got -1"),
     ({"region": ""}, "metric 'dice_lesionwise': region must be a region or label name, got ''"),
 ])
 def test_bad_metric_parameters_fail_at_construction(params: dict[str, Any], message: str) -> None:

@@ -11,11 +11,15 @@ from typing import Any
 
 from ..cache import DiskCache
 from ..errors import DataError
-from . import mni, vessels  # noqa: F401  (register the builtin datasets on import)
+from . import mni, mni_tumour3d, vessels  # noqa: F401  (register the builtin datasets on import)
 from .core import BUILTIN_DATASETS, ReferenceData, Split
-from .nifti import load_nifti_folder
+from .nifti import DEFAULT_SLICING, check_slicing_options, load_nifti_folder
 
 __all__ = ["BUILTIN_DATASETS", "ReferenceData", "Split", "load_data"]
+
+SLICING_DIMS = {"slices": 2, "volume": 3}  # the spatial dimensions of the items each ``slicing`` gives
+SLICING_EXAMPLES = {"slices": "slice data (builtin:mni-tumour, or a NIfTI folder)",
+                    "volume": "volume data (builtin:mni-tumour-3d, or a NIfTI folder)"}
 
 
 def load_data(spec: str, cache: DiskCache, *, contrasts: list[str] | None = None, **options: Any) -> ReferenceData:
@@ -23,12 +27,21 @@ def load_data(spec: str, cache: DiskCache, *, contrasts: list[str] | None = None
     2018–2021 and 2023–2025, Medical Segmentation Decathlon, nnU-Net v1/v2, imagesTr/labelsTr, case and flat folders).
 
     ``contrasts`` selects image channels by name, in that order (all the data has when None); the other ``options``
-    go to the NIfTI loader (``labels``, ``crop``, ``test_fraction``, ``slices``, ``progress``; see
-    :func:`.nifti.load_nifti_folder`).
+    go to the NIfTI loader (``labels``, ``crop``, ``test_fraction``, ``slices``, ``slicing``, ``spacing_mm``,
+    ``shape``, ``progress``; see :func:`.nifti.load_nifti_folder`). A builtin takes ``slicing`` only, which must be its
+    own (``slices`` for ``builtin:mni-tumour``, ``volume`` for ``builtin:mni-tumour-3d``). An option of the other
+    slicing (``crop`` with ``slicing: volume``, ``shape`` without it) is a DataError naming it.
     """
+    slicing = options.get("slicing", DEFAULT_SLICING)
+    check_slicing_options(slicing, options, f"data {spec!r}")
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name not in BUILTIN_DATASETS:
             raise DataError(f"--mriq-data {spec!r}: unknown builtin dataset; expected one of {sorted('builtin:' + n for n in BUILTIN_DATASETS)}")
-        return BUILTIN_DATASETS[name](cache).select(contrasts)
+        data = BUILTIN_DATASETS[name](cache)
+        if "slicing" in options and data.spatial_dims != SLICING_DIMS[slicing]:
+            own = next(k for k, v in SLICING_DIMS.items() if v == data.spatial_dims)
+            raise DataError(f"data {spec!r} holds {data.spatial_dims}D items {tuple(data.image_shape)} and data option slicing "
+                            f"is {slicing!r}; set slicing: {own} (or leave it out) for this data, or use {SLICING_EXAMPLES[slicing]}")
+        return data.select(contrasts)
     return load_nifti_folder(Path(spec), cache, contrasts=contrasts, **options)

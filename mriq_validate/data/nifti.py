@@ -3,7 +3,8 @@
 The layout is found from the files (:mod:`.layouts`: BraTS 2018–2021 and 2023–2025 case folders, the Medical
 Segmentation Decathlon, nnU-Net v1/v2 raw data, imagesTr/labelsTr, case folders and flat folders without labels).
 Every contrast is found by name (file suffix, dataset.json ``modality``/``channel_names``) and only the files and
-channels asked for are read; images are N×C×H×W, one channel per contrast. Label values are remapped by meaning to
+channels asked for are read; images are N×C×H×W axial slices, one channel per contrast, or with ``slicing="volume"``
+N×C×D×H×W volumes, one per case, resampled to one isotropic grid (:mod:`.volumes`). Label values are remapped by meaning to
 the canonical values (1 necrotic core, 2 oedema, 3 enhancing, 4 resection cavity), so ``whole_tumour`` is the same
 tissue in every layout. A cohort without label files is a healthy cohort (``has_masks=False``, slices with brain).
 
@@ -35,6 +36,7 @@ from .filememo import file_digest
 from .layouts import (Case, ContrastEntry, LabelMeaning, cases_with, detect_layout, finish_meanings, pick_contrasts,
                       plan_meanings, unknown_meaning_error)
 from .preprocess import PREPROCESSING, case_slices, to_ras, voxel_sizes
+from .volumes import VOLUME_PREPROCESSING, case_volume, check_volume_geometry
 
 LOADER_VERSION = "nifti/2"
 CASE_KIND = "nifti-case"
@@ -43,6 +45,11 @@ DEFAULT_MODALITY: str | None = None  # one contrast (the older form of ``contras
 DEFAULT_CROP = (192, 192)  # in-plane centre crop (pixels), as in Deo et al. 2025
 DEFAULT_TEST_FRACTION = 0.3  # of the cases (split by case, never by slice)
 DEFAULT_SLICES = "lesion"  # axial slices with a lesion ("all": every slice with brain)
+DEFAULT_SLICING = "slices"  # 2D axial slices; "volume": one 3D volume per case
+DEFAULT_SPACING_MM = 2.0  # slicing volume: isotropic target voxel size (mm)
+DEFAULT_SHAPE = (96, 112, 96)  # slicing volume: target D×H×W (192×224×192 mm at 2 mm: a BraTS brain with margin)
+#: The data options that belong to each ``slicing``; the others make no sense with it.
+SLICING_OPTIONS = {"slices": ("crop", "slices"), "volume": ("spacing_mm", "shape")}
 UNKNOWN_LABEL_SCAN = 10  # label files read to name the values when nothing says what they mean
 _GEOMETRY_ATOL = 1e-3  # mm, on the RAS affines of one case's files
 
@@ -67,7 +74,8 @@ class StderrProgress:
 @dataclass(frozen=True)
 class CaseSlices:
     """One preprocessed case: images K×C×H×W, masks K×H×W in the file's label values, slice indices, and metadata
-    (orientation codes of the files read, voxel sizes, shape, label value counts)."""
+    (orientation codes of the files read, voxel sizes, shape, label value counts); as a volume, images 1×C×D×H×W and
+    masks 1×D×H×W, and the metadata adds the grid (:func:`.volumes.case_volume`)."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -122,9 +130,10 @@ def _read(path: Path, channel: int | None, cache: dict[Any, Any], whole: bool = 
     return arr, affine
 
 
-def read_case(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], slices: str) -> CaseSlices:
-    """Read and preprocess one case: the picked contrasts' files or channels and the label file, reoriented to RAS and
-    checked to share shape and affine. DataError naming the file that is unreadable, non-finite or inconsistent."""
+def read_ras(case: Case, picked: list[ContrastEntry]) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray, dict[str, Any]]:
+    """The picked contrasts' files or channels and the label file of one case, reoriented to RAS and checked to share
+    shape and affine: (volumes, label or None, the RAS affine, metadata). DataError naming the file that is
+    unreadable, non-finite or inconsistent."""
     opened: dict[Any, Any] = {}
     per_file = Counter(case.images[e.key].path for e in picked)
     vols, codes = [], []
@@ -166,9 +175,23 @@ def read_case(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], sl
         values, n = np.unique(label, return_counts=True)
         counts = {str(int(v)): int(k) for v, k in zip(values, n)}
     assert first is not None
-    images, masks, z = case_slices(vols, label, crop, slices)
     meta = {"orientations": codes, "spacing_mm": list(voxel_sizes(first[2])), "shape": list(first[1].shape), "label_counts": counts}
+    return vols, label, first[2], meta
+
+
+def read_case(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], slices: str) -> CaseSlices:
+    """Read one case (:func:`read_ras`) and keep its preprocessed axial slices (:func:`.preprocess.case_slices`)."""
+    vols, label, _, meta = read_ras(case, picked)
+    images, masks, z = case_slices(vols, label, crop, slices)
     return CaseSlices(images, masks, z, meta)
+
+
+def read_volume(case: Case, picked: list[ContrastEntry], spacing_mm: float, shape: tuple[int, int, int]) -> CaseSlices:
+    """Read one case (:func:`read_ras`) as one preprocessed volume (:func:`.volumes.case_volume`): images 1×C×D×H×W,
+    masks 1×D×H×W, z ``[0]``; the grid (affine, boxes) joins the metadata."""
+    vols, label, affine, meta = read_ras(case, picked)
+    images, masks, grid = case_volume(vols, label, affine, spacing_mm, shape)
+    return CaseSlices(images[None], masks[None], np.zeros(1, np.int32), {**meta, **grid})
 
 
 def split_cases(case_ids: list[str], test_fraction: float) -> set[str]:
@@ -191,17 +214,35 @@ def _label_values(paths: list[Path]) -> dict[int, list[str]]:
     return found
 
 
-def _case_key(case: Case, picked: list[ContrastEntry], crop: tuple[int, int], slices: str, cache: DiskCache) -> str:
+def check_slicing_options(slicing: Any, given: Any, where: str) -> None:
+    """DataError unless ``slicing`` is one of :data:`SLICING_OPTIONS` and every option in ``given`` (names) that
+    belongs to a slicing belongs to this one; the error names the option."""
+    if slicing not in SLICING_OPTIONS:
+        raise DataError(f"{where}: slicing {slicing!r}; expected one of {list(SLICING_OPTIONS)}")
+    for other, names in SLICING_OPTIONS.items():
+        wrong = [n for n in names if n in given] if other != slicing else []
+        if wrong:
+            raise DataError(f"{where}: option {wrong[0]!r} applies to slicing {other!r}, and the slicing is {slicing!r}; "
+                            f"with slicing {slicing!r} give {' and '.join(SLICING_OPTIONS[slicing])} instead (or leave them out)")
+
+
+def _case_key(case: Case, picked: list[ContrastEntry], options: dict[str, Any], cache: DiskCache) -> str:
+    """The cache key of one preprocessed case: its files' content and the options (slices: crop and slices, the key
+    of every release so far; volume: slicing, spacing and shape)."""
     sources = [(file_digest(case.images[e.key].path, cache), case.images[e.key].channel) for e in picked]
     label = file_digest(case.label, cache) if case.label is not None else None
-    return content_hash(LOADER_VERSION, {"crop": list(crop), "slices": slices}, sources, label)
+    return content_hash(LOADER_VERSION, options, sources, label)
 
 
 def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | None = None, labels: dict[Any, str] | None = None,
                       modality: str | None = DEFAULT_MODALITY, crop: tuple[int, int] = DEFAULT_CROP,
                       test_fraction: float = DEFAULT_TEST_FRACTION, slices: str = DEFAULT_SLICES,
+                      slicing: str = DEFAULT_SLICING, spacing_mm: float | None = None, shape: tuple[int, int, int] | None = None,
                       progress: Callable[[str], None] | None = None) -> ReferenceData:
-    """Load a NIfTI folder in any layout of :mod:`.layouts` into train/test splits of preprocessed axial slices.
+    """Load a NIfTI folder in any layout of :mod:`.layouts` into train/test splits of preprocessed axial slices
+    (``slicing="slices"``, options ``crop`` and ``slices``) or of one volume per case (``slicing="volume"``, options
+    ``spacing_mm``, default :data:`DEFAULT_SPACING_MM`, and ``shape`` D×H×W, default :data:`DEFAULT_SHAPE`; see
+    :mod:`.volumes`). An option of the other slicing is a DataError naming it.
 
     ``contrasts`` names the contrasts to read, in order (canonical names or synonyms; channel indices in imagesTr
     layouts); None reads every contrast the data has, canonical ones in the order t1, t1c, t2, flair. ``modality``
@@ -212,6 +253,13 @@ def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | 
     if modality is not None and contrasts is not None:
         raise DataError(f"{folder}: give either contrasts (a list) or modality (one contrast), not both")
     wanted = [str(c) for c in contrasts] if contrasts is not None else [str(modality)] if modality is not None else None
+    given = {"crop": crop != DEFAULT_CROP, "slices": slices != DEFAULT_SLICES, "spacing_mm": spacing_mm is not None,
+             "shape": shape is not None}
+    check_slicing_options(slicing, [k for k, v in given.items() if v], str(folder))
+    volume = slicing == "volume"
+    if volume:
+        spacing_mm, shape = check_volume_geometry(DEFAULT_SPACING_MM if spacing_mm is None else spacing_mm,
+                                                  DEFAULT_SHAPE if shape is None else shape, str(folder))
     if slices not in ("lesion", "all"):
         raise DataError(f"{folder}: slices {slices!r}; expected 'lesion' or 'all'")
     report = progress if progress is not None else StderrProgress()
@@ -229,17 +277,24 @@ def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | 
     if has_masks and plan is None:
         scanned = [c.label for c in cases[:UNKNOWN_LABEL_SCAN] if c.label is not None]
         raise unknown_meaning_error(layout, _label_values(scanned), len(scanned), len(cases))
-    mode = slices if has_masks else "all"
+    mode = "volume" if volume else slices if has_masks else "all"
     test_ids = split_cases([c.id for c in cases], test_fraction)
+    if volume:
+        assert spacing_mm is not None and shape is not None
+        case_options: dict[str, Any] = {"slicing": "volume", "spacing_mm": spacing_mm, "shape": list(shape)}
+        reader: Callable[[Case], CaseSlices] = lambda case: read_volume(case, picked, spacing_mm, shape)  # noqa: E731
+    else:
+        case_options = {"crop": list(crop), "slices": mode}
+        reader = lambda case: read_case(case, picked, crop, mode)  # noqa: E731
 
     read: list[tuple[Case, CaseSlices, str]] = []
     for i, case in enumerate(cases):
-        key = _case_key(case, picked, crop, mode, cache)
-        entry = cache.get_or_create(CASE_KIND, key, ".npz", lambda case=case: read_case(case, picked, crop, mode), save_case, load_case)
+        key = _case_key(case, picked, case_options, cache)
+        entry = cache.get_or_create(CASE_KIND, key, ".npz", lambda case=case: reader(case), save_case, load_case)
         read.append((case, entry, key))
         report(f"mriq: reading {layout.name} {i + 1}/{len(cases)} cases ({folder})")
 
-    spacing = _common_spacing(read, picked)
+    spacing = (spacing_mm,) * 3 if volume else _common_spacing(read, picked)
     found: dict[int, list[str]] = {}
     for case, entry, _ in read:
         for v in entry.meta["label_counts"]:
@@ -249,8 +304,10 @@ def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | 
     splits = {name: _assemble([r for r in read if (r[0].id in test_ids) == (name == "test")], meaning, folder, name, mode)
               for name in ("train", "test")}
 
-    options = {"contrasts": [e.name for e in picked], "crop": crop, "test_fraction": test_fraction, "slices": slices, "layout": layout.name,
-               "slices_kept": mode}
+    options: dict[str, Any] = {"contrasts": [e.name for e in picked], "crop": crop, "test_fraction": test_fraction, "slices": slices,
+                               "layout": layout.name, "slices_kept": mode}
+    if volume:
+        options = {"contrasts": options["contrasts"], "test_fraction": test_fraction, "layout": layout.name, **case_options}
     orientations = Counter(code for _, entry, _ in read for code in entry.meta["orientations"])
     provenance: dict[str, Any] = {
         "source": f"NIfTI folder {Path(folder).resolve()} ({layout.description}, {len(cases)} cases)",
@@ -263,6 +320,13 @@ def load_nifti_folder(folder: Path, cache: DiskCache, *, contrasts: list[str] | 
         "preprocessing": {**PREPROCESSING, "crop": f"centre crop/pad to {crop}"},
         "cache_key": content_hash(LOADER_VERSION, options, sorted(test_ids), [k for _, _, k in read]),
     }
+    if volume:
+        target = f"{shape[0]}x{shape[1]}x{shape[2]} (D×H×W) voxels of {spacing_mm} mm"
+        provenance["preprocessing"] = {**VOLUME_PREPROCESSING, "target": target}
+        provenance["slicing"] = "volume"
+        provenance["affine_dhw"] = {case.id: entry.meta["affine_dhw"] for case, entry, _ in read}
+        grid_keys = ("spacing_mm", "shape", "brain_box_source_voxels", "grid_box_source_voxels")  # source spacing, shape, boxes
+        provenance["volumes"] = {case.id: {k: entry.meta[k] for k in grid_keys} for case, entry, _ in read}
     if layout.notes:
         provenance["layout_notes"] = list(layout.notes)
     if layout.ignored:
@@ -291,7 +355,7 @@ def _assemble(read: list[tuple[Case, CaseSlices, str]], meaning: LabelMeaning | 
     if not n:
         raise DataError(f"{folder}: the {name} split has no slices with {'a lesion' if mode == 'lesion' else 'brain'}")
     first = read[0][1].images
-    images = np.empty((n, *first.shape[1:]), np.float32)
+    images = np.empty((n, *first.shape[1:]), np.float32)  # a slice C×H×W, or a volume C×D×H×W (one per case)
     masks = np.zeros((n, 1, *first.shape[2:]), np.int64)
     ids: list[str] = []
     case_index = np.empty(n, np.int64)
@@ -303,7 +367,7 @@ def _assemble(read: list[tuple[Case, CaseSlices, str]], meaning: LabelMeaning | 
         images[at:at + m] = entry.images
         if meaning is not None:
             masks[at:at + m, 0] = meaning.remap(entry.masks)
-        ids.extend(f"{case.id}:z{int(z):03d}" for z in entry.z)
+        ids.extend([case.id] if mode == "volume" else (f"{case.id}:z{int(z):03d}" for z in entry.z))
         case_index[at:at + m] = k  # consecutive over the cases with slices, in case-id order
         at, k = at + m, k + 1
     return Split(torch.from_numpy(images), torch.from_numpy(masks), tuple(ids), {"case": case_index})

@@ -23,11 +23,21 @@ PREPROCESSING = {
 BRAIN_FRACTION = 0.1  # a slice is "brain" when more than this fraction of its pixels is non-zero in some contrast
 
 
-def normalise_slice(x: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0, eps: float = 1e-6) -> np.ndarray:
-    """Clip ``x`` to its [low_pct, high_pct] percentiles and min-max scale to [0, 1] (float32)."""
-    lo, hi = np.percentile(x, [low_pct, high_pct])
-    y = np.clip(x, lo, hi)
-    return ((y - lo) / (hi - lo + eps)).astype(np.float32)
+def normalise_slice(x: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0, eps: float = 1e-6,
+                    within: np.ndarray | None = None) -> np.ndarray:
+    """Clip ``x`` (a slice or a volume) to its [low_pct, high_pct] percentiles and min-max scale to [0, 1] (float32).
+
+    With ``within`` (a boolean mask of ``x``'s shape, e.g. the brain), the percentiles are those of the voxels inside it
+    and everything outside it is 0 (the background of skull-stripped data stays 0, as nnU-Net normalises within the
+    non-zero mask: Isensee et al. 2021, Nat Methods 18:203); an empty mask gives all zeros."""
+    if within is None:
+        lo, hi = np.percentile(x, [low_pct, high_pct])
+        y = np.clip(x, lo, hi)
+        return ((y - lo) / (hi - lo + eps)).astype(np.float32)
+    out = np.zeros(x.shape, np.float32)
+    if within.any():
+        out[within] = normalise_slice(x[within], low_pct, high_pct, eps)
+    return out
 
 
 def centre_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -47,7 +57,8 @@ def centre_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def axial_to_display(slice_xy: np.ndarray) -> np.ndarray:
-    """Turn a RAS axial slice indexed [x, y] into an image indexed [row, col] with anterior at the top."""
+    """Turn a RAS axial slice indexed [x, y] (the first two axes; further axes are kept) into an image indexed
+    [row, col] with anterior at the top: ``out[r, c] = slice_xy[c, Y - 1 - r]``."""
     return np.rot90(slice_xy).copy()
 
 

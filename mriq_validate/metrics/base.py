@@ -9,8 +9,10 @@ CIs are cheap and paired:
 * ``value(prepared, index)`` turns a resample ``index`` of the sample's images into a number (subclasses write
   ``compute``; ``value`` checks the number against ``valid_range``).
 
-Per-image metrics derive from :class:`PerImageMetric` and only write ``scores``. The implementations register
-themselves on import; :mod:`mriq_validate.metrics` imports them all, so import the registry from the package.
+Per-image metrics derive from :class:`PerImageMetric` and only write ``scores``. A measure of 2D images declares
+``native_dims = 2``; given volumes (N×C×D×H×W), it scores each one's axial slices that hold brain and aggregates them per
+volume (:data:`VOLUME_AGGREGATIONS`, recorded in the metric's config). The implementations register themselves on import;
+:mod:`mriq_validate.metrics` imports them all, so import the registry from the package.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from ..data.preprocess import BRAIN_FRACTION
 from ..errors import MetricError
+from .functional.intensity import axial_brain_slices
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -33,8 +37,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sample:
-    """A set of images to measure: N×C×H×W float in [0, 1] (one channel per contrast), optional N×1×H×W label masks,
-    and where it came from."""
+    """A set of images to measure: N×C×H×W slices or N×C×D×H×W volumes, float in [0, 1] (one channel per contrast),
+    optional N×1×H×W or N×1×D×H×W label masks, and where it came from."""
 
     images: torch.Tensor
     masks: torch.Tensor | None
@@ -139,14 +143,54 @@ class Metric(ABC):
             raise MetricError(f"metric {self.name!r} needs at least 2 images, got {len(sample)} ({sample.origin})")
 
 
+#: How a measure of 2D images turns the scores of a volume's axial slices with brain into the volume's score:
+#: f(slice scores, higher_is_better). "worst" is the slice furthest in the bad direction.
+VOLUME_AGGREGATIONS: dict[str, Callable[[np.ndarray, bool], float]] = {
+    "mean": lambda s, higher_is_better: float(s.mean()),
+    "median": lambda s, higher_is_better: float(np.median(s)),
+    "worst": lambda s, higher_is_better: float(s.min() if higher_is_better else s.max()),
+}
+
+
 class PerImageMetric(Metric):
-    """A metric that scores each image; the set value is the mean of the scores."""
+    """A metric that scores each image; the set value is the mean of the scores.
+
+    ``native_dims``: None when ``scores`` takes slices and volumes alike; 2 when it takes slices only, and then a volume
+    scores the :data:`VOLUME_AGGREGATIONS` ``volume_aggregation`` of its axial slices with brain (:meth:`volume_scores`).
+    """
 
     kind: ClassVar[Literal["per_image", "set", "paired"]] = "per_image"
+    native_dims: ClassVar[int | None] = None
+    volume_aggregation: str = "mean"  # set per instance by check_volume_aggregation
 
     @abstractmethod
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         """One score per image (length N)."""
+
+    def check_volume_aggregation(self, value: Any) -> str:
+        """Set ``volume_aggregation`` (a name in :data:`VOLUME_AGGREGATIONS`); MetricError naming the metric otherwise."""
+        if not isinstance(value, str) or value not in VOLUME_AGGREGATIONS:
+            raise MetricError(f"metric {self.name!r}: volume_aggregation must be one of {sorted(VOLUME_AGGREGATIONS)}, got {value!r}")
+        self.volume_aggregation = value
+        return value
+
+    def volume_config(self) -> dict[str, Any]:
+        """How a volume is scored, for ``config`` (a measure of 2D images: on its axial slices with brain)."""
+        if self.native_dims != 2:
+            return {}
+        return {"volume_aggregation": f"{self.volume_aggregation} over axial slices with brain (> {BRAIN_FRACTION:g} of the "
+                                      "slice in the volume's log-Otsu brain mask; all slices of a volume without brain)"}
+
+    def volume_scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        """One score per volume of ``sample`` (N×C×D×H×W) for a measure of 2D images: ``scores`` of all the volumes' axial
+        slices with brain (:func:`~.functional.intensity.axial_brain_slices`) in one call, aggregated per volume."""
+        slices, owner, depth = axial_brain_slices(sample.images)
+        masks = None if sample.masks is None else sample.masks[torch.as_tensor(owner), :, torch.as_tensor(depth)]
+        s = np.asarray(self.scores(ctx, Sample(slices, masks, f"{sample.origin} (axial slices)", sample.channel)), dtype=np.float64)
+        if s.shape != (len(slices),):
+            raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(slices)} axial slices")
+        aggregate = VOLUME_AGGREGATIONS[self.volume_aggregation]
+        return np.array([aggregate(s[owner == i], self.higher_is_better) for i in range(len(sample))])
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         self.check_sample(sample)
@@ -154,7 +198,10 @@ class PerImageMetric(Metric):
             # a measure of one grey image given several contrasts: each image scores the mean over its contrasts (the
             # study and the downstream table; a criterion decides on each contrast, see criteria.evaluate)
             return np.mean([self.prepare(ctx, sample.contrast(c, f"channel {c}")) for c in range(sample.images.shape[1])], axis=0)
-        s = np.asarray(self.scores(ctx, sample), dtype=np.float64)
+        if self.native_dims == 2 and sample.images.ndim == 5:
+            s = self.volume_scores(ctx, sample)
+        else:
+            s = np.asarray(self.scores(ctx, sample), dtype=np.float64)
         if s.shape != (len(sample),):
             raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(sample)} images")
         if not np.all(np.isfinite(s)):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import MetricError
 from .base import Metric, Sample, check_bool, check_int, register_metric
-from .features import check_features, features, make_extractor
+from .features import RADIOMIC_3D, check_features, features, make_extractor
 from .functional import distribution as D
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class FeatureSetMetric(Metric):
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         self.check_sample(sample)
-        ext = make_extractor(ctx, self.features)
+        ext = make_extractor(ctx, self.features, f"metric {self.name!r}: features: ")
         split = getattr(ctx.data, self.reference)
         return features(ctx, ext, sample.images, sample.masks), features(ctx, ext, split.images, split.masks)
 
@@ -98,11 +98,15 @@ class Frd(Fid):
     limitations = (
         "22 handcrafted features (first order, GLCM, gradient), not the full PyRadiomics set of Konz et al.'s FRD: "
         "sensitive to texture and intensity shifts, blind to lesion position and to anatomy beyond texture.",
-        "Computed on the whole slice unless masked; same small-n bias as FID, and blind to memorisation.",
+        "Computed on the whole image unless masked (a slice, or a volume as a whole: 3D texture, not per slice); same "
+        "small-n bias as FID, and blind to memorisation.",
     )
 
     def __init__(self, features: dict[str, Any] | None = None, reference: str = "train", masked: bool = False) -> None:
         super().__init__({"extractor": "radiomic", "masked": check_bool(self.name, "masked", masked), **(features or {})}, reference)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "volumes": RADIOMIC_3D}
 
     def distance(self, own: np.ndarray, ref: np.ndarray) -> float:
         return D.frd(own, ref)

@@ -43,7 +43,8 @@ class MsSsimDiversity(PerImageMetric):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "n_pairs": self.n_pairs, "kernel_size": self.kernel_size, "library": "MONAI MultiScaleSSIMMetric",
-                "data_range": 1.0, "scales": "as many of 5 as fit the slice (see ms_ssim_setup)"}
+                "data_range": 1.0, "scales": "as many of 5 as fit the slice (see ms_ssim_setup)",
+                "volumes": "compared in 3D (3D windows and pooling, MONAI spatial_dims=3), scales fitted to the shortest axis"}
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         if len(sample) < 3:
@@ -56,7 +57,7 @@ class MsSsimDiversity(PerImageMetric):
 
 @register_metric
 class RegionPresence(PerImageMetric):
-    """Share of images in which the real-data segmenter finds ``region`` (at least ``min_px`` pixels): a sub-region
+    """Share of images in which the real-data segmenter finds ``region`` (at least ``min_px`` pixels, voxels in a volume): a sub-region
     that a generator stops producing (mode collapse of a tumour category) shows up as a lower share than on real data."""
 
     name = "region_presence"
@@ -79,4 +80,4 @@ class RegionPresence(PerImageMetric):
         return {"name": self.name, "region": self.region, "min_px": self.min_px, "segmenter": asdict(self.segmenter)}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        return F.region_presence(ctx.data.region_mask(ctx.predict(self.segmenter, sample.images), self.region), self.min_px)
+        return F.region_presence(ctx.data.region_mask(ctx.predict(self.segmenter.resolve(ctx.data.spatial_dims, "metric 'region_presence': "), sample.images), self.region), self.min_px)

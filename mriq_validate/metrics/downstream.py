@@ -6,8 +6,15 @@ the same segmenter's value on the real test images.
 
 Protocol B (train on generated, test on real; metrics ``dice_tstr`` and ``dice_augmented``): a segmenter of the same
 architecture and budget is trained on the model's image-mask pairs (TSTR), or on the real training split plus them
-(augmentation), and its Dice is measured on the REAL test split, one value per test slice. Trained on the real
+(augmentation), and its Dice is measured on the REAL test split, one value per test image. Trained on the real
 training split itself it is TRTR, the same segmenter (same cache key) as protocol A's.
+
+Slices and volumes: one suite serves both. The segmenter's dimensionality and default budget come from the data
+(:meth:`mriq_validate.segmenter.SegmenterConfig.resolve`: a 2D UNet on slices N×C×H×W, a 3D UNet on volumes
+N×C×D×H×W; a suite that sets ``segmenter.spatial_dims`` against the data is an error naming it). Every value is per
+image: per slice on slices, per volume on volumes; HD95 is in mm at the data's spacing (in-plane on slices, 3D on
+volumes), and the lesion-wise metrics find lesions in the image's own dimensionality (8-connected in the slice plane,
+26-connected in 3D as BraTS 2023).
 
 Training noise: ``noise_floor`` of ``dice``, ``dice_tstr`` and ``dice_augmented`` is the seed-to-seed standard
 deviation of the TRTR segmenter's mean real-test Dice over ``noise_seeds`` training seeds (default
@@ -20,7 +27,7 @@ HD95 has three definitions (``definition``): MONAI's (the larger of the two one-
 :data:`mriq_validate.metrics.functional.downstream.HD95_DEFINITIONS`.
 
 Lesion-wise (metrics ``dice_lesionwise`` and ``hd95_lesionwise``, protocol A): the BraTS 2023 challenges' lesion-wise
-Dice and HD95 of the same segmenter's prediction, per slice: every lesion (connected component, merged by dilation)
+Dice and HD95 of the same segmenter's prediction, per image: every lesion (connected component, merged by dilation)
 scored on its own, each missed lesion and each false-positive blob scoring Dice 0 and HD95 374 mm
 (:mod:`mriq_validate.metrics.functional.lesionwise`, which documents the official code it follows).
 
@@ -59,17 +66,26 @@ def _segmenter_params(name: str, region: Any, segmenter: Any, min_real_dice: Any
             SegmenterConfig.from_params(segmenter, f"metric {name!r}: "))
 
 
-def _region_masks(ctx: "RunContext", segmenter: SegmenterConfig, region: str, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+def _for_data(ctx: "RunContext", name: str, segmenter: SegmenterConfig) -> SegmenterConfig:
+    """``segmenter`` resolved for the data's dimensionality (2D slices or 3D volumes) and its default budget; MetricError
+    naming the metric when the suite set ``segmenter.spatial_dims`` (or ``roi_size``) against the data."""
+    return segmenter.resolve(ctx.data.spatial_dims, f"metric {name!r}: ")
+
+
+def _region_masks(ctx: "RunContext", name: str, segmenter: SegmenterConfig, region: str,
+                  sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """Protocol A's pair: ``region`` in the real-data segmenter's prediction on the sample's images, and in the sample's
-    own masks (boolean N×1×H×W)."""
+    own masks (boolean N×1×H×W or N×1×D×H×W)."""
     assert sample.masks is not None
-    pred = ctx.predict(segmenter, sample.images)
+    pred = ctx.predict(_for_data(ctx, name, segmenter), sample.images)
     return ctx.data.region_mask(pred, region), ctx.data.region_mask(sample.masks, region)
 
 
-def _check_competence(ctx: "RunContext", region: str, segmenter: SegmenterConfig, min_real_dice: float) -> None:
+def _check_competence(ctx: "RunContext", name: str, region: str, segmenter: SegmenterConfig, min_real_dice: float) -> None:
     """MetricError unless the real-data segmenter reaches ``min_real_dice`` on the real test images, decided on Dice
-    exactly as protocol A's ``dice`` decides it (the same computation, memoised by the run)."""
+    exactly as protocol A's ``dice`` decides it (the same computation, memoised by the run); first, MetricError naming
+    metric ``name`` when its segmenter does not fit the data's dimensionality."""
+    _for_data(ctx, name, segmenter)
     ctx.prepare(Dice(region, asdict(segmenter), min_real_dice), ctx.real("test"))
 
 
@@ -105,7 +121,8 @@ class Dice(PerImageMetric):
     summary = "Dice of a segmenter trained on real data, applied to the images (protocol A)"
     limitations: ClassVar[tuple[str, ...]] = (
         *_PROTOCOL_A_LIMITATIONS,
-        "Slice-level Dice weighs small lesions as much as large ones; thin structures (enhancing rim) are noisy.",
+        "Dice per image (per slice on slices, per volume on volumes) weighs small lesions as much as large ones; thin "
+        "structures (enhancing rim) are noisy, on slices most.",
         "Its seed-to-seed SD (unit: seed_sd) is the training noise of the real-data segmenter's Dice; protocol A compares "
         "two image sets under the SAME segmenter, so the false-alarm rate that unit states (for a difference of two "
         "trainings) does not apply to it; prefer unit se or absolute.",
@@ -119,16 +136,16 @@ class Dice(PerImageMetric):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "region": self.region, "protocol": "A", "segmenter": asdict(self.segmenter),
                 "min_real_dice": self.min_real_dice, "noise_seeds": self.noise_seeds,
-                "dice": "MONAI compute_dice per slice, empty-vs-empty = 1"}
+                "dice": "MONAI compute_dice per image (slice or volume), empty-vs-empty = 1"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        scores = F.dice_per_image(*_region_masks(ctx, self.segmenter, self.region, sample))
+        scores = F.dice_per_image(*_region_masks(ctx, self.name, self.segmenter, self.region, sample))
         real = scores if _is_split(sample, ctx.data.test) else ctx.prepare(self, ctx.real("test"))
         if real.mean() < self.min_real_dice:
             raise MetricError(
                 f"metric 'dice' ({self.region}): the segmenter trained on real data reaches only Dice {real.mean():.3f} on the "
                 f"real test images (< min_real_dice {self.min_real_dice}); it cannot tell damaged images from hard ones. "
-                f"Train it longer (segmenter.epochs={self.segmenter.epochs}) or check the data"
+                f"Train it longer (segmenter.epochs={_for_data(ctx, self.name, self.segmenter).epochs}) or check the data"
             )
         return scores
 
@@ -166,8 +183,9 @@ class Hd95(PerImageMetric):
     summary = "95th-percentile Hausdorff distance (mm) of a segmenter trained on real data, applied to the images (protocol A)"
     limitations: ClassVar[tuple[str, ...]] = (
         *_PROTOCOL_A_LIMITATIONS,
-        "Slice-level HD95 in the slice plane, not in 3D: one slice's distances say nothing about the next slice's.",
-        "A slice where exactly one mask is empty scores a fixed penalty (the image diagonal, or 374 mm with definition "
+        "On slices, HD95 in the slice plane, not in 3D: one slice's distances say nothing about the next slice's; on "
+        "volumes, HD95 in 3D at the data's voxel spacing.",
+        "An image where exactly one mask is empty scores a fixed penalty (the image diagonal, or 374 mm with definition "
         "brats) that dominates the mean; HD95 values of different definitions or image sizes are not comparable.",
     )
 
@@ -183,8 +201,8 @@ class Hd95(PerImageMetric):
                 "min_real_dice": self.min_real_dice, "definition": self.definition, "hd95": F.HD95_DEFINITIONS[self.definition][1]}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        _check_competence(ctx, self.region, self.segmenter, self.min_real_dice)
-        pred, true = _region_masks(ctx, self.segmenter, self.region, sample)
+        _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
+        pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         return F.hd95_per_image(pred, true, tuple(ctx.data.spacing_mm), self.definition)
 
 
@@ -194,19 +212,20 @@ class _Lesionwise(PerImageMetric):
     (:func:`~.functional.lesionwise.lesionwise_dice_hd95`).
 
     ``challenge`` picks the BraTS 2023 settings (:data:`~.functional.lesionwise.BRATS2023_CHALLENGES`; default
-    BraTS-GLI: dilation 3 px, lesions of at most 50 ignored); ``dilation`` (pixels) and ``volume_threshold`` (mm² on
-    slices) override them."""
+    BraTS-GLI: dilation 3 voxels, lesions of at most 50 mm³ ignored); ``dilation`` (voxels, pixels on slices) and
+    ``volume_threshold`` (mm³ on volumes, mm² on slices) override them. On volumes lesions are 26-connected 3D
+    components as in BraTS 2023; on slices 8-connected components of the slice plane."""
 
     functional = staticmethod(LW.lesionwise_dice_hd95)
     needs = ("masks",)
     score: ClassVar[str] = ""
     _LIMITATIONS: ClassVar[tuple[str, ...]] = (
         *_PROTOCOL_A_LIMITATIONS,
-        "Per slice, a lesion is a connected region of the slice: a lesion that the slice plane cuts twice counts twice, "
+        "On slices, a lesion is a connected region of the slice: a lesion that the slice plane cuts twice counts twice, "
         "and the BraTS 2023 settings, chosen for 3D volumes (dilation in voxels, threshold in mm³), apply to pixels and "
-        "mm² here.",
-        "A slice without lesions scores 1 (0 mm) when the segmenter predicts nothing and 0 (374 mm) when it predicts "
-        "any blob: the mean depends on how many lesion-free slices the sample holds.",
+        "mm² there; on volumes, lesions are 3D (26-connected) as in BraTS 2023, at the data's voxel size.",
+        "An image without lesions scores 1 (0 mm) when the segmenter predicts nothing and 0 (374 mm) when it predicts "
+        "any blob: the mean depends on how many lesion-free images the sample holds.",
         "The BraTS 2023 definition (not one-to-one: a blob reaching two lesions counts for both; blobs near ignored small "
         "lesions go unpunished) is not the BraTS 2024 or 2025+ one; values are not comparable across them.",
     )
@@ -220,20 +239,21 @@ class _Lesionwise(PerImageMetric):
         self.challenge = challenge
         self.dilation = preset.dilation if dilation is None else check_int(self.name, "dilation", dilation, 0)
         self.volume_threshold = preset.volume_threshold if volume_threshold is None else check_number(
-            self.name, "volume_threshold", volume_threshold, lambda v: 0 <= v < float("inf"), ">= 0 (mm² on slices)")
+            self.name, "volume_threshold", volume_threshold, lambda v: 0 <= v < float("inf"), ">= 0 (mm³ on volumes, mm² on slices)")
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "region": self.region, "protocol": "A", "segmenter": asdict(self.segmenter),
                 "min_real_dice": self.min_real_dice, "challenge": self.challenge, "dilation": self.dilation,
                 "volume_threshold": self.volume_threshold,
-                "lesionwise": "BraTS 2023 lesion-wise (rachitsaluja/BraTS-2023-Metrics) per slice: 8-connected components, GT "
-                              "lesions merged and predicted components matched within the dilation, lesions of area <= "
-                              "volume_threshold mm² ignored, missed lesion and false positive = Dice 0 / HD95 374 mm, "
-                              "HD95 of DeepMind surface-distance"}
+                "lesionwise": "BraTS 2023 lesion-wise (rachitsaluja/BraTS-2023-Metrics) per image: connected components "
+                              "(26-connected on volumes, 8-connected in the plane on slices), GT lesions merged and predicted "
+                              "components matched within the dilation, lesions of volume <= volume_threshold mm³ (area, mm², "
+                              "on slices) ignored, missed lesion and false positive = Dice 0 / HD95 374 mm, HD95 of DeepMind "
+                              "surface-distance"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        _check_competence(ctx, self.region, self.segmenter, self.min_real_dice)
-        pred, true = _region_masks(ctx, self.segmenter, self.region, sample)
+        _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
+        pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         dice, hd95 = LW.lesionwise_dice_hd95(pred, true, tuple(ctx.data.spacing_mm), dilation=self.dilation,
                                              volume_threshold=self.volume_threshold)
         return {"dice": dice, "hd95": hd95}[self.score]
@@ -241,7 +261,7 @@ class _Lesionwise(PerImageMetric):
 
 @register_metric
 class DiceLesionwise(_Lesionwise):
-    """Protocol A: BraTS 2023 lesion-wise Dice per slice (missed lesions and false-positive blobs score 0)."""
+    """Protocol A: BraTS 2023 lesion-wise Dice per image (missed lesions and false-positive blobs score 0)."""
 
     name = "dice_lesionwise"
     score = "dice"
@@ -254,7 +274,7 @@ class DiceLesionwise(_Lesionwise):
 
 @register_metric
 class Hd95Lesionwise(_Lesionwise):
-    """Protocol A: BraTS 2023 lesion-wise HD95 (mm) per slice (missed lesions and false-positive blobs score 374 mm);
+    """Protocol A: BraTS 2023 lesion-wise HD95 (mm) per image (missed lesions and false-positive blobs score 374 mm);
     lower is better."""
 
     name = "hd95_lesionwise"
@@ -265,16 +285,17 @@ class Hd95Lesionwise(_Lesionwise):
                "segmenter trained on real data, applied to the images (protocol A)")
     limitations: ClassVar[tuple[str, ...]] = (
         *_Lesionwise._LIMITATIONS,
-        "The 374 mm penalty for each missed lesion and false-positive blob exceeds the slice's diagonal and dominates the "
-        "mean: one stray blob moves the value of a slice with one lesion by 187 mm, of a lesion-free slice by 374 mm.",
+        "The 374 mm penalty for each missed lesion and false-positive blob exceeds the image's diagonal and dominates the "
+        "mean: one stray blob moves the value of an image with one lesion by 187 mm, of a lesion-free image by 374 mm.",
     )
 
 
 class _TrainOnSample(Metric):
-    """Protocol B: train a segmenter on a training set made from the sample, report Dice per REAL test slice.
+    """Protocol B: train a segmenter on a training set made from the sample, report Dice per REAL test image.
 
-    ``prepare`` returns the per-test-slice Dice (``size`` = number of real test slices); ``value`` is their mean on a
-    resample of the test slices, so two samples' values are paired slice by slice (``pairs_by_reference``).
+    ``prepare`` returns the per-test-image Dice (``size`` = number of real test images, slices or volumes); ``value`` is
+    their mean on a resample of the test images, so two samples' values are paired image by image
+    (``pairs_by_reference``).
     """
 
     functional = staticmethod(F.dice_per_image)
@@ -292,8 +313,8 @@ class _TrainOnSample(Metric):
         "the stated false-alarm rate; the rate is exact only for normal training noise.",
         "A difference within the bound is not evidence that the data are as useful as real data: with one test split "
         "and a few training seeds small losses go undetected.",
-        "Dice per real test slice: weighs small lesions as much as large ones; blind to what the segmenter does not "
-        "need to learn (anatomy outside the lesion may be wrong and still train a good segmenter).",
+        "Dice per real test image (slice or volume): weighs small lesions as much as large ones; blind to what the "
+        "segmenter does not need to learn (anatomy outside the lesion may be wrong and still train a good segmenter).",
     )
 
     def __init__(self, region: str = "whole_tumour", segmenter: dict[str, Any] | None = None, min_real_dice: float = 0.5,
@@ -304,7 +325,7 @@ class _TrainOnSample(Metric):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "region": self.region, "protocol": self.protocol, "segmenter": asdict(self.segmenter),
                 "min_real_dice": self.min_real_dice, "noise_seeds": self.noise_seeds, "evaluated_on": "real test",
-                "dice": "MONAI compute_dice per real test slice, empty-vs-empty = 1"}
+                "dice": "MONAI compute_dice per real test image (slice or volume), empty-vs-empty = 1"}
 
     def training_set(self, ctx: "RunContext", sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The (images, masks) to train on, for a sample that is not the real training split itself."""
@@ -328,13 +349,14 @@ class _TrainOnSample(Metric):
                               f"evaluated; training on them would leak the test labels. Use `condition_on: train_masks` (the model "
                               f"generates for the real training masks; the baseline is then TRTR)")
         train = ctx.data.train
+        cfg = _for_data(ctx, self.name, self.segmenter)
         is_real_train = _is_split(sample, train)
         if is_real_train:  # TRTR: the very segmenter protocol A uses (same cache key), memoised by the run
-            seg = ctx.segmenter(self.segmenter)
+            seg = ctx.segmenter(cfg)
         else:
             images, masks = self.training_set(ctx, sample)
             ctx.progress(f"{self.name}: training a segmenter on {len(images)} image-mask pairs ({sample.origin}), or loading it from cache")
-            seg = get_segmenter(images, masks, ctx.n_classes, self.segmenter, ctx.device, ctx.cache, ctx.progress,
+            seg = get_segmenter(images, masks, ctx.n_classes, cfg, ctx.device, ctx.cache, ctx.progress,
                                 contrasts=tuple(ctx.data.contrasts))
         region = ctx.data.region_mask
         scores = F.dice_per_image(region(seg.predict(test.images), self.region), region(test.masks, self.region))
@@ -343,7 +365,7 @@ class _TrainOnSample(Metric):
             raise MetricError(
                 f"metric {self.name!r} ({self.region}): the segmenter trained on the real training split (TRTR) reaches only Dice "
                 f"{trtr.mean():.3f} on the real test images (< min_real_dice {self.min_real_dice}); with this budget the task "
-                f"cannot tell useful training data from useless. Train it longer (segmenter.epochs={self.segmenter.epochs}) or check the data"
+                f"cannot tell useful training data from useless. Train it longer (segmenter.epochs={cfg.epochs}) or check the data"
             )
         return scores
 
@@ -371,7 +393,7 @@ class _TrainOnSample(Metric):
 @register_metric
 class DiceTSTR(_TrainOnSample):
     """Protocol B, train on synthetic, test on real (TSTR): a segmenter of the same architecture and budget trained on
-    the sample's image-mask pairs, Dice per real test slice. On the real training split itself it is TRTR."""
+    the sample's image-mask pairs, Dice per real test image. On the real training split itself it is TRTR."""
 
     name = "dice_tstr"
     protocol = "B (TSTR: train on the sample, test on real)"
@@ -385,7 +407,7 @@ class DiceTSTR(_TrainOnSample):
 @register_metric
 class DiceAugmented(_TrainOnSample):
     """Protocol B, augmentation: a segmenter trained on the real training split plus the sample's image-mask pairs
-    (same architecture and epochs, so more steps), Dice per real test slice. The real training split itself as the
+    (same architecture and epochs, so more steps), Dice per real test image. The real training split itself as the
     sample means no augmentation (TRTR); so does a sample identical to it (a copy adds no information)."""
 
     name = "dice_augmented"
@@ -402,5 +424,5 @@ class DiceAugmented(_TrainOnSample):
         train = ctx.data.train
         if sample.images.shape[1:] != train.images.shape[1:]:
             raise MetricError(f"metric {self.name!r}: {sample.origin} images {tuple(sample.images.shape[1:])} differ in shape from the "
-                              f"real training slices {tuple(train.images.shape[1:])}")
+                              f"real training images {tuple(train.images.shape[1:])}")
         return torch.cat([train.images, sample.images]), torch.cat([train.masks, sample.masks.long()])

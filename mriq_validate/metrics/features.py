@@ -3,15 +3,19 @@
 * ``segmenter``: task-aware features, the global-average-pooled activations of every encoder level of the
   downstream segmenter trained on real data (MONAI UNet), concatenated (184 dims for the default segmenter). Joint over
   the contrasts: the segmenter takes all C contrast channels as its input channels, so its encoder sees every contrast
-  at once (as the BraTS and nnU-Net segmenters do), and the features describe the multi-contrast slice.
+  at once (as the BraTS and nnU-Net segmenters do), and the features describe the multi-contrast slice. On volumes
+  the segmenter is the 3D UNet trained on the real volumes and the pooling is over D×H×W.
 * ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.functional.radiomics`), for an FRD-style
-  distance; with C contrasts, the 22 features of each contrast, concatenated in contrast order (22·C dims).
+  distance; with C contrasts, the 22 features of each contrast, concatenated in contrast order (22·C dims). On
+  volumes the features are 3D (computed on the whole volume: GLCM over the 13 directions of the 26-neighbourhood, 3D
+  gradient), not per slice.
 * ``pixels``: a pose-normalised 32×32 thumbnail (:func:`.functional.memorisation.image_embedding`), for copy detection
   (``copy_fraction`` adds the twice-resolution plain image for its flip- and shift-invariant distance); with C
   contrasts, the thumbnails of each contrast concatenated and divided by √C (unit norm kept).
 * ``torchscript`` (``path``) or ``module`` (``module: pkg.mod:NAME``): any user network, e.g. RadImageNet or
   Inception weights the user has; each grey contrast slice is repeated to ``channels`` and resized to ``size`` as
-  configured, and the features of the C contrasts are concatenated in contrast order.
+  configured, and the features of the C contrasts are concatenated in contrast order. On volumes the network gets
+  N×channels×D×H×W (a 3D network such as a MedicalNet ResNet3D the user exported; ``size`` resizes every axis).
 
 How the contrasts were combined is recorded in every extractor's ``config`` (``contrasts``).
 
@@ -31,7 +35,7 @@ import torch
 
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
-from ..segmenter import SegmenterConfig
+from ..segmenter import SegmenterConfig, divisible_pad, divisor
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -57,8 +61,12 @@ def unet_encoder_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 @torch.no_grad()
 def pooled_activations(net: torch.nn.Module, blocks: list[torch.nn.Module], images: torch.Tensor, device: torch.device,
-                       batch_size: int = 64) -> np.ndarray:
-    """Concatenated global-average-pooled outputs of ``blocks`` while ``net`` runs on ``images``."""
+                       batch_size: int | None = None, divisible_by: int = 1) -> np.ndarray:
+    """Concatenated global-average-pooled outputs of ``blocks`` (over every spatial axis: H×W, or D×H×W for volumes)
+    while ``net`` runs on ``images``, ``batch_size`` at a time (default 64 slices or 4 volumes). Images whose sizes are
+    not multiples of ``divisible_by`` are zero-padded to them first (:func:`~mriq_validate.segmenter.divisible_pad`, as
+    the segmenter predicts), so the padding's background enters the averages."""
+    batch_size = batch_size or (64 if images.ndim == 4 else 4)
     outs: list[torch.Tensor] = []
     hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o.flatten(2).mean(-1))) for b in blocks]
     feats = []
@@ -66,7 +74,7 @@ def pooled_activations(net: torch.nn.Module, blocks: list[torch.nn.Module], imag
         net.eval()
         for i in range(0, images.shape[0], batch_size):
             outs.clear()
-            net(images[i : i + batch_size].to(device, torch.float32))
+            net(divisible_pad(images[i : i + batch_size].to(device, torch.float32), divisible_by)[0])
             feats.append(torch.cat(outs, dim=1).cpu())
     finally:
         for h in hooks:
@@ -184,16 +192,20 @@ JOINT = "joint: the network's input channels are the C contrasts, its encoder se
 EACH = "each contrast alone, features concatenated in contrast order"
 
 
-def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extractor:
+def make_extractor(ctx: "RunContext", params: dict[str, Any] | None, where: str = "features: ") -> Extractor:
     """The extractor described by a metric's ``features:`` params (``extractor`` plus its options, see
-    :func:`check_features`)."""
-    opts = check_features(params)
+    :func:`check_features`), for the data's dimensionality (slices or volumes); errors name ``where``."""
+    opts = check_features(params, where)
     kind = opts["extractor"]
     if kind == "segmenter":
-        seg = ctx.segmenter(opts["segmenter"])
-        blocks = unet_encoder_blocks(seg.net)
-        return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device), seg.key,
-                         {"extractor": kind, "segmenter_key": seg.key, "pooling": "global average of every encoder level",
+        try:  # the segmenter trained on the real training split, 2D or 3D as the data (SegmenterConfig.resolve)
+            seg = ctx.segmenter(opts["segmenter"])
+        except MetricError as exc:
+            raise MetricError(f"{where}{exc}") from None
+        blocks, k = unet_encoder_blocks(seg.net), divisor(seg.config)
+        return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device, divisible_by=k), seg.key,
+                         {"extractor": kind, "segmenter_key": seg.key, "spatial_dims": seg.config.spatial_dims,
+                          "pooling": "global average of every encoder level over every spatial axis (H×W, D×H×W)",
                           "contrasts": JOINT, "in_channels": seg.in_channels, **({"contrast_names": list(seg.contrasts)} if seg.contrasts else {})})
     if kind == "radiomic":
         from .functional.radiomics import radiomic_features
@@ -201,7 +213,7 @@ def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extracto
         masked = opts["masked"]
         return Extractor(kind, each_contrast(lambda x, m: radiomic_features(x, m if masked else None)), content_hash(FEATURES_VERSION, "radiomic", masked),
                          {"extractor": kind, "masked": masked, "features": "first-order + GLCM + gradient (functional/radiomics.py)",
-                          "contrasts": EACH})
+                          "contrasts": EACH, "volumes": RADIOMIC_3D})
     if kind == "pixels":
         from .functional.memorisation import image_embedding
 
@@ -211,21 +223,46 @@ def make_extractor(ctx: "RunContext", params: dict[str, Any] | None) -> Extracto
                                                                           "contrasts": EACH + ", divided by sqrt(C)"})
     channels, size, value_range = opts["channels"], opts["size"], opts["range"]
     net, ident = _load_user_network(opts, ctx.device)
+    where = f"feature extractor {opts['path'] if kind == 'torchscript' else opts['module']}"
 
     @torch.no_grad()
     def run(x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
-        out = []
-        for i in range(0, x.shape[0], 32):
-            b = x[i : i + 32].to(ctx.device, torch.float32)
+        out, step = [], 32 if x.ndim == 4 else 2
+        for i in range(0, x.shape[0], step):
+            b = x[i : i + step].to(ctx.device, torch.float32)
             if size:
-                b = torch.nn.functional.interpolate(b, size=(int(size), int(size)), mode="bilinear", align_corners=False)
+                b = torch.nn.functional.interpolate(b, size=(int(size),) * (b.ndim - 2), mode="bilinear" if b.ndim == 4 else "trilinear",
+                                                    align_corners=False)
             if value_range == "-1,1":
                 b = b * 2 - 1
-            out.append(net(b.repeat(1, channels, 1, 1)).flatten(1).cpu())
+            out.append(_user_features(net, b.repeat(1, channels, *(1,) * (b.ndim - 2)), where))
         return torch.cat(out).double().numpy()
 
     return Extractor(kind, each_contrast(run), ident, {"extractor": kind, "channels": f"grey repeated to {channels}", "resize": size or "none",
-                                                       "range": value_range, "weights_sha256_16": ident, "contrasts": EACH})
+                                                       "range": value_range, "weights_sha256_16": ident, "contrasts": EACH,
+                                                       "volumes": "N×channels×D×H×W (a 3D network), resized on every axis"})
+
+
+#: How the radiomic extractor treats volumes (recorded in its config and in FRD's).
+RADIOMIC_3D = ("3D on the whole volume (not per slice): first order over its voxels, GLCM over the 13 directions of the "
+               "26-neighbourhood (IBSI 3D, averaged), 3D central-difference gradient; in voxel units, whatever the spacing")
+
+
+def _user_features(net: torch.nn.Module, batch: torch.Tensor, where: str) -> torch.Tensor:
+    """``net(batch)`` flattened to one row per item (N×d, on the CPU); MetricError naming the input shape, what the
+    network is expected to take, and its own error, when it fails or returns another number of rows."""
+    layout = "N×C×D×H×W (volumes: a 3D network)" if batch.ndim == 5 else "N×C×H×W (slices: a 2D network)"
+    try:
+        out = net(batch)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise MetricError(f"{where} failed on input of shape {tuple(batch.shape)}; the data need a network taking {layout} "
+                          f"({type(exc).__name__}: {first[:300]})") from None
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != batch.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MetricError(f"{where} returned {got} for input of shape {tuple(batch.shape)}; expected a tensor with one row per "
+                          f"item ({batch.shape[0]}×...)")
+    return out.flatten(1).cpu()
 
 
 def features(ctx: "RunContext", extractor: Extractor, images: torch.Tensor, masks: torch.Tensor | None) -> np.ndarray:

@@ -46,7 +46,8 @@ class BrainIntensity(PerImageMetric):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "percentile": self.percentile,
-                "brain_mask": f"Otsu ({F.OTSU_BINS} bins) on log(x + {F.LOG_EPS}·max), largest component, holes filled"}
+                "brain_mask": f"Otsu ({F.OTSU_BINS} bins) on log(x + {F.LOG_EPS}·max), largest component, holes filled",
+                "volumes": "one image each: brain mask in 3D, percentile over all its brain voxels"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         return F.brain_percentile(sample.images, self.percentile)

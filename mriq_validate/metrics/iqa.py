@@ -16,6 +16,7 @@ from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
 from .base import PerImageMetric, Sample, check_int, check_number, register_metric
 from .functional import iqa as F
+from .functional.intensity import axial_brain_slices
 from .functional.niqe import NiqeModel, fit_niqe, niqe_mri, niqe_scores
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Piqe(PerImageMetric):
 
     name = "piqe"
     channels = "each"
+    native_dims = 2
     functional = staticmethod(F.piqe)
     higher_is_better = False
     valid_range = (0.0, 100.0)
@@ -49,9 +51,12 @@ class Piqe(PerImageMetric):
         "physics; values depend on the intensity range and on the share of background in the slice.",
     )
 
+    def __init__(self, volume_aggregation: str = "mean") -> None:
+        self.check_volume_aggregation(volume_aggregation)
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "library": "pyiqa 0.1.16 'piqe'", "channels": "grey, 1 channel as given",
-                "data_range": "[0, 1]", "resize": "none (native slice size)"}
+                "data_range": "[0, 1]", "resize": "none (native slice size)", **self.volume_config()}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         return F.piqe(sample.images, ctx.device)
@@ -67,6 +72,7 @@ class NiqeMri(PerImageMetric):
 
     name = "niqe_mri"
     channels = "each"
+    native_dims = 2
     functional = staticmethod(niqe_mri)
     higher_is_better = False
     valid_range = (0.0, np.inf)
@@ -78,18 +84,22 @@ class NiqeMri(PerImageMetric):
         "block size and sharpness threshold, never with the natural-image NIQE of other tools.",
     )
 
-    def __init__(self, block_size: int = 32, sharpness_threshold: float = 0.75) -> None:
+    def __init__(self, block_size: int = 32, sharpness_threshold: float = 0.75, volume_aggregation: str = "mean") -> None:
         self.block_size = check_int(self.name, "block_size", block_size, 8)
         if self.block_size % 2:
             raise MetricError(f"metric 'niqe_mri': block_size must be even (it is halved for the second scale), got {block_size!r}")
         self.sharpness_threshold = check_number(self.name, "sharpness_threshold", sharpness_threshold, lambda t: 0 <= t < 1, "in [0, 1)")
+        self.check_volume_aggregation(volume_aggregation)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "pristine": "real train split", "block_size": self.block_size,
-                "sharpness_threshold": self.sharpness_threshold, "library": "pyiqa 0.1.16 niqe_arch features"}
+                "sharpness_threshold": self.sharpness_threshold, "library": "pyiqa 0.1.16 niqe_arch features", **self.volume_config()}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        model = cached_fit_niqe(sample.same_contrasts(ctx.data.train.images), ctx.cache, self.block_size, self.sharpness_threshold)
+        pristine = sample.same_contrasts(ctx.data.train.images)
+        if pristine.ndim == 5:  # training volumes: the pristine slices are their axial slices with brain, as scored
+            pristine = axial_brain_slices(pristine)[0]
+        model = cached_fit_niqe(pristine, ctx.cache, self.block_size, self.sharpness_threshold)
         return niqe_scores(sample.images, model)
 
 
@@ -104,6 +114,7 @@ class PyiqaWeighted(PerImageMetric):
 
     name = "pyiqa"
     channels = "each"
+    native_dims = 2
     functional = staticmethod(F.pyiqa_scores)
     higher_is_better = False  # the class default only (what `mriq-validate list` shows); each instance sets its own
     summary = "a pyiqa NR metric (e.g. brisque, musiq) with weights from params.weights (no download)"
@@ -115,9 +126,10 @@ class PyiqaWeighted(PerImageMetric):
         "weights file, which the report identifies by its SHA-256.",
     )
 
-    def __init__(self, metric: str = "brisque", weights: str | None = None) -> None:
+    def __init__(self, metric: str = "brisque", weights: str | None = None, volume_aggregation: str = "mean") -> None:
         from .._compat import import_pyiqa
 
+        self.check_volume_aggregation(volume_aggregation)
         import_pyiqa()
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
@@ -135,7 +147,7 @@ class PyiqaWeighted(PerImageMetric):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "pyiqa_metric": self.metric, "weights": str(self.weights),
                 "weights_sha256_16": content_hash(self.weights.read_bytes()), "channels": "grey repeated to 3", "data_range": "[0, 1]",
-                "higher_is_better": self.higher_is_better}
+                "higher_is_better": self.higher_is_better, **self.volume_config()}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         m = F.pyiqa_metric(self.metric, str(ctx.device), pretrained_model_path=str(self.weights))

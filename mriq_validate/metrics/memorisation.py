@@ -11,12 +11,16 @@ from ..cache import content_hash
 from ..errors import MetricError
 from .base import PerImageMetric, Sample, check_number, register_metric
 from .features import FEATURES_VERSION, Extractor, check_features, features, make_extractor
-from .functional.memorisation import CopyInvariance, conformal_flags, copy_distances, copy_embedding, copy_flags
+from .functional.memorisation import CopyInvariance, _null_size, conformal_flags, copy_distances, copy_embedding, copy_flags
 
 if TYPE_CHECKING:
     from ..session import RunContext
 
 COPY_VERSION = "copy/1"  # bump when copy_embedding or copy_distances change what they compute (keys the cache)
+# Volumes: a 16³ thumbnail (4096 values, 4× a slice's 32²) and shifts of up to ±1 of its voxels (1/16 of the field of
+# view, after the 3D centroid is centred), so the (4·max_shift + 1)³ = 125 shift searches stay affordable (±2 would be
+# 729, ~6× slower); a size or max_shift given in the parameters applies to volumes too.
+VOLUME_SIZE, VOLUME_MAX_SHIFT = 16, 1
 
 
 @register_metric
@@ -59,28 +63,37 @@ class CopyFraction(PerImageMetric):
         if not pixels and (flips or max_shift):
             raise MetricError(f"metric 'copy_fraction': flips and max_shift act on the thumbnails of the 'pixels' extractor, "
                               f"not on {self.features.get('extractor', 'segmenter')!r} features; remove them or use pixels")
+        self._volume_size = self._size if "size" in self.features else VOLUME_SIZE
         try:
             self.invariance = (CopyInvariance(flips=True if flips is None else flips, max_shift=4 if max_shift is None else max_shift)
                                if pixels else None)
+            self.volume_invariance = (CopyInvariance(flips=True if flips is None else flips,
+                                                     max_shift=VOLUME_MAX_SHIFT if max_shift is None else max_shift) if pixels else None)
         except MetricError as exc:
             raise MetricError(f"metric 'copy_fraction': {exc}") from None
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "features": self.features, "training_set": "real train split",
                 "null": "real test split → train NN distances", "rule": "conformal NN test (memorisation.py)",
-                "invariance": self.invariance.config(self._size) if self.invariance else "none (features other than pixels)"}
+                "invariance": self.invariance.config(self._size) if self.invariance else "none (features other than pixels)",
+                **({"volumes": {"thumbnail": f"{self._volume_size}³, pose: 3D centroid and in-plane principal axes",
+                                "flips": "in-plane only (left-right, anterior-posterior, both)" if self.volume_invariance.flips else "none",
+                                "max_shift_thumbnail_voxels": self.volume_invariance.max_shift}} if self.volume_invariance else {})}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         train, test = (Sample(sample.same_contrasts(x.images), x.masks, "") for x in (ctx.data.train, ctx.data.test))
+        _null_size(self.alpha, len(test))  # too few held-out items for alpha: said before any distance is computed
         ext = make_extractor(ctx, self.features)  # also validates the pixels options
         if self.invariance is None:
             gen, ref, null = (features(ctx, ext, x.images, None) for x in (sample, train, test))
             return copy_flags(gen, ref, null, alpha=self.alpha)["flags"].astype(np.float64)
-        size, inv = self._size, self.invariance
+        dims = sample.images.ndim - 2
+        size, inv = (self._size, self.invariance) if dims == 2 else (self._volume_size, self.volume_invariance)
+        assert inv is not None
         ref = copy_embedding(train.images, size, inv)  # cheap (~0.3 ms a slice): not worth the disk cache
         # the held-out → train distances are the same for every sample of a run: computed once, kept in the cache
-        null = Extractor("copy-null", lambda x, m: copy_distances(copy_embedding(x, size, inv), ref, inv)[0][:, None],
+        null = Extractor("copy-null", lambda x, m: copy_distances(copy_embedding(x, size, inv), ref, inv, spatial_dims=dims)[0][:, None],
                          content_hash(FEATURES_VERSION, COPY_VERSION, "null", ref, inv.flips, inv.max_shift), {"extractor": "copy null"})
         d_null = features(ctx, null, test.images, None)[:, 0]
-        d_gen, nn_index = copy_distances(copy_embedding(sample.images, size, inv), ref, inv)
+        d_gen, nn_index = copy_distances(copy_embedding(sample.images, size, inv), ref, inv, spatial_dims=dims)
         return conformal_flags(d_gen, nn_index, d_null, self.alpha)["flags"].astype(np.float64)

@@ -1,4 +1,5 @@
-"""Perturbations: a registry of seeded, replayable edits (noise, artefacts, localised morphology, set shifts).
+"""Perturbations: a registry of seeded, replayable edits (noise, artefacts, localised morphology, set shifts) of
+slices N×C×H×W or volumes N×C×D×H×W.
 
 Importing the package fills the registry: the implementation modules below register their perturbations on
 import, and :mod:`.base` (the registry itself) imports none of them, so imports run one way.

@@ -2,13 +2,14 @@
 
 A perturbation is a pure function ``fn(images, masks, rng, ctx, **params) -> (images, masks)`` on
 N×C×H×W float slices or N×C×D×H×W float volumes in [0, 1] (one channel per contrast) and N×1×H×W (N×1×D×H×W)
-integer label masks; every family works in both (a volume's draws are made once per volume). It is registered with
+integer label masks; every family works in both: volumes get 3D k-space artefacts and 3D morphology (distance
+transforms, in-painting and skeletons in 3D), and a volume's draws are made once per volume. It is registered with
 typed parameters (default, valid range, the value that makes it the identity) so YAML can name it and sweep its
 strength, and every call is recorded with the parameters and seed it used.
 
-Contrasts are treated alike: every channel gets the same parameters, and whatever is drawn per slice (a bias
-field, a spike's position, a ghosting axis, a lesion edit's direction or gap positions) is drawn once per slice and
-used on every channel of it; localised edits use the one mask on every channel. Pixel noise is drawn independently
+Contrasts are treated alike: every channel gets the same parameters, and whatever is drawn per item (a bias
+field, a spike's position, a ghosting axis, a lesion edit's direction or gap positions) is drawn once per slice or
+volume and used on every channel of it; localised edits use the one mask on every channel. Pixel noise is drawn independently
 for each channel (each contrast is its own acquisition) at the same strength. With C = 1 every draw is the one a
 single-contrast image always got.
 

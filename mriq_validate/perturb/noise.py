@@ -1,8 +1,10 @@
 """Global noise: additive Gaussian, Poisson (photon-count) and MRI magnitude (Rician) noise.
 
-All three act on every pixel of every image and every contrast, with independent draws per pixel and per contrast
-channel (each contrast is its own acquisition) at the same strength; MONAI's transforms are used where they exist
-(Gaussian, Rician), each seeded from the perturbation's ``rng`` so the same seed replays the same draw.
+All three act on every pixel (voxel, for N×C×D×H×W volumes) of every image and every contrast, with independent
+draws per voxel and per contrast channel (each contrast is its own acquisition) at the same strength; MONAI's
+transforms are used where they exist (Gaussian, Rician; n-dimensional, a C×D×H×W array is a volume to them), each
+seeded from the perturbation's ``rng`` so the same seed replays the same draw. The draw helpers shared by the
+artefacts and the lesion edits live here too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ from .base import Param, PerturbContext, channel_stack, per_channel, register
 def monai_seed(rng: np.random.Generator) -> int:
     """A seed for MONAI's ``set_random_state`` drawn from ``rng`` (MONAI wants a value below 2**32)."""
     return int(rng.integers(0, 2**32 - 1))
+
+
+def random_direction(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    """A unit vector with uniformly distributed direction in ``ndim`` dimensions (axis order of the array).
+
+    2D: (sin φ, cos φ), φ ~ U(0, 2π) (one draw; the draw slices always got). n-D: a standard normal vector
+    normalised, which is uniform on the sphere (Muller 1959, "A note on a method for generating points uniformly on
+    n-dimensional spheres")."""
+    if ndim == 2:
+        phi = rng.uniform(0, 2 * np.pi)
+        return np.array([np.sin(phi), np.cos(phi)])
+    v = rng.normal(size=ndim)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 def plain(x: Any, like: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Every set-level edit keeps N and the positions of the items it does not touch: i
 (image and mask together) with other items, so item i of the output is either item i of the input or a
 replacement. Which slots were replaced is visible only in the returned tensors (compare with the input) and is
 replayed exactly by the same seed. Counts use :func:`n_of` (round half up), e.g. p = 0.15 of N = 10 → 2. Items move
-whole: every contrast channel with its mask.
+whole: every contrast channel with its mask; an item is a slice (C×H×W) or a whole volume (C×D×H×W), and the
+training items in :class:`~.base.PerturbContext` must be of the same shape.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def _aug_noise(img: np.ndarray, mask: np.ndarray, other: np.ndarray, rng: np.ran
 
 
 def _aug_rotate(img: np.ndarray, mask: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A rotation in the H×W plane (the axial plane, about the inferior-superior axis, for a D×H×W volume)."""
     angle = rng.uniform(-10.0, 10.0)
-    return (ndimage.rotate(img, angle, reshape=False, order=1, mode="constant"),
-            ndimage.rotate(mask, angle, reshape=False, order=0, mode="constant"))
+    return (ndimage.rotate(img, angle, axes=(-1, -2), reshape=False, order=1, mode="constant"),
+            ndimage.rotate(mask, angle, axes=(-1, -2), reshape=False, order=0, mode="constant"))
 
 
 def _aug_scale(img: np.ndarray, mask: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +85,7 @@ def external_duplication(images: torch.Tensor, masks: torch.Tensor, rng: np.rand
     """Memorisation: round(p·N) random slots are overwritten with training images and their masks from
     ``ctx.train_images`` / ``ctx.train_masks`` (drawn without replacement while the training set suffices).
     With augment = 1 each copy gets one disguise drawn at random: noise N(0, 0.01), a rotation of ±10°
-    (mask rotated too, nearest neighbour), intensity ×U(0.9, 1.1), or a blend α·train + (1-α)·replaced item,
+    (in the axial H×W plane for a volume; mask rotated too, nearest neighbour), intensity ×U(0.9, 1.1), or a blend α·train + (1-α)·replaced item,
     α ~ U(0.6, 0.8) (mask of the training item) (Mem-index ``create_contamination.py``); every contrast of a copy gets
     the same disguise. Valid p: 0 to 1."""
     n = images.shape[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +94,15 @@ def main_region(data: Any) -> str:
     return next(iter(data.labels))
 
 
-def select_measures(cfg: StudyConfig, region: str) -> tuple[list[Metric], list[dict[str, str]]]:
-    """The measures of the grid (registry instances, Dice first) and the ones left out with the reason."""
+def copy_alpha(n_test: int) -> float:
+    """The conformal copy test's alpha for ``n_test`` held-out items: 0.01, or the smallest hundredth the test allows
+    when there are fewer than 99 (it needs alpha·(n_test + 1) ≥ 1; e.g. 0.05 for 19 test volumes)."""
+    return max(0.01, math.ceil(100 / (n_test + 1)) / 100)
+
+
+def select_measures(cfg: StudyConfig, region: str, n_test: int) -> tuple[list[Metric], list[dict[str, str]]]:
+    """The measures of the grid (registry instances, Dice first) and the ones left out with the reason; ``n_test``
+    held-out real items set the copy test's alpha (:func:`copy_alpha`)."""
     names = [n for n in metric_names() if n not in EXCLUDED]
     skipped = [{"what": f"measure {n}", "why": EXCLUDED[n]} for n in metric_names() if n in EXCLUDED]
     if cfg.measures is not None:
@@ -107,6 +116,8 @@ def select_measures(cfg: StudyConfig, region: str) -> tuple[list[Metric], list[d
         params: dict[str, Any] = dict(FAST_PARAMS.get(n, {}))
         if n in ("dice", "hd95", "region_presence"):
             params["region"] = region
+        if n == "copy_fraction":
+            params["alpha"] = copy_alpha(n_test)
         if n in ("dice", "hd95"):
             params["min_real_dice"] = 0.0  # the study reports Dice whatever it is; the suite's competence gate is separate
         out.append(create_metric(n, params))

@@ -60,11 +60,11 @@ def run_study(cfg: StudyConfig, progress: Callable[[str], None] | None = None) -
     base = RunContext(settings, cfg.data, progress=say)
     data = base.data
     region = main_region(data)
-    measures, skipped = select_measures(cfg, region)
+    measures, skipped = select_measures(cfg, region, len(data.test))
     grid, skipped_c = conditions(cfg, data)
     skipped += skipped_c
     nb_img, nb_set = cfg.resolved_n_boot()
-    say(f"study: data {cfg.data} ({len(data.train)} train / {len(data.test)} test slices), main region {region!r}, "
+    say(f"study: data {cfg.data} ({len(data.train)} train / {len(data.test)} test {base.item_kind}), main region {region!r}, "
         f"{len(measures)} measures x {len(grid)} conditions, seed {cfg.seed}{' (quick)' if cfg.quick else ''}")
 
     real = base.real("test")

@@ -13,13 +13,14 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 
 
 def ms_ssim_setup(size: int, kernel_size: int = 7) -> tuple[int, tuple[float, ...]]:
-    """Kernel and scale weights that fit a ``size``-pixel slice: the most of the 5 standard scales (Wang et al. 2003) for
-    which MONAI's ``compute_ms_ssim`` runs, weights renormalised to sum to 1.
+    """Kernel and scale weights that fit an image whose shortest side is ``size`` pixels (a slice, or a volume: MONAI
+    checks each spatial axis alike): the most of the 5 standard scales (Wang et al. 2003) for which MONAI's
+    ``compute_ms_ssim`` runs, weights renormalised to sum to 1.
 
-    Two conditions must hold for ``s`` scales (MONAI 1.x, ``monai.metrics.regression``): its own size check
-    ``size // max(1, s - 1)² > kernel - 1``, and the coarsest scale, after ``s - 1`` halvings by 2 × 2 average pooling
-    (``size // 2^(s-1)`` pixels), must hold the kernel of its valid convolution. MetricError naming the size when even
-    one scale (plain SSIM) does not fit, i.e. the slice is smaller than the kernel.
+    Two conditions must hold for ``s`` scales on every axis (MONAI 1.x, ``monai.metrics.regression``): its own size check
+    ``size // max(1, s - 1)² > kernel - 1``, and the coarsest scale, after ``s - 1`` halvings by 2 × 2 (× 2) average
+    pooling (``size // 2^(s-1)`` pixels), must hold the kernel of its valid convolution. MetricError naming the size when
+    even one scale (plain SSIM) does not fit, i.e. the image is smaller than the kernel.
     """
     for scales in range(len(MS_SSIM_WEIGHTS), 0, -1):
         if size // max(1, scales - 1) ** 2 > kernel_size - 1 and size // 2 ** (scales - 1) >= kernel_size:
@@ -40,9 +41,12 @@ def pair_indices(n: int, n_pairs: int) -> np.ndarray:
 def ms_ssim_pairs(images: torch.Tensor, n_pairs: int = 500, kernel_size: int = 7) -> np.ndarray:
     """MS-SSIM (Wang et al. 2003; MONAI ``MultiScaleSSIMMetric``, data range 1) of ``n_pairs`` pairs of distinct images of
     one set, the pairs from :func:`pair_indices`; their mean is the set's intra-set similarity (higher = less diverse).
+    Volumes are compared in 3D (MONAI ``spatial_dims=3``: 3D Gaussian windows, 2 × 2 × 2 pooling between scales). SSIM is
+    symmetric, so for volumes each unordered pair drawn is computed once (a 64 × 72 × 64 pair costs about 0.2 s on 2
+    CPU cores; 20 volumes have 190).
 
     Args:
-        images: N×1×H×W grey images in [0, 1], N ≥ 2.
+        images: N×1×H×W grey images or N×1×D×H×W grey volumes in [0, 1], N ≥ 2.
         n_pairs: how many pairs to score.
         kernel_size: the odd SSIM kernel size; the scales are those that fit the slice (:func:`ms_ssim_setup`).
 
@@ -50,7 +54,7 @@ def ms_ssim_pairs(images: torch.Tensor, n_pairs: int = 500, kernel_size: int = 7
         ``n_pairs`` MS-SSIM values in [-1, 1] (float64), one per pair.
 
     Raises:
-        MetricError: fewer than 2 images, not N×1×H×W, or a slice smaller than the kernel.
+        MetricError: fewer than 2 images, not N×1×H×W or N×1×D×H×W, or an image smaller than the kernel.
 
     Example:
         >>> import torch
@@ -63,16 +67,20 @@ def ms_ssim_pairs(images: torch.Tensor, n_pairs: int = 500, kernel_size: int = 7
     """
     from monai.metrics import MultiScaleSSIMMetric
 
-    if images.ndim != 4 or images.shape[1] != 1 or images.shape[0] < 2:
-        raise MetricError(f"images: expected N×1×H×W grey images with N ≥ 2, got shape {tuple(images.shape)}")
-    kernel, weights = ms_ssim_setup(min(images.shape[-2:]), kernel_size)
-    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=kernel, weights=weights)
+    if images.ndim not in (4, 5) or images.shape[1] != 1 or images.shape[0] < 2:
+        raise MetricError(f"images: expected N×1×H×W grey images or N×1×D×H×W grey volumes with N ≥ 2, got shape {tuple(images.shape)}")
+    kernel, weights = ms_ssim_setup(min(images.shape[2:]), kernel_size)
+    metric = MultiScaleSSIMMetric(spatial_dims=images.ndim - 2, data_range=1.0, kernel_size=kernel, weights=weights)
     pairs = pair_indices(images.shape[0], n_pairs)
+    if images.ndim == 5:  # a volume pair is costly: each unordered pair once (slices keep their batches, bit for bit)
+        pairs, which = np.unique(np.sort(pairs, axis=1), axis=0, return_inverse=True)
+    else:
+        which = np.arange(len(pairs))
     out = []
     for s in range(0, len(pairs), 100):
         p = torch.as_tensor(pairs[s : s + 100])
         out.append(metric(images[p[:, 0]], images[p[:, 1]]).flatten())
-    return torch.cat(out).double().numpy()
+    return torch.cat(out).double().numpy()[which.reshape(-1)]
 
 
 def region_presence(region_masks: torch.Tensor, min_px: int = 5) -> np.ndarray:

@@ -24,6 +24,12 @@ shift of up to ``max_shift`` thumbnail pixels in half-pixel steps, compared on t
 (:func:`copy_distances`). The held-out real images go through exactly the same minimum, so the conformal guarantee
 above is unchanged: it holds for any score applied alike to the held-out and the generated images.
 
+Volumes (N×1×D×H×W) are handled by the same code in 3D: a size³ thumbnail, pose normalised by centring the 3D centroid
+and aligning the in-plane principal axes (a rotation about the axial D axis), the same in-plane flips (left-right,
+anterior-posterior, both; never superior-inferior) and shifts along all three axes. A volume carries far more
+information than a slice, so a coarser thumbnail (16³ = 4096 values) and shift grid keep the (4·max_shift + 1)³ shift
+searches affordable.
+
 We prefer this to the per-sample Authenticity ratio of Alaa et al. 2022 (``d(g)`` against the training
 point's own NN distance) because its false-positive rate is set by α, not by the local density of the
 training set, and it needs no training-set leave-one-out (adjacent slices of one patient would shrink it).
@@ -31,6 +37,7 @@ training set, and it needs no training-set leave-one-out (adjacent slices of one
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -100,25 +107,50 @@ def nn_distances(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch
 
 
 def _canonical_pose(x: torch.Tensor) -> torch.Tensor:
-    """Resample so the intensity centroid is centred and the principal axes lie on the nearest image axes."""
-    n, _, h, w = x.shape
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=x.dtype), torch.linspace(-1, 1, w, dtype=x.dtype), indexing="ij")
-    wgt = x[:, 0] - x[:, 0].amin(dim=(1, 2), keepdim=True)  # offset-invariant weights
-    s = wgt.sum((1, 2)).clamp(min=1e-12)
-    cx, cy = (wgt * xx).sum((1, 2)) / s, (wgt * yy).sum((1, 2)) / s
-    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
-    mxx, myy, mxy = (wgt * dx * dx).sum((1, 2)) / s, (wgt * dy * dy).sum((1, 2)) / s, (wgt * dx * dy).sum((1, 2)) / s
+    """Resample so the intensity centroid is centred and the (in-plane) principal axes lie on the nearest image axes;
+    ``x`` is n×1×H×W or n×1×D×H×W (a volume is rotated about its D axis only)."""
+    nd = x.ndim - 2
+    dims = tuple(range(1, nd + 1))
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, k, dtype=x.dtype) for k in x.shape[2:]], indexing="ij")
+    yy, xx = grids[-2], grids[-1]
+    wgt = x[:, 0] - x[:, 0].amin(dim=dims, keepdim=True)  # offset-invariant weights
+    s = wgt.sum(dims).clamp(min=1e-12)
+    cx, cy = (wgt * xx).sum(dims) / s, (wgt * yy).sum(dims) / s
+    per_item = (slice(None),) + (None,) * nd
+    dx, dy = xx - cx[per_item], yy - cy[per_item]
+    mxx, myy, mxy = (wgt * dx * dx).sum(dims) / s, (wgt * dy * dy).sum(dims) / s, (wgt * dx * dy).sum(dims) / s
     angle = 0.5 * torch.atan2(2 * mxy, mxx - myy)  # principal-axis angle, defined modulo 90° for the axis pair
     delta = torch.remainder(angle + math.pi / 4, math.pi / 2) - math.pi / 4
     cos, sin = torch.cos(delta), torch.sin(delta)
-    theta = torch.stack([torch.stack([cos, -sin, cx], 1), torch.stack([sin, cos, cy], 1)], 1)
+    if nd == 2:
+        theta = torch.stack([torch.stack([cos, -sin, cx], 1), torch.stack([sin, cos, cy], 1)], 1)
+    else:  # affine_grid's (x, y, z) = (W, H, D)
+        cz, zero, one = (wgt * grids[0]).sum(dims) / s, torch.zeros_like(cos), torch.ones_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero, cx], 1), torch.stack([sin, cos, zero, cy], 1),
+                             torch.stack([zero, zero, one, cz], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _as_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """n×1×H×W or n×1×D×H×W float32 tensor (n×H×W gets its channel); MetricError otherwise."""
+    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+    if t.ndim == 3:
+        t = t[:, None]
+    if t.ndim not in (4, 5) or t.shape[1] != 1 or t.shape[0] < 1:
+        raise MetricError(f"images: expected n×1×H×W (or n×H×W) grey images or n×1×D×H×W grey volumes, got shape {tuple(t.shape)}")
+    return t.to(torch.float32)
+
+
+def _pool(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Adaptive average pooling of n×1×(D×)H×W to ``size`` per spatial axis."""
+    return (F.adaptive_avg_pool2d if t.ndim == 4 else F.adaptive_avg_pool3d)(t, size)
+
+
 def image_embedding(images: np.ndarray | torch.Tensor, size: int = 32, pose: bool = True,
                     batch_size: int = 256) -> np.ndarray:
-    """A cheap copy-detection embedding of grey images (n × 1 × H × W → n × size², float64, unit norm).
+    """A cheap copy-detection embedding of grey images (n × 1 × H × W → n × size², float64, unit norm), or of grey volumes
+    (n × 1 × D × H × W → n × size³; pose: 3D centroid, in-plane principal axes).
 
     Steps: (1) pose normalisation, so small rotations and shifts of a copy are undone: translate the
     centroid of ``x − min(x)`` to the centre and rotate the principal axes of its second moments onto the
@@ -127,14 +159,10 @@ def image_embedding(images: np.ndarray | torch.Tensor, size: int = 32, pose: boo
     (invariant to intensity gain and offset; embeddings have unit norm, distances lie in [0, 2]).
     A constant image embeds as the zero vector. Its config is :data:`EMBEDDING_CONFIG`.
     """
-    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
-    if t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4 or t.shape[1] != 1 or t.shape[0] < 1:
-        raise MetricError(f"images: expected n×1×H×W (or n×H×W) grey images, got shape {tuple(t.shape)}")
-    if not isinstance(size, (int, np.integer)) or not 2 <= size <= min(t.shape[-2:]):
-        raise MetricError(f"size: expected an integer in [2, {min(t.shape[-2:])}], got {size!r}")
-    t = t.to(torch.float32)
+    t = _as_images(images)
+    if not isinstance(size, (int, np.integer)) or not 2 <= size <= min(t.shape[2:]):
+        raise MetricError(f"size: expected an integer in [2, {min(t.shape[2:])}], got {size!r}")
+    norm = size ** ((t.ndim - 2) / 2)  # sqrt of the thumbnail's value count: unit-norm rows
     if not torch.isfinite(t).all():
         raise MetricError("images: contain NaN or inf")
     out = []
@@ -142,10 +170,10 @@ def image_embedding(images: np.ndarray | torch.Tensor, size: int = 32, pose: boo
         x = t[s:s + batch_size]
         if pose:
             x = _canonical_pose(x)
-        y = F.adaptive_avg_pool2d(x, size).flatten(1).to(torch.float64)
+        y = _pool(x, size).flatten(1).to(torch.float64)
         y = y - y.mean(1, keepdim=True)
         sd = y.std(1, correction=0, keepdim=True)
-        out.append(torch.where(sd > 1e-12, y / (sd * size), torch.zeros_like(y)))
+        out.append(torch.where(sd > 1e-12, y / (sd * norm), torch.zeros_like(y)))
     return torch.cat(out).numpy()
 
 
@@ -174,14 +202,14 @@ class CopyInvariance:
 
 def copy_embedding(images: np.ndarray | torch.Tensor, size: int = 32, invariance: CopyInvariance = CopyInvariance()) -> np.ndarray:
     """What :func:`copy_distances` compares, one row per image (float64): the pose-normalised thumbnail
-    (:func:`image_embedding`, size² values) and, when ``invariance`` has shifts, the plain image average-pooled to
-    twice that resolution ((2·size)² values, not normalised: every compared window is normalised on its own).
+    (:func:`image_embedding`, size² values; size³ for volumes) and, when ``invariance`` has shifts, the plain image
+    average-pooled to twice that resolution ((2·size)² or (2·size)³ values, not normalised: every compared window is
+    normalised on its own).
     """
     pose = image_embedding(images, size=size)
     if not invariance.max_shift:
         return pose
-    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu().to(torch.float32)
-    fine = F.adaptive_avg_pool2d(t if t.ndim == 4 else t[:, None], 2 * size).flatten(1).to(torch.float64).numpy()
+    fine = _pool(_as_images(images), 2 * size).flatten(1).to(torch.float64).numpy()
     return np.concatenate([pose, fine], axis=1)
 
 
@@ -193,8 +221,8 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 
 
 def _flips(x: np.ndarray, flips: bool) -> list[np.ndarray]:
-    """``x`` (n × s × s) and, with ``flips``, its left-right, up-down and double flips."""
-    return [x, x[:, :, ::-1], x[:, ::-1, :], x[:, ::-1, ::-1]] if flips else [x]
+    """``x`` (n × s × s, or n × s × s × s) and, with ``flips``, its in-plane left-right, up-down and double flips."""
+    return [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]] if flips else [x]
 
 
 def _overlap(shift: int, length: int) -> tuple[int, int, int]:
@@ -204,42 +232,59 @@ def _overlap(shift: int, length: int) -> tuple[int, int, int]:
     return lo, lo - shift, (length - abs(shift)) // 2 * 2
 
 
-def _phases(x: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-    """n × 2s × 2s → its 2 × 2 average pools starting at pixel offset (py, px) ∈ {0, 1}² (the four half-pixel phases of
+def _phases(x: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+    """n × 2s × 2s (× 2s) → its 2 × 2 (× 2) average pools starting at pixel offset p ∈ {0, 1}^d (the half-pixel phases of
     the thumbnail grid; an odd phase has one cell fewer)."""
+    nd = x.ndim - 1
+    cells = [o[::-1] for o in itertools.product((0, 1), repeat=nd)]  # the first axis varies fastest (2D: 00, 10, 01, 11)
     out = {}
-    for py in (0, 1):
-        for px in (0, 1):
-            y = x[:, py : x.shape[1] - py, px : x.shape[2] - px]
-            out[py, px] = (y[:, 0::2, 0::2] + y[:, 1::2, 0::2] + y[:, 0::2, 1::2] + y[:, 1::2, 1::2]) / 4
+    for phase in itertools.product((0, 1), repeat=nd):
+        y = x[(slice(None),) + tuple(slice(p, n - p) for p, n in zip(phase, x.shape[1:]))]
+        parts = [y[(slice(None),) + tuple(slice(o, None, 2) for o in c)] for c in cells]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        out[phase] = total / len(cells)
     return out
 
 
-def _cells(phases: dict[tuple[int, int], np.ndarray], y0: int, x0: int, ny: int, nx: int) -> np.ndarray:
-    """The 2 × 2 pools of the pixels [y0, y0 + ny) × [x0, x0 + nx) (``ny``, ``nx`` even), unit-normalised rows."""
-    g = phases[y0 % 2, x0 % 2]
-    return _unit_rows(g[:, y0 // 2 : y0 // 2 + ny // 2, x0 // 2 : x0 // 2 + nx // 2].reshape(g.shape[0], -1))
+def _cells(phases: dict[tuple[int, ...], np.ndarray], starts: tuple[int, ...], counts: tuple[int, ...]) -> np.ndarray:
+    """The 2 × 2 (× 2) pools of the pixels [start, start + count) along each axis (counts even), unit-normalised rows."""
+    g = phases[tuple(a % 2 for a in starts)]
+    window = g[(slice(None),) + tuple(slice(a // 2, a // 2 + c // 2) for a, c in zip(starts, counts))]
+    return _unit_rows(window.reshape(g.shape[0], -1))
+
+
+def _side(values: int, nd: int) -> int:
+    """The s with s^nd == values, or 0 when there is none."""
+    s = int(round(values ** (1 / nd)))
+    return s if s > 0 and s**nd == values else 0
 
 
 def copy_distances(query: np.ndarray, reference: np.ndarray, invariance: CopyInvariance = CopyInvariance(),
-                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int = 1024, spatial_dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Invariant copy distance from each query image to its nearest reference image, and that image's index.
 
-    ``query`` and ``reference`` are :func:`copy_embedding` rows made with the same ``invariance``. The distance is the
-    smallest of :func:`nn_distances` over (a) each flip of the query's pose-normalised thumbnail against the
-    reference's, and (b) for every shift of the query's content by (dy, dx) pixels of the twice-resolution image,
-    |dy|, |dx| ≤ 2·max_shift (half thumbnail pixels), each flip of the query against the reference, both cut to the
-    pixels they share after the shift, pooled 2 × 2 to thumbnail resolution and unit-normalised there. Nothing is
-    padded, so a copy whose border was cut off or filled by the shift matches its source exactly on what remains.
-    Every distance is between unit vectors: it lies in [0, 2], and an exact copy is at 0. Cost: 4 + 4·(4·max_shift + 1)²
-    nearest-neighbour searches (with flips) of n × m vectors of up to size² values.
+    ``query`` and ``reference`` are :func:`copy_embedding` rows made with the same ``invariance``, of slices
+    (``spatial_dims=2``) or volumes (3). The distance is the smallest of :func:`nn_distances` over (a) each flip of the
+    query's pose-normalised thumbnail against the reference's, and (b) for every shift of the query's content by
+    (dy, dx) pixels ((dz, dy, dx) voxels) of the twice-resolution image, each at most 2·max_shift (half thumbnail
+    pixels), each flip of the query against the reference, both cut to the pixels they share after the shift, pooled
+    2 × 2 (× 2) to thumbnail resolution and unit-normalised there. Nothing is padded, so a copy whose border was cut off
+    or filled by the shift matches its source exactly on what remains. Flips are in-plane (left-right, up-down, both).
+    Every distance is between unit vectors: it lies in [0, 2], and an exact copy is at 0. Cost: 4 + 4·(4·max_shift + 1)^d
+    nearest-neighbour searches (with flips) of n × m vectors of up to size^d values.
     """
+    if spatial_dims not in (2, 3):
+        raise MetricError(f"spatial_dims: expected 2 (slices) or 3 (volumes), got {spatial_dims!r}")
     q, r = _as_rows(query, "query"), _as_rows(reference, "reference")
-    d = q.shape[1]
-    size = math.isqrt(d // 5) if invariance.max_shift else math.isqrt(d)
-    if r.shape[1] != d or d != size * size * (5 if invariance.max_shift else 1):
-        raise MetricError(f"query and reference: expected copy embeddings of {'5·size²' if invariance.max_shift else 'size²'} values "
-                          f"per image (copy_embedding with the same invariance), got {q.shape[1]} and {r.shape[1]}")
+    d, nd = q.shape[1], spatial_dims
+    parts = 1 + 2**nd if invariance.max_shift else 1  # pose thumbnail + the twice-resolution image
+    size = _side(d // parts, nd)
+    if r.shape[1] != d or d != size**nd * parts:
+        expected = f"{parts}·size{'²' if nd == 2 else '³'}"
+        raise MetricError(f"query and reference: expected copy embeddings of {expected} values per "
+                          f"{'image' if nd == 2 else 'volume'} (copy_embedding with the same invariance), got {q.shape[1]} and {r.shape[1]}")
     if invariance.max_shift >= size:
         raise MetricError(f"max_shift: {invariance.max_shift} thumbnail px leaves nothing to compare on a {size}-px thumbnail; "
                           f"expected fewer than {size}")
@@ -252,25 +297,24 @@ def copy_distances(query: np.ndarray, reference: np.ndarray, invariance: CopyInv
         better = dist[k, cols] < best
         best[better], best_idx[better] = dist[k, cols][better], idx[k, cols][better]
 
-    pose = q[:, : size * size].reshape(n, size, size)
-    keep(*nn_distances(np.concatenate([f.reshape(n, -1) for f in _flips(pose, invariance.flips)]), r[:, : size * size],
+    thumb = size**nd
+    pose = q[:, :thumb].reshape(n, *(size,) * nd)
+    keep(*nn_distances(np.concatenate([f.reshape(n, -1) for f in _flips(pose, invariance.flips)]), r[:, :thumb],
                        batch_size=batch_size))
     if invariance.max_shift:
-        fine_q = [_phases(f) for f in _flips(q[:, size * size :].reshape(n, 2 * size, 2 * size), invariance.flips)]
-        fine_r = _phases(r[:, size * size :].reshape(-1, 2 * size, 2 * size))
+        fine_q = [_phases(f) for f in _flips(q[:, thumb:].reshape(n, *(2 * size,) * nd), invariance.flips)]
+        fine_r = _phases(r[:, thumb:].reshape(-1, *(2 * size,) * nd))
         reach = 2 * invariance.max_shift
-        for dy in range(-reach, reach + 1):
-            qy, ry, ny = _overlap(dy, 2 * size)
-            for dx in range(-reach, reach + 1):
-                qx, rx, nx = _overlap(dx, 2 * size)
-                keep(*nn_distances(np.concatenate([_cells(f, qy, qx, ny, nx) for f in fine_q]), _cells(fine_r, ry, rx, ny, nx),
-                                   batch_size=batch_size))
+        for shift in itertools.product(range(-reach, reach + 1), repeat=nd):
+            qs, rs, counts = zip(*(_overlap(a, 2 * size) for a in shift))
+            keep(*nn_distances(np.concatenate([_cells(f, qs, counts) for f in fine_q]), _cells(fine_r, rs, counts),
+                               batch_size=batch_size))
     return best, best_idx
 
 
 def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | torch.Tensor,
                null_feats: np.ndarray | torch.Tensor, alpha: float = 0.01, level: float = 0.95,
-               batch_size: int = 1024, invariance: CopyInvariance | None = None) -> dict[str, Any]:
+               batch_size: int = 1024, invariance: CopyInvariance | None = None, spatial_dims: int = 2) -> dict[str, Any]:
     """Flag generated images that are closer to a training image than held-out real images are.
 
     The distances, then :func:`conformal_flags`. With ``invariance``, the three inputs are :func:`copy_embedding` arrays
@@ -285,6 +329,7 @@ def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | t
         level: the confidence level of ``ci_low``/``ci_high`` and ``null_rate_high``.
         batch_size: query rows per nearest-neighbour batch.
         invariance: None for plain distances, or the flips and shifts that still count as a copy.
+        spatial_dims: with ``invariance``, whether the embeddings are of slices (2) or volumes (3).
 
     Returns:
         :func:`conformal_flags`'s dict: per image ``flags``, ``p_values``, ``d_gen``, ``nn_index``; the ``fraction``
@@ -309,7 +354,7 @@ def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | t
     if invariance is None:
         distances = lambda q: nn_distances(q, t, batch_size=batch_size)  # noqa: E731
     else:
-        distances = lambda q: copy_distances(q, t, invariance, batch_size)  # noqa: E731
+        distances = lambda q: copy_distances(q, t, invariance, batch_size, spatial_dims)  # noqa: E731
     _null_size(alpha, z.shape[0])
     return conformal_flags(*distances(g), distances(z)[0], alpha, level, "NN distances" if invariance is None else
                            f"copy distances (flips: {invariance.flips}, shifts up to ±{invariance.max_shift} thumbnail px)")
@@ -321,7 +366,8 @@ def _null_size(alpha: float, m: int) -> int:
         raise MetricError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     k = int(math.floor(alpha * (m + 1) + 1e-9))
     if k < 1:
-        raise MetricError(f"null_feats: alpha={alpha} needs at least {math.ceil(1 / alpha - 1)} held-out images (α(m+1) ≥ 1), got {m}")
+        raise MetricError(f"null_feats: alpha={alpha} needs at least {math.ceil(1 / alpha - 1 - 1e-9)} held-out images (α(m+1) ≥ 1), "
+                          f"got {m}; with {m} held-out images alpha must be at least 1/{m + 1} = {1 / (m + 1):.4g}")
     return k
 
 
