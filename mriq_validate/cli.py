@@ -1,4 +1,5 @@
-"""``mriq-validate``: commands for work that is not a gate (demo, listing what is available, exporting masks).
+"""``mriq-validate``: commands for work that is not a gate (demo, listing what is available, exporting masks, tracking
+checkpoints).
 
 Options take the same values as the plugin's (``--device`` as ``--mriq-device``, ``--seed`` as ``--mriq-seed``; see
 :mod:`mriq_validate.options`); an error the user can fix (:class:`~mriq_validate.errors.MriqError`) ends the command
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -170,6 +172,20 @@ def _merge_reports(args: argparse.Namespace) -> int:
     return 0 if d["status"] == "CLEARED" else 1
 
 
+def _track(args: argparse.Namespace) -> int:
+    from .track import track
+
+    runs = track([Path(c) for c in args.checkpoints], suite=args.suite, model=args.model, out=Path(args.out), env_var=args.checkpoint_env,
+                 pytest_args=(["-k", args.k] if args.k else []) + shlex.split(args.pytest_args),
+                 progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
+    out = Path(args.out).resolve()
+    print(f"\nmriq-validate track: {len(runs)} checkpoint(s)")
+    for run in runs:
+        print(f"  {run.name}: {run.status}")
+    print(f"written {out}/readiness.md, {out}/readiness.png and one report folder per checkpoint")
+    return 0
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -296,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("folders", nargs="+", metavar="DIR", help="the --mriq-report folder of each shard (each holds report.json)")
     mrg.add_argument("--out", default="mriq-merged", help="folder for the merged report.json and report.html (default: mriq-merged)")
     mrg.set_defaults(fn=_merge_reports)
+    trk = sub.add_parser("track", help="readiness over training: run a suite on each checkpoint of a generator and draw measures, "
+                         "thresholds and verdicts against training steps")
+    trk.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files; the training step is read from the name "
+                     "(e.g. generator-step00400.pt)")
+    trk.add_argument("--suite", action="append", required=True, help="suite file or folder (repeatable)")
+    trk.add_argument("--model", required=True, help="the --mriq-model that loads the checkpoint named by the environment variable")
+    trk.add_argument("--out", default="mriq-track", help="folder: OUT/<checkpoint stem>/ reports, OUT/readiness.md and readiness.png")
+    trk.add_argument("-k", default=None, help="pytest -k expression selecting criteria (the decisions are then INCOMPLETE)")
+    trk.add_argument("--checkpoint-env", default="MRIQ_CHECKPOINT", help="environment variable set to each checkpoint's path")
+    trk.add_argument("--pytest-args", default="", help='extra pytest arguments, one string (e.g. "--mriq-device cpu -x")')
+    trk.set_defaults(fn=_track)
     cache = sub.add_parser("cache", help="inspect, verify or clear the cache (data, trained segmenters, features)")
     actions = cache.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -55,7 +55,7 @@ def _label(r: dict[str, Any]) -> str:
     return r["item_id"].split("::")[-1]
 
 
-def _quantity(r: dict[str, Any]) -> str:
+def quantity_label(r: dict[str, Any]) -> str:
     th = r.get("threshold") or r.get("threshold_spec") or {}
     metric = (r.get("metric") or {}).get("name") or r.get("metric_name") or "?"
     region = (r.get("metric") or {}).get("region") or (r.get("params") or {}).get("region")
@@ -125,7 +125,7 @@ def criteria_figure(results: list[dict[str, Any]]) -> Any | None:
         rule = " and ".join(f"{k} {v:.3g}" for k, v in bounds.items() if v is not None)
         ax.text(0.0, 1.0, f"{r['verdict']} ({gate})", transform=ax.transAxes, ha="left", va="bottom", fontsize=FONT,
                 color=colour, fontweight="bold")
-        ax.text(0.16, 1.0, f"{_quantity(r)}    threshold: {rule}", transform=ax.transAxes, ha="left", va="bottom",
+        ax.text(0.16, 1.0, f"{quantity_label(r)}    threshold: {rule}", transform=ax.transAxes, ha="left", va="bottom",
                 fontsize=FONT, color="#57606a")
     fig.subplots_adjust(hspace=1.25, left=0.24, right=0.985, top=1 - 0.28 / (row * n + 0.3), bottom=0.18 / (row * n + 0.3))
     return fig
@@ -196,7 +196,7 @@ def dose_response_figure(results: list[dict[str, Any]]) -> Any | None:
             ax.set_xticklabels([str(r["level"][key]) for r in recs], fontsize=FONT)
         ax.set_title(cid, fontsize=FONT + 2, fontweight="bold", loc="left")
         ax.set_xlabel(key, fontsize=FONT + 1)
-        ax.set_ylabel(_quantity(recs[0]).replace(": change towards worse under the perturbation", ": change towards worse"), fontsize=FONT)
+        ax.set_ylabel(quantity_label(recs[0]).replace(": change towards worse under the perturbation", ": change towards worse"), fontsize=FONT)
         ax.tick_params(labelsize=FONT)
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend(fontsize=FONT - 1, loc="best", frameon=False)

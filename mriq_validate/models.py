@@ -1,7 +1,8 @@
 """Model adapters: everything ``--mriq-model`` accepts, behind one checked interface.
 
 Forms: ``builtin:NAME`` (stand-ins with known behaviour), ``path/file.py:NAME`` or ``package.module:NAME``
-(a factory called with a :class:`ModelContext`), a folder of pre-generated images, a TorchScript file.
+(a factory called with a :class:`ModelContext`), a folder of pre-generated images, a TorchScript file, a MONAI bundle
+folder or a diffusers pipeline folder (:mod:`mriq_validate.adapters`).
 A model has ``generate(masks, *, seed)`` (mask-conditioned) and/or ``sample(n, *, seed)`` (unconditional,
 images or (images, masks)). Masks are N×1×H×W integer labels; images are N×C×H×W floats in [0, 1] with one channel
 per contrast of the reference data (for volume data: masks N×1×D×H×W, images N×C×D×H×W, D the axial slice index
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapters import DiffusersPipeline, MonaiBundle, describe_folder, folder_kind
 from .cache import content_hash
 from .data.core import ReferenceData
 from .errors import ModelError
@@ -405,7 +407,11 @@ USER_MODEL_BUILDERS: dict[str, Callable[[str, str, str, ModelContext], Any]] = {
     "python-file": lambda target, name, spec, ctx: _call_factory(_load_file(Path(target), name, spec), spec, ctx),
     "module": lambda target, name, spec, ctx: _call_factory(_load_module(target, name, spec), spec, ctx),
     "torchscript": lambda target, name, spec, ctx: TorchScriptModel(Path(target), ctx.device),
+    "monai-bundle": lambda target, name, spec, ctx: MonaiBundle(target, ctx),
+    "diffusers": lambda target, name, spec, ctx: DiffusersPipeline(target, ctx),
 }
+# the class each folder kind is built with, named in the model process's loading step
+FOLDER_MODEL_NAMES = {"monai-bundle": "MonaiBundle", "diffusers": "DiffusersPipeline"}
 
 
 def build_user_model(kind: str, target: str, name: str, spec: str, ctx: ModelContext) -> Any:
@@ -446,6 +452,8 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: fl
         if not path.is_file():
             raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
         return _isolated("torchscript", str(path.resolve()), "", spec, ctx, timeout, {"sha256_16": content_hash(path.read_bytes())})
+    if path.is_dir() and (kind := folder_kind(path)) is not None:  # layout checked here, built in the child
+        return _isolated(kind, str(path.resolve()), FOLDER_MODEL_NAMES[kind], spec, ctx, timeout, describe_folder(path, kind))
     if path.is_dir():
         grid = VolumeGrid(tuple(data.spacing_mm), nifti_to_grid) if len(ctx.image_shape) == 4 and data is not None else None
         folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name, grid)
@@ -460,5 +468,6 @@ def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: fl
         return _isolated("module", target, name, spec, ctx, timeout, {})
     raise ModelError(
         f"--mriq-model {spec!r}: not understood (or the folder does not exist); expected builtin:NAME "
-        f"({', '.join(sorted(BUILTIN_MODELS))}), path/file.py:NAME, package.module:NAME, a folder of images, or a TorchScript .pt file"
+        f"({', '.join(sorted(BUILTIN_MODELS))}), path/file.py:NAME, package.module:NAME, a folder of images, a MONAI bundle folder, "
+        f"a diffusers pipeline folder, or a TorchScript .pt file"
     )

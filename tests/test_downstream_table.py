@@ -37,6 +37,7 @@ def test_downstream_table_small(cache_dir: Path) -> None:
     assert asdict(table.rows[0].piqe.value)["n"] == 128
 
 
+@pytest.mark.heavy  # trains the TRTR segmenter and its five noise-floor seeds (about 2 min cold)
 def test_downstream_table_cli(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tables" / "downstream.md"
     assert main(["downstream-table", "--out", str(out), "--models", "real", "--tstr-models", "real", "--device", "cpu",
