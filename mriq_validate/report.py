@@ -430,6 +430,36 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator(report_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(report)
 
 
+class UnusableReport(ValueError):
+    """A report folder holds no finished, valid report; ``reason`` says why, in words that follow the file's path."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_finished_report(folder: Path) -> dict[str, Any]:
+    """``folder/report.json`` parsed, checked against the schema and finished; :class:`UnusableReport` when it is
+    missing, not JSON, not a report, or the INCOMPLETE placeholder of a run that did not finish."""
+    import jsonschema
+
+    path = Path(folder) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UnusableReport(path, "not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnusableReport(path, f"cannot be read as JSON ({type(exc).__name__}: {exc})") from None
+    try:
+        validate_report(report)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(map(str, exc.absolute_path)) or "(top level)"
+        raise UnusableReport(path, f"does not follow the report schema at {where}: {exc.message[:300]}") from None
+    if report["run"].get("finished") is None:
+        raise UnusableReport(path, f"is the INCOMPLETE placeholder of a run that did not finish ({report['run'].get('interruption')})")
+    return report
+
+
 def strip_volatile(report: dict[str, Any], fields: Iterable[str] = VOLATILE_FIELDS) -> dict[str, Any]:
     """A deep copy of ``report`` without the volatile fields (for comparing two runs)."""
     out = copy.deepcopy(report)

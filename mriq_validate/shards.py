@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MriqError
-from .report import SHARD_SAMPLES_FILE
+from .report import REPORT_FILE, SHARD_SAMPLES_FILE, UnusableReport, read_finished_report
 
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 #: the shard's sample grid (real vs generated slices) for the merged report.html; written beside a shard's report.json
@@ -223,26 +223,14 @@ class ShardReport:
 def read_shard_report(folder: Path) -> ShardReport:
     """``folder/report.json``, parsed and checked against the schema; MergeRefused when it is missing, not JSON, not a
     report, the placeholder of a run that did not finish, or not a shard's report."""
-    import jsonschema
-
-    from .report import REPORT_FILE, validate_report
-
+    try:
+        report = read_finished_report(folder)
+    except UnusableReport as exc:
+        hint = "rerun that shard" if "did not finish" in exc.reason else (
+            "each DIR must be the --mriq-report folder of one shard" if exc.reason == "not found" else "")
+        raise MergeRefused(str(exc) + (f"; {hint}" if hint else "")) from None
     path = Path(folder) / REPORT_FILE
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MergeRefused(f"{path}: not found; each DIR must be the --mriq-report folder of one shard") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MergeRefused(f"{path}: cannot be read as JSON ({type(exc).__name__}: {exc})") from None
-    try:
-        validate_report(report)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(map(str, exc.absolute_path)) or "(top level)"
-        raise MergeRefused(f"{path}: does not follow the report schema at {where}: {exc.message[:300]}") from None
     run = report["run"]
-    if run.get("finished") is None:
-        raise MergeRefused(f"{path}: is the INCOMPLETE placeholder of a run that did not finish ({run.get('interruption')}); "
-                           "rerun that shard")
     shard = run.get("shard")
     if not shard or shard.get("index") is None:
         what = "a report merged from shards" if shard else "the report of an unsharded run"

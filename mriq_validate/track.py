@@ -11,7 +11,6 @@ variable (``MRIQ_CHECKPOINT`` unless ``--checkpoint-env`` says otherwise) that t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 from .errors import MissingFileError, MriqError
 from .figures import ADVISORY_FAIL, FONT, VERDICT_COLOURS, new_figure, png_bytes
 from .figures import quantity_label  # "dice (whole_tumour): generated − real", as the report figures say it
-from .report import REPORT_FILE, validate_report
+from .report import UnusableReport, read_finished_report
 
 CHECKPOINT_ENV = "MRIQ_CHECKPOINT"
 FIGURE_FILE = "readiness.png"
@@ -72,23 +71,12 @@ def checkpoint_step(name: str) -> int | None:
 def read_run(name: str, folder: Path) -> CheckpointRun:
     """``folder/report.json`` of checkpoint ``name``, schema-checked; TrackError when missing, unreadable or the
     placeholder of a run that did not finish."""
-    import jsonschema
-
-    path = Path(folder) / REPORT_FILE
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrackError(f"checkpoint {name}: {path} not found; its gate run wrote no report (see its output above)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TrackError(f"checkpoint {name}: {path} cannot be read as JSON ({type(exc).__name__}: {exc})") from None
-    try:
-        validate_report(report)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(map(str, exc.absolute_path)) or "(top level)"
-        raise TrackError(f"checkpoint {name}: {path} does not follow the report schema at {where}: {exc.message[:300]}") from None
-    if report["run"].get("finished") is None:
-        raise TrackError(f"checkpoint {name}: {path} is the placeholder of a run that did not finish "
-                         f"({report['run'].get('interruption')}); rerun it")
+        report = read_finished_report(folder)
+    except UnusableReport as exc:
+        hint = ("; its gate run wrote no report (see its output above)" if exc.reason == "not found"
+                else "; rerun it" if "did not finish" in exc.reason else "")
+        raise TrackError(f"checkpoint {name}: {exc.path} {exc.reason}{hint}") from None
     return CheckpointRun(name, checkpoint_step(name), report)
 
 
