@@ -23,7 +23,7 @@ from mriq_validate import segmenter
 from mriq_validate.cache import DiskCache
 from mriq_validate.data.core import ReferenceData, Split
 from mriq_validate.data.mni3d import synthesise_volume
-from mriq_validate.data.preprocess import axial_to_display
+from mriq_validate.data.volumes import display_volume
 from mriq_validate.errors import MetricError
 from mriq_validate.metrics import Sample, create_metric
 from mriq_validate.metrics.functional import lesionwise as LW
@@ -40,10 +40,6 @@ TEST_SEGMENTER = {"channels": [8, 16, 32], "strides": [2, 2], "epochs": 24}
 DEVICE = torch.device("cpu")
 
 
-def _dhw(a: np.ndarray) -> np.ndarray:
-    """X×Y×Z (RAS) → D×H×W: D = z (inferior → superior), each slice as :func:`axial_to_display` shows it."""
-    return np.stack([axial_to_display(a[:, :, z]) for z in range(a.shape[2])])
-
 
 @functools.lru_cache(maxsize=2)
 def synthetic_volumes(n: int = 12, seed: int = 5, voxel_mm: float = 6.0, shape: tuple[int, int, int] = (32, 32, 32)
@@ -52,10 +48,10 @@ def synthetic_volumes(n: int = 12, seed: int = 5, voxel_mm: float = 6.0, shape: 
     images, masks = [], []
     for i in range(n):
         case = synthesise_volume(np.random.default_rng([seed, i]), voxel_mm=voxel_mm, shape=shape)
-        vol = np.stack([_dhw(case.images[c]) for c in CONTRASTS])
+        vol = np.stack([display_volume(case.images[c]) for c in CONTRASTS])
         scale = np.array([np.percentile(v[v > 0], 99.5) for v in vol])[:, None, None, None]
         images.append(np.clip(vol / scale, 0, 1).astype(np.float32))
-        masks.append(_dhw(case.labels)[None].astype(np.int64))
+        masks.append(display_volume(case.labels)[None].astype(np.int64))
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
 

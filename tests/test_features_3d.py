@@ -121,27 +121,21 @@ def test_frd_on_volumes_is_3d_zero_with_itself_and_grows_with_noise(ctx: VolumeC
 # ---------------------------------------------------------------- user networks and pixels
 
 
-class Net3d(torch.nn.Module):
-    def __init__(self) -> None:
+class PoolNet(torch.nn.Module):
+    """A tiny feature network for 2D or 3D inputs: one convolution, ReLU, global average pooling."""
+
+    def __init__(self, dims: int) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv3d(2, 3, 3, padding=1)
+        conv, pool = (torch.nn.Conv3d, torch.nn.AdaptiveAvgPool3d) if dims == 3 else (torch.nn.Conv2d, torch.nn.AdaptiveAvgPool2d)
+        self.conv, self.pool = conv(2, 3, 3, padding=1), pool(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool3d(torch.relu(self.conv(x)), 1).flatten(1)
-
-
-class Net2d(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1).flatten(1)
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
 def test_a_user_torchscript_3d_network_extracts_volume_features(ctx: VolumeContext, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = torch.jit.script(Net3d().eval())
+    net = torch.jit.script(PoolNet(3).eval())
     path = tmp_path / "net3d.pt"
     net.save(str(path))
     ext = make_extractor(ctx, {"extractor": "torchscript", "path": str(path), "channels": 2, "size": 16})
@@ -157,7 +151,7 @@ def test_a_user_torchscript_3d_network_extracts_volume_features(ctx: VolumeConte
 
 def test_a_2d_network_on_volumes_is_an_error_naming_the_shapes(ctx: VolumeContext, tmp_path: Path) -> None:
     path = tmp_path / "net2d.pt"
-    torch.jit.script(Net2d().eval()).save(str(path))
+    torch.jit.script(PoolNet(2).eval()).save(str(path))
     ext = make_extractor(ctx, {"extractor": "torchscript", "path": str(path), "channels": 2})
     with pytest.raises(MetricError, match=rf"feature extractor {path} failed on input of shape \(2, 2, 32, 32, 32\); the data need a "
                                           r"network taking N×C×D×H×W \(volumes: a 3D network\) \(RuntimeError: "):

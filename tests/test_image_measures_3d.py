@@ -12,7 +12,8 @@ import torch
 
 from mriq_validate.cache import DiskCache
 from mriq_validate.data.mni3d import synthesise_volume
-from mriq_validate.data.preprocess import BRAIN_FRACTION, axial_to_display
+from mriq_validate.data.preprocess import BRAIN_FRACTION
+from mriq_validate.data.volumes import display_volume
 from mriq_validate.errors import MetricError
 from mriq_validate.metrics import Sample, create_metric
 from mriq_validate.metrics.functional import intensity as FI
@@ -27,9 +28,9 @@ SHAPE = (32, 40, 32)  # RAS X×Y×Z at 6 mm → D×H×W = 32×40×32
 def _volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic case as C×D×H×W in [0, 1] (per contrast) and its 1×D×H×W labels."""
     case = synthesise_volume(np.random.default_rng(seed), voxel_mm=6.0, shape=SHAPE)
-    img = np.stack([np.stack([axial_to_display(v[:, :, z]) for z in range(v.shape[2])]) for v in case.images.values()])
+    img = display_volume(np.stack(list(case.images.values())))
     img = np.clip(img / img.max(axis=(1, 2, 3), keepdims=True), 0, 1).astype(np.float32)
-    lab = np.stack([axial_to_display(case.labels[:, :, z]) for z in range(case.labels.shape[2])])[None].astype(np.int64)
+    lab = display_volume(case.labels)[None].astype(np.int64)
     return img, lab
 
 

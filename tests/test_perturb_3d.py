@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from mriq_validate.data.mni3d import synthesise_volume
-from mriq_validate.data.preprocess import axial_to_display
+from mriq_validate.data.volumes import display_volume
 from mriq_validate.errors import MetricError
 from mriq_validate.perturb import REGISTRY, PerturbContext, apply, get
 from mriq_validate.perturb.figure import perturbation_figure, shown_slice
@@ -41,19 +41,15 @@ STRONG: dict[str, dict[str, float]] = {
 # ---------------------------------------------------------------------------------------------- volumes
 
 
-def to_dhw(a: np.ndarray) -> np.ndarray:
-    """A RAS X×Y×Z array as D×H×W: D = z, each D-slice the display orientation of the 2D data."""
-    return np.stack([axial_to_display(a[:, :, z]) for z in range(a.shape[2])])
-
 
 @functools.cache
 def _brains(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, masks = [], []
     for k in range(n):
         case = synthesise_volume(np.random.default_rng(seed * 100 + k), voxel_mm=6.0, shape=(32, 40, 32))
-        chans = [to_dhw(case.images[c]) for c in ("t1", "t1c", "t2", "flair")]
+        chans = [display_volume(case.images[c]) for c in ("t1", "t1c", "t2", "flair")]
         images.append(np.stack([np.clip(v / np.percentile(v, 99.5), 0, 1) for v in chans]))
-        masks.append(to_dhw(case.labels)[None].astype(np.int64))
+        masks.append(display_volume(case.labels)[None].astype(np.int64))
     return torch.from_numpy(np.stack(images)).float(), torch.from_numpy(np.stack(masks))
 
 
