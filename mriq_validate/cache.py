@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from .arrays import release, rows_per_chunk
 from .errors import CacheError
 
 T = TypeVar("T")
@@ -69,9 +70,15 @@ def _update(h: "hashlib._Hash", part: Any) -> None:
     if hasattr(part, "detach") and hasattr(part, "cpu"):  # torch.Tensor, without importing torch
         part = part.detach().cpu().numpy()
     if isinstance(part, np.ndarray):
-        arr = np.ascontiguousarray(part)
-        h.update(f"nd{arr.dtype.str}{arr.shape}".encode())
-        h.update(arr.tobytes())
+        h.update(f"nd{part.dtype.str}{part.shape}".encode())
+        if part.ndim == 0:
+            h.update(np.ascontiguousarray(part).tobytes())
+            return
+        step = rows_per_chunk(part)  # chunk by chunk, so that a memory-mapped array is never read into memory whole
+        for i in range(0, part.shape[0], step):
+            h.update(memoryview(np.ascontiguousarray(part[i:i + step])).cast("B"))
+            if step < part.shape[0]:
+                release()
     elif isinstance(part, bytes):
         h.update(b"b" + part)
     elif isinstance(part, (list, tuple)) and any(hasattr(p, "shape") for p in part):
