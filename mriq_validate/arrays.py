@@ -80,7 +80,7 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 
 def rows_per_chunk(arr: Any) -> int:
     """How many leading-axis rows of ``arr`` make about :data:`ROW_CHUNK_BYTES`."""
-    row = int(np.prod(arr.shape[1:])) * np.dtype(arr.dtype).itemsize if arr.ndim else 1
+    row = int(np.prod(arr.shape[1:])) * arr.itemsize if arr.ndim else 1  # numpy arrays and torch tensors alike
     return max(1, ROW_CHUNK_BYTES // max(row, 1))
 
 

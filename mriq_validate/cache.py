@@ -42,6 +42,7 @@ DEFAULT_CACHE_ENV = "MRIQ_CACHE_DIR"
 MARKER = "mriq-cache.json"
 SIDECAR_SUFFIX = ".meta.json"
 LOCK_SUFFIX = ".lock"
+SCRATCH_KIND = "scratch"  # <root>/scratch/<pid>-<random>/: a run's mapped scratch arrays, removed when the run closes
 TEMP_SUFFIX = ".tmp"
 CACHE_FORMAT = 1
 LOCK_TIMEOUT_S = 2 * 3600.0  # the slowest entry (a segmenter trained on CPU) takes minutes; waiting longer means a hung builder
@@ -317,6 +318,7 @@ class Inventory:
     locks: list[Path] = field(default_factory=list)
     temps: list[Path] = field(default_factory=list)  # left by builds that crashed; never loaded
     other: list[Path] = field(default_factory=list)  # files the cache did not write (no sidecar or lock next to them)
+    scratch: list[Path] = field(default_factory=list)  # runs' scratch folders (<root>/scratch/<pid>-<random>/)
 
     @property
     def orphans(self) -> list[Path]:
@@ -333,11 +335,41 @@ class Inventory:
 
 
 def entry_size(path: Path) -> int:
-    """Bytes of the file at ``path`` (0 for a folder or anything unreadable)."""
+    """Bytes of the file at ``path``, or of the files in the folder at ``path`` (0 for anything unreadable)."""
     try:
+        if path.is_dir() and not path.is_symlink():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size if path.is_file() else 0
     except OSError:
         return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def scratch_owner_alive(folder: Path) -> bool:
+    """Whether the process that made scratch folder ``<pid>-<random>`` still runs (a name without a pid counts as alive:
+    never removed)."""
+    pid = folder.name.split("-", 1)[0]
+    return not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid))
+
+
+def remove_stale_scratch(root: Path) -> list[Path]:
+    """Remove the scratch folders of processes that no longer run (a killed run's) from the cache at ``root``; the
+    folders removed. What cannot be removed is left alone."""
+    removed = []
+    for folder in scan(root).scratch:
+        if not scratch_owner_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _owner(name: str) -> str:
@@ -365,6 +397,10 @@ def scan(root: Path) -> Inventory:
         if not item.is_dir():
             if item.name != MARKER:
                 inv.other.append(item)
+            continue
+        if item.name == SCRATCH_KIND:
+            inv.scratch.extend(p for p in sorted(item.iterdir()) if p.is_dir())
+            inv.other.extend(p for p in sorted(item.iterdir()) if not p.is_dir())
             continue
         names = {p.name for p in item.iterdir()}
         for name in sorted(names):
@@ -439,6 +475,13 @@ def clear(root: Path, kind: str | None = None) -> Removal:
     if kind is not None and kind not in kinds:
         raise CacheError(f"cache {root} has no kind {kind!r}; kinds: {', '.join(kinds) or 'none'}")
     mine = [p for p in inv.owned() if kind is None or p.parent.name == kind]
+    if kind in (None, SCRATCH_KIND):  # scratch of runs that died; a running run's is kept
+        for folder in inv.scratch:
+            if scratch_owner_alive(folder):
+                out.busy.append(folder)
+            else:
+                _remove(folder)
+                out.removed.append(folder)
     out.kept = [p for p in inv.other if p.parent != root and (kind is None or p.parent.name == kind)]
     groups: dict[Path, list[Path]] = {}
     for p in mine:
@@ -457,8 +500,8 @@ def clear(root: Path, kind: str | None = None) -> Removal:
             lock_of(entry).unlink(missing_ok=True)  # free a moment ago; removed last, after what it guarded
             if lock_of(entry) in paths:
                 out.removed.append(lock_of(entry))
-        for folder in {p.parent for p in mine}:
-            if not any(folder.iterdir()):
+        for folder in {p.parent for p in mine} | {p.parent for p in out.removed if p.parent.name == SCRATCH_KIND}:
+            if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     except OSError as exc:
         raise CacheError(f"cannot clear cache {root} ({exc}); delete the folder by hand") from exc

@@ -207,6 +207,7 @@ def _cache_info(root: Path, args: argparse.Namespace) -> int:
         ("entries without sidecar", inv.without_sidecar(), "older version or interrupted write: rebuilt on next use"),
         ("temporary files", inv.temps, "left by interrupted builds, never loaded; `cache clear` removes them"),
         ("orphan sidecars", inv.orphans, "their entry is gone; `cache clear` removes them"),
+        ("run scratch folders", inv.scratch, "mapped arrays of runs; removed when a run ends, by `cache clear` once their process is gone"),
         ("other files", inv.other, "not written by mriq-validate; never removed"),
     ):
         if paths:

@@ -17,6 +17,7 @@ take the run down; the builtin stand-ins and folder models are this tool's own c
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from .adapters import DiffusersPipeline, MonaiBundle, describe_folder, folder_kind
+from .arrays import batches
 from .cache import content_hash
 from .data.core import ReferenceData
 from .errors import ModelError
@@ -146,6 +148,10 @@ def check_masks(out: Any, n: int, shape: tuple[int, ...], labels: set[int], sour
     return out
 
 
+def _for(items: str) -> str:
+    return f" for {items}" if items else ""
+
+
 class ModelAdapter:
     """The model under test, with checked outputs and a description for the report."""
 
@@ -177,22 +183,23 @@ class ModelAdapter:
         if callable(close):
             close()
 
-    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def generate(self, masks: torch.Tensor, *, seed: int, items: str = "") -> torch.Tensor:
         """Images N×C×H×W (N×C×D×H×W; one channel per contrast of the context) for ``masks`` (N×1×H×W or N×1×D×H×W),
-        checked."""
+        checked; ``items`` (e.g. ``items 256-511 of 1000``) names the call's batch in error messages."""
         if not self.can_generate:
             raise ModelError(f"model {self.spec} has no generate(masks, *, seed); this criterion needs mask-conditioned images")
         out = self._call("generate", masks.clone(), seed=seed)
         shape = (self.ctx.image_shape[0], *masks.shape[2:])
-        return check_images(out, masks.shape[0], shape, f"model {self.spec} generate()", self.ctx.contrasts)
+        return check_images(out, masks.shape[0], shape, f"model {self.spec} generate(){_for(items)}", self.ctx.contrasts)
 
-    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``n`` unconditional images and their masks when the model makes masks (else None), checked."""
+    def sample(self, n: int | None, *, seed: int, items: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` unconditional images and their masks when the model makes masks (else None), checked; ``items`` names
+        the call's batch in error messages."""
         if not self.can_sample:
             raise ModelError(f"model {self.spec} has no sample(n, *, seed)")
         out = self._call("sample", n, seed=seed)
         images, masks = out if isinstance(out, tuple) else (out, None)
-        source = f"model {self.spec} sample()"
+        source = f"model {self.spec} sample(){_for(items)}"
         images = check_images(images, n, self.ctx.image_shape, source, self.ctx.contrasts)
         if masks is not None:
             masks = check_masks(masks, images.shape[0], (1, *self.ctx.image_shape[1:]), set(self.ctx.labels.values()), source)
@@ -203,7 +210,8 @@ class ModelAdapter:
 
 
 def _mask_key(mask: torch.Tensor) -> bytes:
-    return mask.to(torch.uint8).numpy().tobytes()
+    """A 16-byte digest of a mask's labels (the table of a 16k-slice cohort holds 16k of these, not 16k masks)."""
+    return hashlib.blake2b(np.ascontiguousarray(mask.to(torch.uint8).numpy()), digest_size=16).digest()
 
 
 class RealLookup:
@@ -213,8 +221,9 @@ class RealLookup:
         self.data = data
         self.table: dict[bytes, torch.Tensor] = {}
         for split in (data.train, data.test):
-            for img, m in zip(split.images, split.masks):
-                self.table.setdefault(_mask_key(m), img)
+            for sl in batches(len(split), 256):  # mapped splits: the pages read are given back batch by batch
+                for i in range(sl.start, sl.stop):
+                    self.table.setdefault(_mask_key(split.masks[i]), split.images[i])
 
     def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
         out = []

@@ -46,3 +46,16 @@ def parse_timeout(value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r}: expected a positive number of seconds")
     return seconds
+
+
+def parse_batch_size(value: str) -> int | str:
+    """``auto`` or a positive integer (items per model call and per batch of per-image scoring)."""
+    if value.strip() == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer (items per batch) or auto")
+    return size

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .options import parse_device, parse_seed, parse_spec, parse_timeout
+from .options import parse_batch_size, parse_device, parse_seed, parse_spec, parse_timeout
 from .shards import parse_shard
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ REPORT_OPTION = "--mriq-report"
 THRESHOLD_OPTION = "--mriq-threshold"
 TIMEOUT_OPTION = "--mriq-timeout"
 SHARD_OPTION = "--mriq-shard"
+BATCH_SIZE_OPTION = "--mriq-batch-size"
 DEFAULT_DATA = "builtin:mni-tumour (or the suite's data.default)"
 PLUGIN_NAME = "mriq-validate-run"
 RUN_KEY = pytest.StashKey["MriqRun"]()
@@ -72,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "generate, sample) must return within SECONDS, else the model's process is stopped and the criteria that "
                     f"need it ERROR; user code runs in a child process, so a hang or crash cannot stop the run. "
                     f"Default: {DEFAULT_TIMEOUT_S:g}. ini: mriq_timeout")
+    group.addoption(BATCH_SIZE_OPTION, metavar="N", type=parse_batch_size, help="items (slices or volumes) per call into the model "
+                    "and per batch of per-image scoring; generated images are written to a memory-mapped scratch file batch by "
+                    "batch. Default: auto (about 256 MB of images per batch on CPU, 1 GB on CUDA). ini: mriq_batch_size")
     group.addoption(SHARD_OPTION, metavar="K/N", type=parse_shard, help="run shard K of N of the collected criterion items (the sweep "
                     "levels of a criterion stay together; the same split on every job) and write a shard report; merge the N "
                     "report folders with `mriq-validate merge-reports` for the release decision. ini: mriq_shard")
@@ -84,6 +88,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mriq_timeout", "default for --mriq-timeout", default=f"{DEFAULT_TIMEOUT_S:g}")
     parser.addini("mriq_thresholds", "threshold overrides ID.FIELD=VALUE, one per line", type="linelist", default=[])
     parser.addini("mriq_shard", "default for --mriq-shard")
+    parser.addini("mriq_batch_size", "default for --mriq-batch-size", default="auto")
 
 
 def _new_run(config: pytest.Config) -> MriqRun:
@@ -112,6 +117,7 @@ def _new_run(config: pytest.Config) -> MriqRun:
         seed=pick(SEED_OPTION, "mriq_seed", parse_seed) or 0,
         cache_dir=str(pick(CACHE_OPTION, "mriq_cache") or default_cache_dir()),
         timeout=pick(TIMEOUT_OPTION, "mriq_timeout", parse_timeout) or DEFAULT_TIMEOUT_S,
+        batch_size=pick(BATCH_SIZE_OPTION, "mriq_batch_size", parse_batch_size) or "auto",
     )
     overrides = [(*o, THRESHOLD_OPTION) for o in config.getoption(THRESHOLD_OPTION)]
     for line in config.getini("mriq_thresholds"):
@@ -301,7 +307,7 @@ class MriqPlugin:
         run, s = self.run, self.run.settings
         return [
             f"mriq-validate: model={s.model or '(none: criteria will SKIP)'} data={s.data or DEFAULT_DATA} device={s.device} "
-            f"seed={s.seed} timeout={s.timeout:g}s cache={s.cache_dir} report={run.report_dir or '(none)'}"
+            f"seed={s.seed} timeout={s.timeout:g}s batch-size={s.batch_size} cache={s.cache_dir} report={run.report_dir or '(none)'}"
             + (f" threshold-overrides={len(run.overrides)}" if run.overrides else "")
             + (f" shard={run.shard}" if run.shard else "")
         ]

@@ -154,7 +154,7 @@ class MriqRun:
         s = self.settings
         return {
             "settings": {"model": s.model, "data": s.data, "device": s.device, "seed": s.seed, "cache_dir": s.cache_dir,
-                         "timeout_s": s.timeout},
+                         "timeout_s": s.timeout, "batch_size": s.batch_size},
             "command_line": ["pytest", *self.command_line],  # what pytest was given (also via pytest.main)
             "invocation_dir": self.invocation_dir,
             "started": self.started, "finished": _now(), "suites": list(self.suites.values()), "deviations": self.deviations,

@@ -20,13 +20,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import arrays
 from .cache import DiskCache, content_hash
 from .errors import MetricError
 
@@ -59,6 +60,10 @@ class SegmenterConfig:
     on one core and reaches whole-tumour Dice 0.773 on the real test slices (seed 0, CPU; 0.769 mean over 3 seeds on
     CUDA), against 0.782 in 438 s for the earlier default (channels (16, 32, 64, 128), num_res_units 1, 30 epochs,
     lr 3e-3). ``benchmarks/downstream_cost.py`` measures it.
+
+    ``precision`` (:data:`PRECISIONS`): ``fp32``, or ``bf16`` to run the training forward pass and loss and inference
+    under ``torch.autocast`` with bfloat16 (no gradient scaling is needed for bf16, whose exponent range is fp32's;
+    https://pytorch.org/docs/stable/amp.html). ``benchmarks/bf16_dice.py`` measures its effect on Dice.
     """
 
     network: str = "unet"
@@ -73,6 +78,7 @@ class SegmenterConfig:
     seed: int = 0
     spatial_dims: int | None = None
     roi_size: tuple[int, ...] | None = None
+    precision: str = "fp32"
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None, where: str = "") -> "SegmenterConfig":
@@ -98,7 +104,7 @@ class SegmenterConfig:
         if "lr" in params and not (isinstance(params["lr"], (int, float)) and not isinstance(params["lr"], bool)
                                    and math.isfinite(params["lr"]) and params["lr"] > 0):
             raise MetricError(f"{where}segmenter.lr must be positive: expected a number > 0, got {params['lr']!r}")
-        for key, registry in (("network", NETWORKS), ("loss", LOSSES), ("augment", AUGMENTS)):
+        for key, registry in (("network", NETWORKS), ("loss", LOSSES), ("augment", AUGMENTS), ("precision", PRECISIONS)):
             if key in params and (not isinstance(params[key], str) or params[key] not in registry):
                 raise MetricError(f"{where}segmenter.{key} {params[key]!r} unknown; expected one of {sorted(registry)}")
         if "spatial_dims" in params and not (_is_int(params["spatial_dims"]) and params["spatial_dims"] in (2, 3)):
@@ -214,6 +220,17 @@ AUGMENTS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], tupl
 }
 
 
+#: precision name → the dtype of ``torch.autocast`` (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """The context that runs forward passes at ``precision`` (:data:`PRECISIONS`) on ``device``: ``torch.autocast``
+    with that dtype, or nothing for ``fp32``."""
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 THREADS_ENV = "MRIQ_TORCH_THREADS"
 
 
@@ -271,47 +288,91 @@ class Segmenter:
             self.in_channels = int(first.in_channels) if first is not None else None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """Argmax labels N×1×H×W (N×1×D×H×W) for ``images`` N×C×H×W (N×C×D×H×W) in [0, 1], the channels it was
-        trained on; ``batch_size`` images at a time (default 64 slices or 2 volumes).
+    def predict(self, images: torch.Tensor, batch_size: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Argmax labels N×1×H×W (N×1×D×H×W; int64) for ``images`` N×C×H×W (N×C×D×H×W) in [0, 1], the channels it was
+        trained on; ``batch_size`` images at a time (default 64 slices or 2 volumes). ``images`` may be memory-mapped
+        (:mod:`mriq_validate.arrays`): only one batch is read at a time and the mapped pages are released after each.
+        ``out``, when given, is an integer tensor N×1×H×W (N×1×D×H×W) that receives the labels and is returned (e.g. a
+        mapped uint8 array from :func:`~mriq_validate.arrays.scratch_array`, so that predictions for a large set never
+        sit in memory whole).
 
         Sizes the network cannot take are zero-padded to a multiple of its downsampling and the prediction cropped back
         (:func:`divisible_pad`). With ``config.roi_size`` set and an image larger than it on some axis, inference runs
         by MONAI ``sliding_window_inference`` (windows of ``roi_size``, overlap 0.25, Gaussian blending;
-        https://docs.monai.io/en/stable/inferers.html#sliding-window-inference-function)."""
+        https://docs.monai.io/en/stable/inferers.html#sliding-window-inference-function). ``config.precision`` ``bf16``
+        runs the network under bfloat16 autocast (:func:`autocast`)."""
         dims = self.config.spatial_dims or images.ndim - 2
         if images.ndim != dims + 2 or dims not in (2, 3) or (self.in_channels is not None and images.shape[1] != self.in_channels):
             named = f" ({', '.join(self.contrasts)})" if self.contrasts else ""
             raise MetricError(f"segmenter trained on {self.in_channels} channel(s){named} got images of shape {tuple(images.shape)}; "
                               f"expected N×{self.in_channels}×{'D×' if dims == 3 else ''}H×W")
+        shape = (images.shape[0], 1, *images.shape[2:])
+        if out is not None and (tuple(out.shape) != shape or out.dtype.is_floating_point or out.dtype == torch.bool
+                                or (out.dtype == torch.uint8 and self.n_classes > 256)):
+            raise MetricError(f"segmenter predict: out= {tuple(out.shape)} {out.dtype}; expected an integer tensor {shape} that holds "
+                              f"labels 0..{self.n_classes - 1}")
         cfg = self.config.resolve(dims)
         roi = cfg.roi_size
         sliding = roi is not None and any(n > r for n, r in zip(images.shape[2:], roi))
         k = divisor(cfg)
         batch_size = batch_size or (64 if dims == 2 else 2)
         self.net.eval()
-        out = []
+        parts = []
         with torch_threads(self.device):
-            for i in range(0, images.shape[0], batch_size):
-                x = images[i : i + batch_size].to(self.device, torch.float32)
-                if sliding:
-                    from monai.inferers import sliding_window_inference
+            for rows in arrays.batches(images.shape[0], batch_size):
+                x = images[rows].to(self.device, torch.float32)
+                with autocast(self.device, cfg.precision):
+                    if sliding:
+                        from monai.inferers import sliding_window_inference
 
-                    logits = sliding_window_inference(x, roi, batch_size, self.net, overlap=0.25, mode="gaussian")
+                        logits = sliding_window_inference(x, roi, batch_size, self.net, overlap=0.25, mode="gaussian")
+                    else:
+                        padded, crop = divisible_pad(x, k)
+                        logits = self.net(padded)[crop]
+                labels = logits.argmax(1, keepdim=True).cpu()
+                if out is None:
+                    parts.append(labels)
                 else:
-                    padded, crop = divisible_pad(x, k)
-                    logits = self.net(padded)[crop]
-                out.append(logits.argmax(1, keepdim=True).cpu())
-        return torch.cat(out).long()
+                    out[rows] = labels
+        return out if out is not None else torch.cat(parts).long()
 
 
 def check_labels(masks: torch.Tensor, n_classes: int, where: str = "") -> None:
     """MetricError naming the labels found when ``masks`` hold values outside ``0..n_classes-1``."""
-    if masks.numel() and (int(masks.max()) >= n_classes or int(masks.min()) < 0):
-        found = sorted(int(v) for v in masks.unique())
+    if not masks.numel():
+        return
+    step = max(1, arrays.ROW_CHUNK_BYTES // max(1, masks[0].numel() * masks.element_size()))  # mapped masks: never resident whole
+    extremes = [(int(masks[rows].max()), int(masks[rows].min())) for rows in arrays.batches(masks.shape[0], step)]
+    if max(hi for hi, _ in extremes) >= n_classes or min(lo for _, lo in extremes) < 0:
+        found = sorted({int(v) for rows in arrays.batches(masks.shape[0], step) for v in masks[rows].unique()})
         outside = [v for v in found if not 0 <= v < n_classes]
         raise MetricError(f"{where}masks hold labels {found}, outside the {n_classes} classes 0..{n_classes - 1} the segmenter is built for "
                           f"(offending labels {outside})")
+
+
+def _training_batches(images: torch.Tensor, masks: torch.Tensor, perm: torch.Tensor, cfg: SegmenterConfig, g: torch.Generator,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's batches (images float32, masks int64, on ``device``) in the order of ``perm``: each read from the
+    (possibly memory-mapped) full set by index, padded to the network's divisor (:func:`divisible_pad`), augmented with
+    ``g``, then moved. On CUDA the batch is pinned and copied asynchronously one batch ahead, so that the next batch is
+    read and sent while the GPU runs the current one (https://pytorch.org/docs/stable/notes/cuda.html#use-pinned-memory-buffers).
+    Mapped pages are released after each batch (:func:`~mriq_validate.arrays.batches`). The generator ``g`` is drawn in
+    the same order as batch after batch, so the result does not depend on the look-ahead."""
+    k, cuda = divisor(cfg), device.type == "cuda"
+
+    def send(t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(device, non_blocking=True) if cuda else t.to(device)
+
+    ahead = None
+    for rows in arrays.batches(len(perm), cfg.batch_size):
+        idx = perm[rows]
+        x, y = AUGMENTS[cfg.augment](divisible_pad(images[idx], k)[0], divisible_pad(masks[idx], k)[0], g)
+        batch = send(x), send(y)
+        if ahead is not None:
+            yield ahead
+        ahead = batch
+    if ahead is not None:
+        yield ahead
 
 
 def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, cfg: SegmenterConfig, device: torch.device,
@@ -319,15 +380,15 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
     """Train ``cfg.network`` on (images, masks) with seed ``cfg.seed``; deterministic on CPU.
 
     ``images`` N×C×H×W (or N×C×D×H×W: ``cfg`` resolved for the images' dimensionality, :meth:`SegmenterConfig.resolve`)
-    in [0, 1], one input channel per contrast; ``masks`` N×1×H×W (N×1×D×H×W), integer labels. Sizes the network cannot
-    take are zero-padded (background) to a multiple of its downsampling (:func:`divisible_pad`). Runs on ``device``
-    (batches are moved there; nothing is read back but the loss).
+    in [0, 1], one input channel per contrast; ``masks`` N×1×H×W (N×1×D×H×W), integer labels. Either may be
+    memory-mapped (:mod:`mriq_validate.arrays`): they are read batch by batch and never copied whole
+    (:func:`_training_batches`). Sizes the network cannot take are zero-padded (background) to a multiple of its
+    downsampling (:func:`divisible_pad`). Runs on ``device`` (nothing is read back but the loss), the forward pass and
+    loss at ``cfg.precision`` (:func:`autocast`).
     """
     check_labels(masks, n_classes)
     check_pairs(images, masks, cfg)
     cfg = cfg.resolve(images.ndim - 2)
-    images, _ = divisible_pad(images, divisor(cfg))
-    masks, _ = divisible_pad(masks, divisor(cfg))
     with torch.random.fork_rng(devices=[]), torch_threads(device):
         torch.manual_seed(cfg.seed)
         net = NETWORKS[cfg.network](cfg, n_classes, images.shape[1]).to(device)
@@ -342,14 +403,13 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
             net.train()
             perm = torch.randperm(n, generator=g)
             total = torch.zeros((), device=device)
-            for i in range(0, n, cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                x, y = AUGMENTS[cfg.augment](images[idx], masks[idx], g)
+            for x, y in _training_batches(images, masks, perm, cfg, g, device):
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(x.to(device, torch.float32)), y.to(device))
+                with autocast(device, cfg.precision):
+                    loss = loss_fn(net(x.float()), y.long())
                 loss.backward()
                 opt.step()
-                total += loss.detach() * len(idx)
+                total += loss.detach().float() * len(x)
             sched.step()
             losses.append(float(total.cpu()) / n)
             if progress and (epoch == 0 or (epoch + 1) % every == 0 or epoch == cfg.epochs - 1):
@@ -359,19 +419,22 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, n_classes: int, c
         threads = torch.get_num_threads()
     seconds = time.perf_counter() - start
     return net.eval(), {"loss": losses, "seconds": seconds, "epochs_per_s": cfg.epochs / seconds, "n_train": n, "device": device.type,
-                        "cpu_threads": threads, "in_channels": int(images.shape[1])}
+                        "cpu_threads": threads, "in_channels": int(images.shape[1]), **({"precision": cfg.precision} if cfg.precision != "fp32" else {})}
 
 
 def _key_fields(cfg: SegmenterConfig) -> dict[str, Any]:
     """The configuration as it enters the cache key, resolved (a configuration that leaves its dimensionality to the
     data is read as 2D here; :func:`segmenter_key` resolves it for its images first), so the budget that trained it
     (``epochs``, ``batch_size``) is in the key. ``spatial_dims`` is left out when 2 and ``roi_size`` when unset, so
-    that the keys of 2D segmenters cached before 3D support existed stay valid."""
+    that the keys of 2D segmenters cached before 3D support existed stay valid; ``precision`` is left out when ``fp32``
+    for the same reason."""
     fields = asdict(cfg.resolve(cfg.spatial_dims or 2))
     if fields["spatial_dims"] == 2:
         del fields["spatial_dims"]
     if fields["roi_size"] is None:
         del fields["roi_size"]
+    if fields["precision"] == "fp32":
+        del fields["precision"]
     return fields
 
 

@@ -8,15 +8,23 @@ one ERRORs with the same clear message instead of some passing.
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
+import shutil
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .cache import DiskCache, content_hash
+from .arrays import as_tensor, batches, scratch_array
+from .cache import SCRATCH_KIND, DiskCache, content_hash, remove_stale_scratch
 from .data import ReferenceData, load_data
-from .errors import MriqError
+from .errors import ModelError, MriqError
 from .figures import axial_sample
 from .isolation import DEFAULT_TIMEOUT_S
 from .metrics import Metric, Sample
@@ -25,6 +33,10 @@ from .seeding import derive_seed
 from .segmenter import Segmenter, SegmenterConfig, get_segmenter
 
 SPLITS = ("test", "train")
+# --mriq-batch-size auto: the items whose float32 images make about this many bytes (a batch's images, the model's and the
+# measures' working copies stay well under a few GB), rounded down to a multiple of the segmenter's inference batch
+AUTO_BATCH_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
+SEGMENTER_BATCH = {2: 64, 3: 2}  # Segmenter.predict's default batch (slices, volumes): auto batches keep its grouping
 ITEM_KINDS = {2: "slices", 3: "volumes"}  # spatial dimensions → what one item of the data is
 
 
@@ -33,12 +45,34 @@ def item_kind(spatial_dims: int) -> str:
     return ITEM_KINDS[spatial_dims]
 
 
+def auto_batch_size(item_shape: tuple[int, ...], device: torch.device) -> int:
+    """Items per batch for ``--mriq-batch-size auto``: as many float32 items of ``item_shape`` (C, H, W) or (C, D, H, W) as
+    make :data:`AUTO_BATCH_BYTES` on ``device``'s kind, rounded down to a multiple of the segmenter's inference batch when
+    that many fit (at least 1). On CPU: 4×128×128 slices 1024, 4×64×72×64 volumes 56, 4×155×240×240 volumes 1."""
+    n = AUTO_BATCH_BYTES.get(device.type, AUTO_BATCH_BYTES["cpu"]) // (int(np.prod(item_shape)) * 4)
+    unit = SEGMENTER_BATCH.get(len(item_shape) - 1, 1)
+    return max(1, n - n % unit if n >= unit else n)
+
+
+def worker_device(name: str, worker_id: str | None, n_gpus: int) -> str:
+    """The device of one pytest-xdist worker: ``cuda`` becomes ``cuda:{k % n_gpus}`` on worker ``gw{k}``, so that
+    several workers share several GPUs one each; anything else (``cpu``, an explicit ``cuda:1``, no worker, no GPU)
+    is ``name`` unchanged."""
+    match = re.fullmatch(r"gw(\d+)", worker_id or "")
+    if name != "cuda" or match is None or n_gpus < 1:
+        return name
+    return f"cuda:{int(match.group(1)) % n_gpus}"
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error. Under pytest-xdist with several GPUs,
+    ``cuda`` is one GPU per worker (:func:`worker_device`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MriqError(f"--mriq-device {name}: CUDA is not available on this machine (torch {torch.__version__}); use cpu or auto")
+    if name == "cuda":
+        name = worker_device(name, os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -53,6 +87,7 @@ class RunSettings:
     cache_dir: str = ""
     data_options: dict[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT_S  # seconds per model call, loading included (--mriq-timeout)
+    batch_size: int | str = "auto"  # items per model call and per batch of per-image scoring (--mriq-batch-size)
 
 
 class _Lazy:
@@ -87,8 +122,11 @@ class RunContext:
         self._model = _Lazy(self._load_model)
         self._generated = {split: _Lazy(lambda split=split: self._generate(split)) for split in SPLITS}
         self._segmenters: dict[str, Segmenter] = {}
-        self._predictions: dict[tuple[str, str], torch.Tensor] = {}
-        self._prepared: dict[tuple[str, str], Any] = {}
+        self._predictions: dict[tuple[str, str], torch.Tensor] = {}  # mapped scratch arrays, never held in memory
+        self._prepared: dict[tuple[str, ...], Any] = {}
+        self._digests: dict[tuple[Any, ...], tuple[str, torch.Tensor]] = {}
+        self._scratch: Path | None = None
+        self._n_scratch = 0
 
     @property
     def device(self) -> torch.device:
@@ -115,20 +153,73 @@ class RunContext:
         self.progress(f"loading model {self.settings.model}")
         return load_model(self.settings.model, ctx, data, timeout=self.settings.timeout)
 
+    @property
+    def batch_size(self) -> int:
+        """Items per model call and per batch of per-image scoring: ``--mriq-batch-size``, or for ``auto``
+        :func:`auto_batch_size` of the data's items on the run's device."""
+        if self.settings.batch_size != "auto":
+            return int(self.settings.batch_size)
+        return auto_batch_size(tuple(self.data.image_shape), self.device)
+
+    def scratch(self, shape: tuple[int, ...], dtype: Any) -> torch.Tensor:
+        """A new zero-filled tensor of ``shape`` backed by a file in this run's scratch folder (removed by :meth:`close`)."""
+        if self._scratch is None:
+            root = self.cache.root / SCRATCH_KIND
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                remove_stale_scratch(self.cache.root)
+                folder = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+                folder.mkdir()
+            except OSError as exc:
+                raise MriqError(f"cannot create the run's scratch folder under {root} ({exc}); expected a writable cache "
+                                f"folder (--mriq-cache)") from exc
+            self._scratch = folder
+            # a context never closed (a script's) still removes its folder when collected or at exit
+            self._scratch_finalizer = weakref.finalize(self, shutil.rmtree, folder, True)
+        self._n_scratch += 1
+        return as_tensor(scratch_array(self._scratch / f"{self._n_scratch}.bin", shape, np.dtype(dtype)))
+
     def close(self) -> None:
-        """Release what the run holds outside this process: the model's child process."""
+        """Release what the run holds outside this process: the model's child process and the scratch folder."""
         if self._model.done and self._model.error is None:
             self.model.close()
+        if self._scratch is not None:
+            self._scratch_finalizer()  # removes the folder; mapped tensors stay readable until they are dropped
+            self._scratch = None
+
+    def batch_seed(self, split: str, k: int) -> int:
+        """The seed of the ``k``-th model call for ``split``: batch 0 the split's seed (as one call for the whole split
+        always had), batch k >= 1 its own."""
+        return derive_seed(self.seed, "generated", split) if k == 0 else derive_seed(self.seed, "generated", split, k)
 
     def _generate(self, split: str) -> tuple[Sample, bool]:
         model, real = self.model, getattr(self.data, split)
-        seed = derive_seed(self.seed, "generated", split)
         origin = f"generated ({split} masks)" if model.can_generate else "generated"
         self.progress(f"generating {len(real)} {self.item_kind} with {model.spec} ({split} masks)")
+        if model.provenance.get("kind") == "folder" and not model.can_generate:  # the folder's images, as many as it holds
+            images, masks = model.sample(None, seed=self.batch_seed(split, 0))
+            return Sample(images, masks, origin), False
+        n, bs = len(real), self.batch_size
+        images = self.scratch((n, *self.data.image_shape), np.float32)
+        masks = None
+        for k, sl in enumerate(batches(n, bs)):
+            items = f"items {sl.start}-{sl.stop - 1} of {n}"
+            if model.can_generate:
+                images[sl] = model.generate(real.masks[sl], seed=self.batch_seed(split, k), items=items)
+            else:
+                out, out_masks = model.sample(sl.stop - sl.start, seed=self.batch_seed(split, k), items=items)
+                images[sl] = out
+                if k == 0 and out_masks is not None:
+                    masks = self.scratch((n, *out_masks.shape[1:]), out_masks.numpy().dtype)
+                if (out_masks is None) != (masks is None):
+                    raise ModelError(f"model {model.spec} sample() returned masks for some batches and none for others "
+                                     f"({items}: {'none' if out_masks is None else 'masks'}); expected the same for every call")
+                if masks is not None:
+                    masks[sl] = out_masks
+            if n > bs:
+                self.progress(f"generating {sl.stop}/{n} {self.item_kind}")
         if model.can_generate:
-            return Sample(model.generate(real.masks, seed=seed), real.masks, origin), True
-        n = None if model.provenance.get("kind") == "folder" else len(real)
-        images, masks = model.sample(n, seed=seed)
+            return Sample(images, real.masks, origin), True
         return Sample(images, masks, origin), False
 
     def generated(self, split: str = "test") -> tuple[Sample, bool]:
@@ -163,16 +254,27 @@ class RunContext:
         return self._segmenters[key]
 
     def predict(self, cfg: SegmenterConfig, images: torch.Tensor) -> torch.Tensor:
-        """Segmenter labels for ``images``, memoised by content."""
+        """Segmenter labels for ``images``, memoised by content in a scratch mapped array (a large sample's predictions
+        are never held in memory: per-image measures ask for one batch at a time)."""
         seg = self.segmenter(cfg)
-        key = (seg.key, content_hash(images))
+        key = (seg.key, self.digest(images))
         if key not in self._predictions:
-            self._predictions[key] = seg.predict(images)
+            out = self.scratch((images.shape[0], 1, *images.shape[2:]), np.int64)
+            self._predictions[key] = seg.predict(images, out=out)
         return self._predictions[key]
+
+    def digest(self, t: torch.Tensor) -> str:
+        """``content_hash(t)``, computed once per tensor state: memoised by storage address, shape, strides, dtype and
+        torch's version counter (which every in-place write bumps); the tensor is kept so that its address is not reused."""
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t._version)
+        if key not in self._digests:
+            self._digests[key] = (content_hash(t), t)
+        return self._digests[key][0]
 
     def prepare(self, metric: Metric, sample: Sample) -> Any:
         """``metric.prepare`` memoised by metric configuration and sample content."""
-        key = (json.dumps(metric.config(), sort_keys=True, default=str), content_hash(sample.images, sample.masks if sample.masks is not None else b""))
+        key = (json.dumps(metric.config(), sort_keys=True, default=str), self.digest(sample.images),
+               self.digest(sample.masks) if sample.masks is not None else "")
         if key not in self._prepared:
             self._prepared[key] = metric.prepare(self, sample)
         return self._prepared[key]
@@ -206,6 +308,8 @@ class RunContext:
         if self._device.done and self._device.error is None:
             out["device"] = str(self.device)
         if self._model.done and self._model.error is None:
-            out["model"] = self.model.provenance
+            out["model"] = {**self.model.provenance, "batch_size": self.batch_size,
+                            "batch_seeding": "one call per batch of batch_size items; batch 0 seeded derive_seed(seed, "
+                                             "'generated', split), batch k >= 1 derive_seed(seed, 'generated', split, k)"}
         out["segmenters"] = {k: {"key": s.key, "history": {h: v for h, v in s.history.items() if h != "loss"}} for k, s in self._segmenters.items()}
         return out

@@ -201,7 +201,9 @@ class DataOptions(_Strict):
     ``labels`` gives the meaning of each label value (``{1: oedema, 2: necrotic_core, 3: enhancing}``) for a folder
     whose layout and dataset.json do not say it. ``slicing`` is ``slices`` (2D axial slices; options ``crop`` and
     ``slices``) or ``volume`` (one 3D volume per case; options ``spacing_mm``, isotropic mm, and ``shape``, D×H×W);
-    for builtin data it must be the data's own kind (a builtin takes no other option)."""
+    for builtin data it must be the data's own kind. ``size`` asks a template builtin for more (or fewer) cases than it
+    embeds: ``[n_train, n_test]`` slices for ``builtin:mni-tumour``, a number of cases for ``builtin:mni-tumour-3d``
+    (cohort-scale runs and ``benchmarks/scale.py``); any other data refuses it."""
 
     default: str = "builtin:mni-tumour"
     contrasts: list[str] | None = Field(default=None, min_length=1)
@@ -213,6 +215,7 @@ class DataOptions(_Strict):
     slicing: Literal["slices", "volume"] | None = None
     spacing_mm: float | None = Field(default=None, gt=0)
     shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+    size: Annotated[int, Field(ge=1)] | tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
 
     @model_validator(mode="after")
     def _one_contrast_form(self) -> "DataOptions":
@@ -239,7 +242,8 @@ class DataOptions(_Strict):
         contrasts = [self.modality] if self.modality is not None else self.contrasts
         picked: dict[str, Any] = {} if contrasts is None else {"contrasts": list(contrasts)}
         if spec.startswith("builtin:"):
-            return picked if self.slicing is None else {**picked, "slicing": self.slicing}
+            own = {"slicing": self.slicing, "size": self.size}
+            return {**picked, **{k: v for k, v in own.items() if v is not None}}
         return {**self.model_dump(exclude={"default", "modality", "contrasts"}, exclude_none=True), **picked}
 
 

@@ -434,3 +434,25 @@ def test_half_zeroed_feature_file_is_rebuilt_not_used(tmp_path: Path) -> None:
     assert np.array_equal(again, original) and len(calls) == 2
     (event,) = ctx.cache.events
     assert event["path"] == str(entry) and event["action"] == "rebuilt" and event["reason"].startswith("sha256 mismatch")
+
+
+def test_run_scratch_folders_are_listed_and_only_a_dead_runs_is_cleared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    c = DiskCache(tmp_path / "c")
+    c.get_or_create("kind", "k", ".json", lambda: {"a": 1}, lambda v, p: p.write_text(json.dumps(v)), lambda p: json.loads(p.read_text()))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = (tmp_path / "c" / cache_mod.SCRATCH_KIND / f"{pid}-abcd" for pid in (dead.pid, os.getpid()))
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "1.bin").write_bytes(b"x" * 1000)
+    inv = cache_mod.scan(tmp_path / "c")
+    assert sorted(inv.scratch) == sorted([stale, live]) and not inv.other
+    assert cache_mod.entry_size(stale) == 1000
+    main(["cache", "info", "--cache", str(tmp_path / "c")])
+    assert "run scratch folders: 2" in capsys.readouterr().out
+    out = cache_mod.clear(tmp_path / "c")
+    assert stale in out.removed and live in out.busy and not stale.exists() and (live / "1.bin").is_file()
+    assert not (tmp_path / "c" / "kind").exists()

@@ -41,7 +41,7 @@ def _volumes(seeds: range) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _ctx(tmp_path, train: torch.Tensor, test: torch.Tensor) -> SimpleNamespace:
     split = lambda x: SimpleNamespace(images=x, masks=None)  # noqa: E731
-    return SimpleNamespace(device=torch.device("cpu"), cache=DiskCache(tmp_path),
+    return SimpleNamespace(device=torch.device("cpu"), cache=DiskCache(tmp_path), seed=0,
                            data=SimpleNamespace(train=split(train), test=split(test), spatial_dims=train.ndim - 2))
 
 

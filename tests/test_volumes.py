@@ -130,7 +130,7 @@ def test_builtin_3d_is_deterministic_and_cached(tmp_path: Path, small: Reference
     cache = DiskCache(tmp_path / "c")
     again = small_builtin(cache)
     assert again.digests() == small.digests() and again.provenance["cache_key"] == small.provenance["cache_key"]
-    assert len(list((tmp_path / "c").rglob("mni-tumour-3d-*.npz"))) == 1
+    assert len(list((tmp_path / "c").rglob("mni-tumour-3d-*.bundle"))) == 1
     other = build_mni_tumour_3d(cache, **{**SMALL, "seed": DATA_SEED + 1})  # type: ignore[arg-type]
     assert other.digests() != small.digests()
 

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
-from .core import ReferenceData, Split, load_splits, register_dataset, save_splits
+from .core import Case, ReferenceData, Split, cached_splits, check_size, register_dataset, save_splits, write_splits
 from .mri_contrast import CONTRASTS, TissueMaps, csf_probability, simulate_contrasts
 from .preprocess import PREPROCESSING, axial_to_display, centre_crop, normalise_slice
 
@@ -186,23 +186,31 @@ def synthesise_case(tpl: Template, rng: np.random.Generator, seed: int) -> tuple
     return image, labels, cov
 
 
-def _build_split(tpl: Template, n: int, split_name: str) -> Split:
-    images, masks, ids, covs = [], [], [], []
-    for i in range(n):
-        seed = int(np.random.SeedSequence([DATA_SEED, hash_name(split_name), i]).generate_state(1)[0])
-        rng = np.random.default_rng(seed)
-        img, lab, cov = synthesise_case(tpl, rng, seed)
-        images.append(img)
-        masks.append(lab)
-        ids.append(f"{split_name}-{i:04d}")
-        covs.append(cov)
-    keys = covs[0].keys()
+def case_seed(split_name: str, i: int) -> int:
+    """The seed of item ``i`` of split ``split_name``: fixed by the data seed, the split and the index alone, so the
+    first n items of a larger cohort are the items of the smaller one."""
+    return int(np.random.SeedSequence([DATA_SEED, hash_name(split_name), i]).generate_state(1)[0])
+
+
+def cohort_case(tpl: Template, split_name: str, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Item ``i`` of split ``split_name``: image C×H×W, labels H×W, covariates (:func:`synthesise_case`)."""
+    seed = case_seed(split_name, i)
+    return synthesise_case(tpl, np.random.default_rng(seed), seed)
+
+
+def split_in_memory(case: Callable[[Template, str, int], Case], tpl: Template, n: int, split_name: str) -> Split:
+    """``n`` items of ``case`` as one in-memory split (ids ``<split>-0000``, ...)."""
+    cases = [case(tpl, split_name, i) for i in range(n)]
     return Split(
-        torch.from_numpy(np.stack(images).astype(np.float32)),
-        torch.from_numpy(np.stack(masks)[:, None].astype(np.int64)),
-        tuple(ids),
-        {k: np.array([c[k] for c in covs], dtype=np.int64) for k in keys},
+        torch.from_numpy(np.stack([c[0] for c in cases]).astype(np.float32)),
+        torch.from_numpy(np.stack([c[1] for c in cases])[:, None].astype(np.int64)),
+        tuple(f"{split_name}-{i:04d}" for i in range(n)),
+        {k: np.array([c[2][k] for c in cases], dtype=np.int64) for k in cases[0][2]},
     )
+
+
+def _build_split(tpl: Template, n: int, split_name: str) -> Split:
+    return split_in_memory(cohort_case, tpl, n, split_name)
 
 
 def hash_name(name: str) -> int:
@@ -210,20 +218,26 @@ def hash_name(name: str) -> int:
     return int(content_hash(name)[:8], 16)
 
 
-def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], build_split: Callable[[Template, int, str], Split],
+def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], build_split: Callable[[Template, int, str], Split] | None,
                     code: list[Path], labels: dict[str, int], regions: dict[str, tuple[int, ...]], provenance: dict[str, Any],
-                    contrasts: tuple[str, ...]) -> ReferenceData:
-    """A train/test cohort synthesised from the MNI template by ``build_split``, cached by the content hash of its
-    parameters, the generating code and the template files."""
+                    contrasts: tuple[str, ...], *, case: Callable[[Template, str, int], Case] | None = None) -> ReferenceData:
+    """A train/test cohort synthesised from the MNI template, cached by the content hash of its parameters, the
+    generating code and the template files. With ``case`` (item ``i`` of a split) the items are written into the cache
+    entry one at a time and the splits come back mapped (:func:`.core.cached_splits`); else ``build_split`` makes each
+    split in memory."""
     paths = template_paths()
     key = content_hash(params, *(p.read_bytes() for p in code), *(p.read_bytes() for p in paths.values()))
-    n_train, n_test = params["n"]
+    sizes = dict(zip(("train", "test"), params["n"]))
 
-    def create() -> dict[str, Split]:
+    def fill(path: Path) -> None:
         tpl = load_template(paths)
-        return {"train": build_split(tpl, n_train, "train"), "test": build_split(tpl, n_test, "test")}
+        if case is not None:
+            write_splits(path, {s: [f"{s}-{i:04d}" for i in range(n)] for s, n in sizes.items()}, lambda s, i: case(tpl, s, i))
+        else:
+            assert build_split is not None, "template_cohort needs build_split or case"
+            save_splits({s: build_split(tpl, n, s) for s, n in sizes.items()}, path)
 
-    splits = cache.get_or_create("data", f"{name}-{key}", ".npz", create, save_splits, load_splits)
+    splits = cached_splits(cache, "data", f"{name}-{key}", fill)
     return ReferenceData(
         name=f"builtin:{name}", train=splits["train"], test=splits["test"], labels=dict(labels), regions=dict(regions),
         spacing_mm=(VOXEL_MM, VOXEL_MM), contrasts=tuple(contrasts),
@@ -233,16 +247,19 @@ def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], build_s
     )
 
 
-@register_dataset("mni-tumour")
-def build_mni_tumour(cache: DiskCache) -> ReferenceData:
-    """The embedded default: ``N_TRAIN`` train and ``N_TEST`` test slices, four contrasts each (cached by content hash)."""
-    params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": (N_TRAIN, N_TEST), "seed": DATA_SEED,
+@register_dataset("mni-tumour", options=("size",))
+def build_mni_tumour(cache: DiskCache, size: Any = None) -> ReferenceData:
+    """The embedded default: ``N_TRAIN`` train and ``N_TEST`` test slices, four contrasts each (cached by content hash).
+    Data option ``size: [n_train, n_test]`` asks the generator for another number of slices; item ``i`` of a split is
+    the same slice whatever the size, so the default cohort is the first slices of any larger one."""
+    n = (N_TRAIN, N_TEST) if size is None else check_size(size, ("n_train", "n_test"), "data 'builtin:mni-tumour'")
+    params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": n, "seed": DATA_SEED,
               "sites": SITE_PROFILES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM, "contrasts": CONTRASTS}
     code = [Path(__file__), Path(__file__).parent / "mri_contrast.py"]  # the contrast model lives in mri_contrast.py
-    return template_cohort(cache, "mni-tumour", params, _build_split, code, LABELS, REGIONS, {
+    return template_cohort(cache, "mni-tumour", params, None, code, LABELS, REGIONS, {
         "source": "MNI ICBM152 2009a nonlinear symmetric T1 + GM/WM maps (real, population-average), from the nilearn wheel",
         "simulated": "T1c-, T2- and FLAIR-like contrasts from the tissue maps (the T1 channel is the real template T1), "
                      "axial level, elastic deformation, bias field, per-contrast site contrast/noise, tumours and their labels",
         "contrast_model": "mriq_validate.data.mri_contrast: textbook tissue contrasts, tumour sub-region signals after the "
                           "BraTS annotation protocol (Menze et al. 2015; Bakas et al. 2017)",
-    }, CONTRASTS)
+    }, CONTRASTS, case=cohort_case)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..cache import DiskCache, content_hash
+from ..errors import DataError
 from .cohort_writer import case_rngs
-from .core import ReferenceData, Split, load_splits, register_dataset, save_splits
+from .core import ReferenceData, cached_splits, check_size, register_dataset, write_splits
 from .mni import LABELS, REGIONS, template_paths
 from .mni3d import TUMOUR_KINDS, brain_centre_mm, native_template, output_affine, synthesise_volume
 from .mri_contrast import CONTRASTS
@@ -49,17 +49,6 @@ def synthesise_case(index: int, seed: int, voxel_mm: float, shape: tuple[int, in
     return images, labels, cov
 
 
-def _build_splits(ids: list[str], test: set[str], seed: int, voxel_mm: float, shape: tuple[int, int, int]) -> dict[str, Split]:
-    cases = {cid: synthesise_case(i, seed, voxel_mm, shape) for i, cid in enumerate(ids)}
-    out = {}
-    for name in ("train", "test"):
-        part = [cid for cid in ids if (cid in test) == (name == "test")]
-        out[name] = Split(torch.from_numpy(np.stack([cases[c][0] for c in part])),
-                          torch.from_numpy(np.stack([cases[c][1] for c in part])[:, None].astype(np.int64)), tuple(part),
-                          {k: np.array([cases[c][2][k] for c in part], dtype=np.int64) for k in cases[part[0]][2]})
-    return out
-
-
 def _save_json(value: Any, path: Path) -> None:
     path.write_text(json.dumps(value), encoding="utf-8")
 
@@ -82,8 +71,10 @@ def build_mni_tumour_3d(cache: DiskCache, *, n_cases: int = N_CASES, voxel_mm: f
     key = content_hash(params, *((here / f).read_bytes() for f in _CODE), *(p.read_bytes() for p in paths.values()))
     ids = [f"case-{i:04d}" for i in range(int(n_cases))]
     test = split_cases(ids, DEFAULT_TEST_FRACTION)
-    splits = cache.get_or_create("data", f"mni-tumour-3d-{key}", ".npz",
-                                 lambda: _build_splits(ids, test, int(seed), float(voxel_mm), shape), save_splits, load_splits)
+    plan = {name: [c for c in ids if (c in test) == (name == "test")] for name in ("train", "test")}
+    index = {c: i for i, c in enumerate(ids)}
+    splits = cached_splits(cache, "data", f"mni-tumour-3d-{key}", lambda path: write_splits(
+        path, plan, lambda s, i: synthesise_case(index[plan[s][i]], int(seed), float(voxel_mm), shape)))  # one volume at a time
     affine = cache.get_or_create(  # the grid is the same world box for every case: computed once, not per load
         "data", f"mni-tumour-3d-{key}-grid", ".json",
         lambda: display_affine(output_affine(voxel_mm, shape, native_template()[1], brain_centre_mm()), shape).tolist(),
@@ -108,7 +99,14 @@ def build_mni_tumour_3d(cache: DiskCache, *, n_cases: int = N_CASES, voxel_mm: f
     )
 
 
-@register_dataset("mni-tumour-3d")
-def build_default(cache: DiskCache) -> ReferenceData:
-    """The embedded 3D cohort: :data:`N_CASES` volumes of :data:`SHAPE` at :data:`VOXEL_MM` mm (cached by content hash)."""
-    return build_mni_tumour_3d(cache)
+@register_dataset("mni-tumour-3d", options=("size",))
+def build_default(cache: DiskCache, size: Any = None) -> ReferenceData:
+    """The embedded 3D cohort: :data:`N_CASES` volumes of :data:`SHAPE` at :data:`VOXEL_MM` mm (cached by content hash).
+    Data option ``size: n_cases`` asks the generator for another number of volumes, split by case as the default (case
+    ``i`` is the same volume whatever the size; which cases go to test depends on the whole set of case ids)."""
+    if size is None:
+        return build_mni_tumour_3d(cache)
+    (n_cases,) = check_size(size, ("n_cases",), "data 'builtin:mni-tumour-3d'")
+    if n_cases < 2:
+        raise DataError(f"data 'builtin:mni-tumour-3d': data option size is {size!r}; expected n_cases >= 2 (one train and one test case)")
+    return build_mni_tumour_3d(cache, n_cases=n_cases)

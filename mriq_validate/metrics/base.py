@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from ..arrays import batches
 from ..data.preprocess import BRAIN_FRACTION
 from ..errors import MetricError
 from .functional.intensity import axial_brain_slices
@@ -161,6 +162,9 @@ class PerImageMetric(Metric):
 
     kind: ClassVar[Literal["per_image", "set", "paired"]] = "per_image"
     native_dims: ClassVar[int | None] = None
+    # True: ``scores`` sees one batch of ``--mriq-batch-size`` items at a time; False: all at once (a measure whose
+    # every call pays a fixed cost over the whole reference, and that bounds its own item count, e.g. copy_fraction)
+    batched: ClassVar[bool] = True
     volume_aggregation: str = "mean"  # set per instance by check_volume_aggregation
 
     @abstractmethod
@@ -198,10 +202,7 @@ class PerImageMetric(Metric):
             # a measure of one grey image given several contrasts: each image scores the mean over its contrasts (the
             # study and the downstream table; a criterion decides on each contrast, see criteria.evaluate)
             return np.mean([self.prepare(ctx, sample.contrast(c, f"channel {c}")) for c in range(sample.images.shape[1])], axis=0)
-        if self.native_dims == 2 and sample.images.ndim == 5:
-            s = self.volume_scores(ctx, sample)
-        else:
-            s = np.asarray(self.scores(ctx, sample), dtype=np.float64)
+        s = np.concatenate([self.batch_scores(ctx, sample, sl) for sl in batches(len(sample), batch_size(ctx, len(sample)) if self.batched else max(len(sample), 1))] or [np.zeros(0)])
         if s.shape != (len(sample),):
             raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(sample)} images")
         if not np.all(np.isfinite(s)):
@@ -213,8 +214,25 @@ class PerImageMetric(Metric):
                               f"{outside[:10].tolist()} lie outside its valid range {_range_text(self.valid_range)}")
         return s
 
+    def batch_scores(self, ctx: "RunContext", sample: Sample, items: slice) -> np.ndarray:
+        """The scores of ``sample``'s ``items`` (one batch: a mapped sample is never read whole)."""
+        part = Sample(sample.images[items], None if sample.masks is None else sample.masks[items], sample.origin, sample.channel)
+        if self.native_dims == 2 and part.images.ndim == 5:
+            s = self.volume_scores(ctx, part)
+        else:
+            s = np.asarray(self.scores(ctx, part), dtype=np.float64)
+        if s.shape != (len(part),):
+            raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(part)} images "
+                              f"(items {items.start}-{items.stop - 1} of {sample.origin})")
+        return s
+
     def compute(self, prepared: np.ndarray, index: np.ndarray) -> float:
         return float(prepared[index].mean())
+
+
+def batch_size(ctx: Any, n: int) -> int:
+    """Items per batch of per-image scoring: the run's ``--mriq-batch-size`` (all ``n`` at once for a context without one)."""
+    return int(getattr(ctx, "batch_size", None) or max(n, 1))
 
 
 METRICS: dict[str, type[Metric]] = {}

@@ -139,7 +139,12 @@ class Dice(PerImageMetric):
                 "dice": "MONAI compute_dice per image (slice or volume), empty-vs-empty = 1"}
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
-        scores = F.dice_per_image(*_region_masks(ctx, self.name, self.segmenter, self.region, sample))
+        return F.dice_per_image(*_region_masks(ctx, self.name, self.segmenter, self.region, sample))
+
+    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        """Per-image Dice, batch by batch; then the segmenter's competence on the real test images (this sample's scores
+        when it is the real test split)."""
+        scores = super().prepare(ctx, sample)
         real = scores if _is_split(sample, ctx.data.test) else ctx.prepare(self, ctx.real("test"))
         if real.mean() < self.min_real_dice:
             raise MetricError(
@@ -200,8 +205,13 @@ class Hd95(PerImageMetric):
         return {"name": self.name, "region": self.region, "protocol": "A", "segmenter": asdict(self.segmenter),
                 "min_real_dice": self.min_real_dice, "definition": self.definition, "hd95": F.HD95_DEFINITIONS[self.definition][1]}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        """The segmenter's competence first (once per sample), then per-image scores batch by batch."""
+        self.check_sample(sample)
         _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
+        return super().prepare(ctx, sample)
+
+    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         return F.hd95_per_image(pred, true, tuple(ctx.data.spacing_mm), self.definition)
 
@@ -251,8 +261,13 @@ class _Lesionwise(PerImageMetric):
                               "on slices) ignored, missed lesion and false positive = Dice 0 / HD95 374 mm, HD95 of DeepMind "
                               "surface-distance"}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+        """The segmenter's competence first (once per sample), then per-image scores batch by batch."""
+        self.check_sample(sample)
         _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
+        return super().prepare(ctx, sample)
+
+    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         dice, hd95 = LW.lesionwise_dice_hd95(pred, true, tuple(ctx.data.spacing_mm), dilation=self.dilation,
                                              volume_threshold=self.volume_threshold)

@@ -4,7 +4,8 @@
   downstream segmenter trained on real data (MONAI UNet), concatenated (184 dims for the default segmenter). Joint over
   the contrasts: the segmenter takes all C contrast channels as its input channels, so its encoder sees every contrast
   at once (as the BraTS and nnU-Net segmenters do), and the features describe the multi-contrast slice. On volumes
-  the segmenter is the 3D UNet trained on the real volumes and the pooling is over D×H×W.
+  the segmenter is the 3D UNet trained on the real volumes and the pooling is over D×H×W. ``precision: bf16`` runs
+  the encoder under bfloat16 autocast (features still float64; default ``fp32``).
 * ``radiomic``: handcrafted first-order, GLCM and gradient features (:mod:`.functional.radiomics`), for an FRD-style
   distance; with C contrasts, the 22 features of each contrast, concatenated in contrast order (22·C dims). On
   volumes the features are 3D (computed on the whole volume: GLCM over the 13 directions of the 26-neighbourhood, 3D
@@ -35,7 +36,8 @@ import torch
 
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
-from ..segmenter import SegmenterConfig, divisible_pad, divisor
+from .. import arrays
+from ..segmenter import PRECISIONS, SegmenterConfig, autocast, divisible_pad, divisor
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -61,20 +63,23 @@ def unet_encoder_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 @torch.no_grad()
 def pooled_activations(net: torch.nn.Module, blocks: list[torch.nn.Module], images: torch.Tensor, device: torch.device,
-                       batch_size: int | None = None, divisible_by: int = 1) -> np.ndarray:
+                       batch_size: int | None = None, divisible_by: int = 1, precision: str = "fp32") -> np.ndarray:
     """Concatenated global-average-pooled outputs of ``blocks`` (over every spatial axis: H×W, or D×H×W for volumes)
     while ``net`` runs on ``images``, ``batch_size`` at a time (default 64 slices or 4 volumes). Images whose sizes are
     not multiples of ``divisible_by`` are zero-padded to them first (:func:`~mriq_validate.segmenter.divisible_pad`, as
-    the segmenter predicts), so the padding's background enters the averages."""
+    the segmenter predicts), so the padding's background enters the averages. ``precision`` ``bf16`` runs the network
+    under bfloat16 autocast (:func:`~mriq_validate.segmenter.autocast`); the averages are taken in float32 and returned
+    as float64 either way. ``images`` may be memory-mapped: their pages are released after each batch."""
     batch_size = batch_size or (64 if images.ndim == 4 else 4)
     outs: list[torch.Tensor] = []
-    hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o.flatten(2).mean(-1))) for b in blocks]
+    hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o.flatten(2).float().mean(-1))) for b in blocks]
     feats = []
     try:
         net.eval()
-        for i in range(0, images.shape[0], batch_size):
+        for rows in arrays.batches(images.shape[0], batch_size):
             outs.clear()
-            net(divisible_pad(images[i : i + batch_size].to(device, torch.float32), divisible_by)[0])
+            with autocast(device, precision):
+                net(divisible_pad(images[rows].to(device, torch.float32), divisible_by)[0])
             feats.append(torch.cat(outs, dim=1).cpu())
     finally:
         for h in hooks:
@@ -94,7 +99,7 @@ class Extractor:
 
 #: Each extractor's options and their defaults (``path`` and ``module`` name the user network; one of them is required).
 EXTRACTOR_OPTIONS: dict[str, dict[str, Any]] = {
-    "segmenter": {"segmenter": None},
+    "segmenter": {"segmenter": None, "precision": "fp32"},
     "radiomic": {"masked": False},
     "pixels": {"size": 32},
     "torchscript": {"path": None, "channels": 1, "size": None, "range": "0,1"},
@@ -131,6 +136,8 @@ def check_features(params: Any, where: str = "features: ") -> dict[str, Any]:
 
     if kind == "segmenter":
         opts["segmenter"] = SegmenterConfig.from_params(opts["segmenter"], where)
+        if not isinstance(opts["precision"], str) or opts["precision"] not in PRECISIONS:
+            raise MetricError(f"{where}segmenter option precision {opts['precision']!r} unknown; expected one of {sorted(PRECISIONS)}")
     elif kind == "radiomic" and not isinstance(opts["masked"], bool):
         raise MetricError(f"{where}radiomic option masked must be true or false, got {opts['masked']!r}")
     elif kind == "pixels":
@@ -202,9 +209,11 @@ def make_extractor(ctx: "RunContext", params: dict[str, Any] | None, where: str 
             seg = ctx.segmenter(opts["segmenter"])
         except MetricError as exc:
             raise MetricError(f"{where}{exc}") from None
-        blocks, k = unet_encoder_blocks(seg.net), divisor(seg.config)
-        return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device, divisible_by=k), seg.key,
-                         {"extractor": kind, "segmenter_key": seg.key, "spatial_dims": seg.config.spatial_dims,
+        blocks, k, precision = unet_encoder_blocks(seg.net), divisor(seg.config), opts["precision"]
+        # fp32 keeps the identity (and so the cached features) it had before precision existed
+        ident, noted = (seg.key, {}) if precision == "fp32" else (content_hash(seg.key, precision), {"precision": precision})
+        return Extractor(kind, lambda x, m: pooled_activations(seg.net, blocks, x, ctx.device, divisible_by=k, precision=precision), ident,
+                         {"extractor": kind, "segmenter_key": seg.key, "spatial_dims": seg.config.spatial_dims, **noted,
                           "pooling": "global average of every encoder level over every spatial axis (H×W, D×H×W)",
                           "contrasts": JOINT, "in_channels": seg.in_channels, **({"contrast_names": list(seg.contrasts)} if seg.contrasts else {})})
     if kind == "radiomic":

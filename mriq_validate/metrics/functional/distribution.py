@@ -8,7 +8,7 @@ one-line message naming the argument.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +19,9 @@ from ...errors import MetricError
 
 __all__ = [
     "KidResult",
+    "BLOCK_BYTES",
     "as_features",
+    "capped_rows",
     "fid_from_features",
     "frd",
     "frechet_distance",
@@ -56,6 +58,32 @@ def _same_dim(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+#: Bytes of one block of a pairwise (rows × n float64) matrix: pairwise distances and kernels are computed this many bytes
+#: of rows at a time, never as a whole n × n matrix (sets of up to 4096 items, the embedded data's included, are one block).
+BLOCK_BYTES = 32 << 20
+
+
+def _block_rows(n: int, block_rows: int | None) -> int:
+    """Rows per block against ``n`` columns: ``block_rows`` or as many as :data:`BLOCK_BYTES` hold (at least 1)."""
+    if block_rows is None:
+        return max(1, BLOCK_BYTES // (8 * max(n, 1)))
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+        raise MetricError(f"block_rows: expected an integer ≥ 1 or None, got {block_rows!r}")
+    return int(block_rows)
+
+
+def _blocks(n: int, rows: int) -> Iterator[slice]:
+    return (slice(s, min(s + rows, n)) for s in range(0, n, rows))
+
+
+def capped_rows(n: int, max_items: int, rng: np.random.Generator | int | None) -> np.ndarray | None:
+    """A seeded random subset of at most ``max_items`` of ``range(n)`` (sorted indices), or None when ``n ≤ max_items``
+    (every item is used): how a measure whose cost is quadratic in the set size bounds it."""
+    if n <= max_items:
+        return None
+    return np.sort(_rng(rng).choice(n, max_items, replace=False))
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -278,25 +306,51 @@ def kid(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, subsets: i
     return KidResult(float(vals.mean()), float(vals.std()), int(subsets), m, int(subset_size), m < subset_size)
 
 
-def median_bandwidth(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor) -> float:
-    """Median heuristic: the median of the non-zero pairwise euclidean distances of the pooled sample."""
+def _upper_distances(z: np.ndarray, block_rows: int | None = None) -> np.ndarray:
+    """The euclidean distances ``||z_i − z_j||``, i < j, in the order of ``np.triu_indices`` (n(n−1)/2 values), computed
+    in row blocks (memory: the output plus one block)."""
+    n = z.shape[0]
+    rows = _block_rows(n, block_rows)
+    out, pos, cols = np.empty(n * (n - 1) // 2), 0, np.arange(n)
+    for b in _blocks(n, rows):
+        upper = _sq_dists(z[b], z)[cols[None, :] > cols[b, None]]  # row-major: the order of triu_indices
+        out[pos:pos + upper.size] = np.sqrt(upper)
+        pos += upper.size
+    return out
+
+
+def median_bandwidth(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, block_rows: int | None = None) -> float:
+    """Median heuristic: the median of the non-zero pairwise euclidean distances of the pooled sample (computed in row
+    blocks of ``block_rows``, default :data:`BLOCK_BYTES`; memory: the n(n−1)/2 distances)."""
     z = np.concatenate([as_features(f1, "f1"), as_features(f2, "f2")])
-    iu = np.triu_indices(z.shape[0], 1)
-    d = np.sqrt(_sq_dists(z, z)[iu])
+    d = _upper_distances(z, block_rows)
     d = d[d > 0]
     if d.size == 0:
         raise MetricError("f1, f2: all points are identical, the median-heuristic bandwidth is undefined; pass bandwidth")
     return float(np.median(d))
 
 
+def _kernel_sum(k: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, rows: int,
+                same: bool = False) -> float:
+    """``Σ_ij k(x_i, y_j)``, without the diagonal when ``same`` (x is y), ``rows`` rows of x at a time."""
+    total = 0.0
+    for b in _blocks(x.shape[0], rows):
+        kb = k(x[b], y)
+        total += kb.sum() - (np.trace(kb, offset=b.start) if same else 0.0)
+    return float(total)
+
+
 def mmd2(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, kernel: Literal["rbf", "poly"] = "rbf",
-         bandwidth: float | None = None, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> float:
+         bandwidth: float | None = None, degree: int = 3, gamma: float | None = None, coef0: float = 1.0,
+         block_rows: int | None = None) -> float:
     """Unbiased squared maximum mean discrepancy (Gretton et al. 2012), on all rows (no subsets).
 
     ``MMD²_u = Σ_{i≠j} k(x_i,x_j)/(n(n−1)) + Σ_{i≠j} k(y_i,y_j)/(m(m−1)) − 2 Σ k(x_i,y_j)/(nm)``, with
     ``kernel="rbf"``: ``k = exp(−||x−y||²/(2σ²))``, σ = ``bandwidth`` or the median heuristic
     (:func:`median_bandwidth`); ``kernel="poly"``: ``(gamma x·y + coef0)^degree``, gamma = 1/d by default.
-    The estimate is unbiased, so it can be slightly negative when the sets come from one distribution.
+    The estimate is unbiased, so it can be slightly negative when the sets come from one distribution. The kernel sums
+    are taken ``block_rows`` rows at a time (default: :data:`BLOCK_BYTES` of a block), never as an n × n matrix; time
+    stays quadratic in n, so measures on large sets evaluate it on a capped subset (:func:`capped_rows`).
 
     Args:
         f1: features of one set, n × d (n ≥ 2).
@@ -304,6 +358,7 @@ def mmd2(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, kernel: L
         kernel: ``"rbf"`` or ``"poly"``.
         bandwidth: the RBF's σ; None for the median heuristic.
         degree, gamma, coef0: the polynomial kernel's parameters.
+        block_rows: rows per block of the kernel matrices (None: as many as :data:`BLOCK_BYTES` hold).
 
     Returns:
         The unbiased MMD².
@@ -322,7 +377,7 @@ def mmd2(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, kernel: L
     a, b = as_features(f1, "f1", 2), as_features(f2, "f2", 2)
     _same_dim(a, b, "f1", "f2")
     if kernel == "rbf":
-        sigma = median_bandwidth(a, b) if bandwidth is None else float(bandwidth)
+        sigma = median_bandwidth(a, b, block_rows) if bandwidth is None else float(bandwidth)
         if not sigma > 0:
             raise MetricError(f"bandwidth: expected a positive number or None (median heuristic), got {bandwidth!r}")
         k = lambda x, y: np.exp(-_sq_dists(x, y) / (2.0 * sigma * sigma))  # noqa: E731
@@ -330,11 +385,25 @@ def mmd2(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, kernel: L
         k = lambda x, y: poly_kernel(x, y, degree, gamma, coef0)  # noqa: E731
     else:
         raise MetricError(f"kernel: expected 'rbf' or 'poly', got {kernel!r}")
-    return _mmd2_unbiased(k(a, a), k(b, b), k(a, b))
+    n, m = a.shape[0], b.shape[0]
+    sxx = _kernel_sum(k, a, a, _block_rows(n, block_rows), same=True) / (n * (n - 1))
+    syy = _kernel_sum(k, b, b, _block_rows(m, block_rows), same=True) / (m * (m - 1))
+    return float(sxx + syy - 2.0 * (_kernel_sum(k, a, b, _block_rows(m, block_rows)) / (n * m)))
 
 
 # ----------------------------------------------------------------------------------------------- PRDC
-def prdc(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = 5) -> dict[str, float]:
+def _kth_radius(x: np.ndarray, k: int, rows: int) -> np.ndarray:
+    """Each row's distance to its k-th nearest neighbour in ``x`` (itself excluded), ``rows`` rows at a time."""
+    out = np.empty(x.shape[0])
+    for b in _blocks(x.shape[0], rows):
+        d = _dists(x[b], x)
+        d[np.arange(d.shape[0]), np.arange(b.start, b.stop)] = 0.0
+        out[b] = np.partition(d, k, axis=1)[:, k]  # column 0 is the point itself (distance 0)
+    return out
+
+
+def prdc(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = 5,
+         block_rows: int | None = None) -> dict[str, float]:
     """Precision, recall, density and coverage (Naeem et al. 2020, reference ``prdc`` package).
 
     With ``r_k(x)`` the distance from a point to its k-th nearest neighbour in its own set (itself excluded)
@@ -346,6 +415,9 @@ def prdc(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: in
         real: features of the real set X, n × d.
         fake: features of the generated set Y, m × d.
         k: the nearest neighbour that sets each ball's radius, 1 ≤ k < min(n, m).
+        block_rows: rows per block of the distance matrices (None: as many as :data:`BLOCK_BYTES` hold): memory is
+            one block, never n × n; time stays quadratic, so measures on large sets use a capped subset
+            (:func:`capped_rows`).
 
     Returns:
         ``{"precision", "recall", "density", "coverage"}``: three shares in [0, 1] and a density ≥ 0 (1 on average for
@@ -367,18 +439,20 @@ def prdc(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: in
     _same_dim(x, y, "real", "fake")
     if not isinstance(k, (int, np.integer)) or k < 1 or k >= min(x.shape[0], y.shape[0]):
         raise MetricError(f"k: expected an integer in [1, {min(x.shape[0], y.shape[0]) - 1}] (fewer than each set's size), got {k!r}")
-    dxx, dyy = _dists(x, x), _dists(y, y)
-    np.fill_diagonal(dxx, 0.0)
-    np.fill_diagonal(dyy, 0.0)
-    rx = np.partition(dxx, k, axis=1)[:, k]  # column 0 is the point itself (distance 0)
-    ry = np.partition(dyy, k, axis=1)[:, k]
-    dxy = _dists(x, y)
-    inside_real = dxy < rx[:, None]
+    rx = _kth_radius(x, k, _block_rows(x.shape[0], block_rows))
+    ry = _kth_radius(y, k, _block_rows(y.shape[0], block_rows))
+    inside = np.zeros(y.shape[0], dtype=np.int64)  # per fake item: the real balls it lies in
+    recalled, covered = np.empty(x.shape[0], dtype=bool), np.empty(x.shape[0], dtype=bool)
+    for b in _blocks(x.shape[0], _block_rows(y.shape[0], block_rows)):
+        dxy = _dists(x[b], y)
+        inside += (dxy < rx[b, None]).sum(axis=0)
+        recalled[b] = (dxy < ry[None, :]).any(axis=1)
+        covered[b] = dxy.min(axis=1) < rx[b]
     return {
-        "precision": float(inside_real.any(axis=0).mean()),
-        "recall": float((dxy < ry[None, :]).any(axis=1).mean()),
-        "density": float(inside_real.sum(axis=0).mean() / k),
-        "coverage": float((dxy.min(axis=1) < rx).mean()),
+        "precision": float((inside > 0).mean()),
+        "recall": float(recalled.mean()),
+        "density": float(inside.mean() / k),
+        "coverage": float(covered.mean()),
     }
 
 
