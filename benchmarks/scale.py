@@ -77,7 +77,7 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     return out, {"s": time.perf_counter() - t, "start_mb": start, "peak_mb": status_mb("VmHWM")}
 
 
-def child(dims: int, n: int, stages: list[str], cache: str, threads: int) -> dict[str, Any]:
+def child(dims: int, n: int, stages: list[str], cache: str, threads: int, batch_size: str) -> dict[str, Any]:
     """Run the stages for one N in this process; the figures per stage."""
     import numpy as np
     import torch
@@ -94,15 +94,18 @@ def child(dims: int, n: int, stages: list[str], cache: str, threads: int) -> dic
         spec, size = "builtin:mni-tumour", [round(2 * n / 3), n - round(2 * n / 3)]
     else:
         spec, size = "builtin:mni-tumour-3d", n
-    settings = RunSettings(model="builtin:noisy", data=spec, device="cpu", seed=0, cache_dir=cache, data_options={"size": size})
+    settings = RunSettings(model="builtin:noisy", data=spec, device="cpu", seed=0, cache_dir=cache, data_options={"size": size},
+                           batch_size=batch_size if batch_size == "auto" else int(batch_size))
     ctx = RunContext(settings, spec)
-    out: dict[str, Any] = {"dims": dims, "n": n, "spec": spec, "size": size, "stages": {}}
+    out: dict[str, Any] = {"dims": dims, "n": n, "spec": spec, "size": size, "batch_size": batch_size, "stages": {}}
+
+    seconds: dict[str, float] = {}  # per measure, generated and real together
 
     def measure_all(metrics: tuple[tuple[str, dict[str, Any]], ...]) -> dict[str, float]:
         subject, real = ctx.generated("test")[0], ctx.real("test")
         values: dict[str, Any] = {}
         for name, params in metrics:
-            m = create_metric(name, params)
+            m, t0 = create_metric(name, params), time.perf_counter()
             for sample in (subject, real):
                 parts = ([sample.contrast(c, cn) for c, cn in enumerate(ctx.data.contrasts)]
                          if m.channels == "each" and len(ctx.data.contrasts) > 1 else [sample])
@@ -112,6 +115,7 @@ def child(dims: int, n: int, stages: list[str], cache: str, threads: int) -> dic
                         values[f"{name}/{part.origin}"] = round(m.value(prepared, np.arange(m.size(prepared))), 6)
                     except MriqError as exc:  # recorded, and the other measures still run
                         values[f"{name}/{part.origin}"] = f"ERROR {type(exc).__name__}: {exc}"[:300]
+            seconds[name] = round(time.perf_counter() - t0, 2)
         return values
 
     run = {
@@ -129,8 +133,11 @@ def child(dims: int, n: int, stages: list[str], cache: str, threads: int) -> dic
             if stage == "per_image" or stage == "set":
                 out.setdefault("values", {}).update(value)
                 fig["errors"] = sum(isinstance(v, str) for v in value.values())  # measures that could not be computed
+                fig["measures_s"] = dict(seconds)
+                seconds.clear()
             out["stages"][stage] = fig
-            print(f"  {spec} N={n} {stage}: {fig['s']:.1f} s, peak {fig['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+            print(f"  {spec} N={n} {stage}: {fig['s']:.1f} s, peak {fig['peak_mb']:.0f} MB {fig.get('measures_s', '')}",
+                  file=sys.stderr, flush=True)
     finally:
         ctx.close()
     return out
@@ -157,6 +164,9 @@ def main() -> None:
     ap.add_argument("--volumes", nargs="*", type=parse_n, default=[32, 128], help="volume counts (3D)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, in order, from {','.join(STAGES)}")
     ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1: stable numbers on a busy CPU)")
+    ap.add_argument("--batch-size", default="auto",
+                    help="--mriq-batch-size of the runs (default auto: grows with the split up to its byte budget, then "
+                         "stays; a fixed number shows memory that does not grow with N)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--cache", type=Path, default=None, help="parent of the per-N cache folders (default: a temporary folder)")
     ap.add_argument("--keep-cache", action="store_true", help="leave the cache folders in place")
@@ -173,7 +183,7 @@ def main() -> None:
         print(table(results))
         return
     if args.child:
-        print(json.dumps(child(int(args.child[0]), int(args.child[1]), stages, args.child[2], args.threads)))
+        print(json.dumps(child(int(args.child[0]), int(args.child[1]), stages, args.child[2], args.threads, args.batch_size)))
         return
 
     root = Path(tempfile.mkdtemp(prefix="mriq-scale-", dir=args.cache))
@@ -185,7 +195,7 @@ def main() -> None:
                 cache = root / f"{dims}d-{n}"
                 print(f"{'slices' if dims == 2 else 'volumes'} N={n} (cache {cache})", file=sys.stderr, flush=True)
                 cmd = [sys.executable, __file__, "--child", str(dims), str(n), str(cache), "--stages", ",".join(stages),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
                 done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
                 if done.returncode != 0:
                     print(f"N={n}: child failed with exit code {done.returncode}", file=sys.stderr)

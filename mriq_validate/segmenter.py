@@ -341,7 +341,7 @@ def check_labels(masks: torch.Tensor, n_classes: int, where: str = "") -> None:
     """MetricError naming the labels found when ``masks`` hold values outside ``0..n_classes-1``."""
     if not masks.numel():
         return
-    step = max(1, arrays.ROW_CHUNK_BYTES // max(1, masks[0].numel() * masks.element_size()))  # mapped masks: never resident whole
+    step = arrays.rows_per_chunk(masks)  # mapped masks: never resident whole
     extremes = [(int(masks[rows].max()), int(masks[rows].min())) for rows in arrays.batches(masks.shape[0], step)]
     if max(hi for hi, _ in extremes) >= n_classes or min(lo for _, lo in extremes) < 0:
         found = sorted({int(v) for rows in arrays.batches(masks.shape[0], step) for v in masks[rows].unique()})

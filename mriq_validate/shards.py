@@ -257,6 +257,7 @@ AGREEMENT: dict[str, Any] = {
     "run.settings.data": lambda r: r["run"]["settings"].get("data"),
     "run.settings.seed": lambda r: r["run"]["settings"].get("seed"),
     "run.settings.device": lambda r: r["run"]["settings"].get("device"),
+    "run.settings.batch_size": lambda r: r["run"]["settings"].get("batch_size"),  # a stochastic model draws per call
     "threshold overrides (run.deviations)": _overrides,
     "tool.version": lambda r: r["tool"]["version"],
     "provenance.packages": lambda r: r["provenance"]["packages"],
@@ -280,8 +281,8 @@ def _refuse_disagreement(shards: list[ShardReport], field: str, values: list[Any
 
 def check_shards(shards: list[ShardReport]) -> None:
     """MergeRefused unless the shards are the N parts of one gate run: same N, plan, suites, model, data, seed, device,
-    overrides, tool and package versions; each K once; each collected item in exactly one shard; results only for the
-    shard's own items."""
+    batch size, overrides, tool and package versions; each K once; each collected item in exactly one shard; results
+    only for the shard's own items."""
     labels = [s.label for s in shards]
     for field, read in AGREEMENT.items():
         _refuse_disagreement(shards, field, [read(s.report) for s in shards], labels)

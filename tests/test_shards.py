@@ -318,6 +318,7 @@ def _item_in_none(r: dict[str, Any]) -> None:
 #: (what one shard's report.json gets changed to, the field the refusal must name); shard 2 is changed.
 REFUSALS = {
     "seed": (lambda r: r["run"]["settings"].update(seed=7), "run.settings.seed"),
+    "batch size": (lambda r: r["run"]["settings"].update(batch_size=64), "run.settings.batch_size"),
     "suite hash": (lambda r: r["run"]["shard"]["suites"].update({"s.yaml": "0" * 64}), "run.shard.suites"),
     "model spec": (lambda r: r["run"]["settings"].update(model="builtin:noisy"), "run.settings.model"),
     "model file hash": (lambda r: r["run"]["shard"]["model"].update(sha256="1" * 64), "run.shard.model.sha256"),
