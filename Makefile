@@ -31,7 +31,8 @@ test-all: $(STAMP)
 # all five) and draw readiness over training (mriq-track/readiness.md, readiness.png). While the generator trains, the
 # second core computes what the gate needs from the real data alone (the real-data segmenters and noise-floor seeds,
 # reference features, NIQE model): the suite run against builtin:real, into the same cache, so the first checkpoint's
-# gate costs what the later ones do.
+# gate costs what the later ones do. Measured from an empty cache on 2 quiet cores: 22 min 57 s (training 907 s, the
+# real-data side 258 s beside it, gating 148 + 135 + 148 s).
 EXAMPLE_STEPS ?= 00050 00400 01200
 example: $(STAMP)
 	mkdir -p mriq-track
