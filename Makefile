@@ -27,20 +27,13 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # The example generator (docs/example.md): train it on 1 torch thread (checkpoints at 50, 150, 400, 800 and 1200 steps in
-# examples/checkpoints/), then gate three of them (EXAMPLE_STEPS; EXAMPLE_STEPS="00050 00150 00400 00800 01200" gates
-# all five) and draw readiness over training (mriq-track/readiness.md, readiness.png). While the generator trains, the
-# second core computes what the gate needs from the real data alone (the real-data segmenters and noise-floor seeds,
-# reference features, NIQE model): the suite run against builtin:real, into the same cache, so the first checkpoint's
-# gate costs what the later ones do. Measured from an empty cache on 2 quiet cores: 22 min 57 s (training 907 s, the
-# real-data side 258 s beside it, gating 148 + 135 + 148 s).
-EXAMPLE_STEPS ?= 00050 00400 01200
+# examples/checkpoints/) while the second core computes the gate's real-data side (the suite against builtin:real,
+# into the same cache), then gates each checkpoint of EXAMPLE_STEPS as training writes it (mriq-validate track --reuse),
+# the last one when training ends, and draws readiness over training (mriq-track/readiness.md, readiness.png).
+# EXAMPLE_STEPS="50 150 400 800 1200" gates all five. See examples/run_example.py.
+EXAMPLE_STEPS ?= 50 400 1200
 example: $(STAMP)
-	mkdir -p mriq-track
-	$(BIN)/python -m pytest -q -p no:cacheprovider suites/brain_tumour.yaml --mriq-model builtin:real > mriq-track/real-data.log 2>&1 & \
-	real=$$!; MRIQ_TORCH_THREADS=$${MRIQ_TORCH_THREADS:-1} $(BIN)/python examples/train_generator.py; trained=$$?; \
-	wait $$real || { echo "the gate on builtin:real failed: mriq-track/real-data.log"; exit 1; }; test $$trained = 0
-	$(BIN)/python -m mriq_validate.cli track $(EXAMPLE_STEPS:%=examples/checkpoints/generator-step%.pt) \
-		--suite suites/brain_tumour.yaml --model examples/model.py:build --out mriq-track
+	$(BIN)/python examples/run_example.py --steps $(EXAMPLE_STEPS)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

@@ -8,7 +8,8 @@ Training follows DDPM (Ho et al. 2020, arXiv 2006.11239) with MONAI's ``DDPMSche
 but the network predicts the clean image (``prediction_type="sample"``) rather than the noise, which reaches a
 usable denoiser in far fewer optimisation steps; sampling uses ``DDIMScheduler`` with a few steps. Images are area-
 downsampled to the training resolution and mapped to [-1, 1]; the mask enters as a soft one-hot at that resolution.
-Checkpoints: ``OUT/generator-step<NNNNN>.pt`` at each budget and ``OUT/final.pt`` (a copy of the last).
+Checkpoints: ``OUT/generator-step<NNNNN>.pt`` at each budget (each written whole, then renamed into place, so that a
+gate started on a checkpoint the moment it appears reads a complete file) and ``OUT/final.pt`` (a copy of the last).
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ def train(preset: str, out: Path, *, seed: int = 0, cache_dir: str | None = None
             log(f"[train] step {step}/{total} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
         if step in p["budgets"]:
             path = out / f"generator-step{step:05d}.pt"
+            part = path.with_name(path.name + ".part")  # written whole, then renamed: a file that exists is complete
             torch.save({"state_dict": net.state_dict(), "config": config, "step": step,
-                        "train_seconds": round(time.perf_counter() - start, 1)}, path)
+                        "train_seconds": round(time.perf_counter() - start, 1)}, part)
+            os.replace(part, path)
             written.append(path)
             log(f"[train] wrote {path} ({time.perf_counter() - start:.0f} s)")
     shutil.copyfile(written[-1], out / "final.pt")

@@ -177,7 +177,7 @@ def _track(args: argparse.Namespace) -> int:
 
     runs = track([Path(c) for c in args.checkpoints], suite=args.suite, model=args.model, out=Path(args.out), env_var=args.checkpoint_env,
                  pytest_args=(["-k", args.k] if args.k else []) + shlex.split(args.pytest_args),
-                 progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True))
+                 progress=lambda msg: print(f"[mriq] {msg}", file=sys.stderr, flush=True), reuse=args.reuse)
     out = Path(args.out).resolve()
     print(f"\nmriq-validate track: {len(runs)} checkpoint(s)")
     for run in runs:
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--out", default="mriq-track", help="folder: OUT/<checkpoint stem>/ reports, OUT/readiness.md and readiness.png")
     trk.add_argument("-k", default=None, help="pytest -k expression selecting criteria (the decisions are then INCOMPLETE)")
     trk.add_argument("--checkpoint-env", default="MRIQ_CHECKPOINT", help="environment variable set to each checkpoint's path")
+    trk.add_argument("--reuse", action="store_true", help="do not run a checkpoint again whose OUT/<name>/ holds a finished report "
+                     "of a run on the same checkpoint, suites, model file and arguments (call track after each new checkpoint)")
     trk.add_argument("--pytest-args", default="", help='extra pytest arguments, one string (e.g. "--mriq-device cpu -x")')
     trk.set_defaults(fn=_track)
     cache = sub.add_parser("cache", help="inspect, verify or clear the cache (data, trained segmenters, features)")

@@ -5,12 +5,16 @@ its release decision and the criteria that hold it back.
 One gate run per checkpoint: a fresh ``python -m pytest`` process (so nothing one checkpoint loads stays for the
 next) with ``--mriq-model MODEL --mriq-report OUT/<checkpoint stem>/`` and the checkpoint's path in an environment
 variable (``MRIQ_CHECKPOINT`` unless ``--checkpoint-env`` says otherwise) that the model file reads; see
-``examples/model.py`` and docs/example.md. The rest is pure: :func:`read_run` parses a ``report.json``,
+``examples/model.py`` and docs/example.md. With ``reuse``, a checkpoint whose folder already holds a finished report
+of a run on the same inputs (:func:`run_record`: the checkpoint's bytes, the suites' bytes, the model spec and file,
+the extra pytest arguments, the package versions) is not run again, so that ``track`` can be called after each new
+checkpoint during training and gates only the new one. The rest is pure: :func:`read_run` parses a ``report.json``,
 :func:`curves`, :func:`holding_back`, :func:`markdown` and :func:`track_figure` build the outputs from the parsed runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import file_sha256
 from .errors import MissingFileError, MriqError
 from .figures import ADVISORY_FAIL, FONT, VERDICT_COLOURS, new_figure, png_bytes
 from .figures import quantity_label  # "dice (whole_tumour): generated − real", as the report figures say it
-from .report import UnusableReport, read_finished_report
+from .report import REPORT_FILE, UnusableReport, package_versions, read_finished_report
 
 CHECKPOINT_ENV = "MRIQ_CHECKPOINT"
 FIGURE_FILE = "readiness.png"
+RUN_RECORD = "track-run.json"  # beside each checkpoint's report: what its run depended on (see run_record)
 TABLE_FILE = "readiness.md"
 _STEP = re.compile(r"(?:step|iter|it|epoch|ep)[-_]?(\d+)", re.IGNORECASE)
 
@@ -197,11 +203,48 @@ def run_checkpoint(checkpoint: Path, *, suite: Sequence[str], model: str, out: P
     return subprocess.run(cmd, env=env, check=False).returncode
 
 
+def run_record(checkpoint: Path, *, suite: Sequence[str], model: str, env_var: str = CHECKPOINT_ENV,
+               pytest_args: Sequence[str] = ()) -> dict[str, Any]:
+    """What one checkpoint's gate run depends on besides the cache (whose entries are content-keyed and checked on
+    read): the checkpoint's SHA-256, each suite file's SHA-256 (a folder: its ``*.yaml`` files), the model spec with
+    its file's SHA-256 when it names a ``.py`` file, the environment variable, the extra pytest arguments and the
+    versions of the packages that change the numbers (:func:`~mriq_validate.report.package_versions`). Code that the
+    model file imports, and a data folder named in ``pytest_args``, are not hashed: after changing them, leave
+    ``reuse`` off."""
+    def sha(path: Path) -> str:
+        return file_sha256(path)[0]
+
+    suites = {}
+    for s in suite:
+        p = Path(s)
+        files = sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
+        suites.update({str(f): sha(f) if f.is_file() else None for f in files})
+    target = model.rsplit(":", 1)[0]
+    model_file = Path(target) if target.endswith(".py") else None
+    return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha(Path(checkpoint)), "suites": suites,
+            "model": model, "model_file_sha256": sha(model_file) if model_file is not None and model_file.is_file() else None,
+            "env_var": env_var, "pytest_args": list(pytest_args), "packages": package_versions()}
+
+
+def _reusable(folder: Path, record: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a finished report of a run with exactly ``record``'s inputs."""
+    try:
+        if json.loads((folder / RUN_RECORD).read_text(encoding="utf-8")) != record:
+            return False
+        read_finished_report(folder)
+    except (OSError, ValueError, UnusableReport):
+        return False
+    return True
+
+
 def track(checkpoints: Sequence[Path], *, suite: Sequence[str], model: str, out: Path, env_var: str = CHECKPOINT_ENV,
-          pytest_args: Sequence[str] = (), progress: Callable[[str], None] = lambda msg: None) -> list[CheckpointRun]:
+          pytest_args: Sequence[str] = (), progress: Callable[[str], None] = lambda msg: None,
+          reuse: bool = False) -> list[CheckpointRun]:
     """Gate every checkpoint (reports in ``out/<stem>/``), then write ``out/readiness.md`` and ``out/readiness.png``;
-    the runs in training order. MissingFileError for a checkpoint that is not a file, TrackError for a run without a
-    usable report; two checkpoints with the same stem are refused (their reports would share a folder)."""
+    the runs in training order. With ``reuse``, a checkpoint whose folder holds a finished report of a run on the same
+    inputs (:func:`run_record`) is read, not run again. MissingFileError for a checkpoint that is not a file,
+    TrackError for a run without a usable report; two checkpoints with the same stem are refused (their reports would
+    share a folder)."""
     paths = [Path(c) for c in checkpoints]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -212,9 +255,18 @@ def track(checkpoints: Sequence[Path], *, suite: Sequence[str], model: str, out:
         raise MriqError(f"checkpoints with the same name {dupes}: each gets the report folder OUT/<name>/; rename them")
     runs = []
     for i, p in enumerate(paths, 1):
+        folder = Path(out) / p.stem
+        record = run_record(p, suite=suite, model=model, env_var=env_var, pytest_args=pytest_args)
+        if reuse and _reusable(folder, record):
+            progress(f"checkpoint {i}/{len(paths)}: {p} (reused: {folder} holds the report of a run on the same inputs)")
+            runs.append(read_run(p.stem, folder))
+            continue
         progress(f"checkpoint {i}/{len(paths)}: {p}")
-        run_checkpoint(p, suite=suite, model=model, out=Path(out) / p.stem, env_var=env_var, pytest_args=pytest_args)
-        runs.append(read_run(p.stem, Path(out) / p.stem))
+        for stale in (RUN_RECORD, REPORT_FILE):  # the record describes the report beside it, never an older one
+            (folder / stale).unlink(missing_ok=True)
+        run_checkpoint(p, suite=suite, model=model, out=folder, env_var=env_var, pytest_args=pytest_args)
+        runs.append(read_run(p.stem, folder))  # TrackError when the run left no finished report (and then no record)
+        (folder / RUN_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     write_outputs(runs, Path(out))
     return ordered(runs)
 

@@ -135,19 +135,20 @@ def test_a_missing_checkpoint_names_the_file_and_the_command(tmp_path: Path, mon
 
 @pytest.mark.heavy
 def test_reduced_training_then_tracking_end_to_end(tmp_path: Path) -> None:
-    """Train the reduced generator (3 checkpoints), track it on DICE-WT and INTENSITY-SCALE; the generated images
-    honour the model contract and Dice improves with training."""
+    """``examples/run_example.py --reduced``: train the reduced generator (3 checkpoints) while the real-data side runs,
+    gate the first checkpoint while training goes on and the last when it ends, on DICE-WT and INTENSITY-SCALE; the
+    first checkpoint's report is reused by the last call, the images honour the model contract and Dice improves with
+    training."""
     env = dict(os.environ, MRIQ_TORCH_THREADS="1")
-    ck = tmp_path / "ck"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "train_generator.py"), "--reduced", "--out", str(ck)], check=True, env=env,
-                   cwd=ROOT, timeout=180)
+    ck, out = tmp_path / "ck", tmp_path / "track"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "run_example.py"), "--reduced", "--steps", "30", "300",
+                           "--checkpoints", str(ck), "--out", str(out), "-k", "DICE-WT and not LESIONWISE or INTENSITY-SCALE"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     checkpoints = sorted(ck.glob("generator-step*.pt"))
     assert [checkpoint_step(p.stem) for p in checkpoints] == [30, 100, 300] and (ck / "final.pt").is_file()
-    out = tmp_path / "track"
-    proc = subprocess.run([sys.executable, "-m", "mriq_validate.cli", "track", str(checkpoints[0]), str(checkpoints[-1]), "--suite",
-                           "suites/brain_tumour.yaml", "--model", "examples/model.py:build", "--out", str(out), "-k",
-                           "DICE-WT and not LESIONWISE or INTENSITY-SCALE"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "reused" in proc.stderr and "gating generator-step00030.pt while training goes on" in proc.stdout
+    assert json.loads((out / "real-data" / "report.json").read_text())["decision"]["status"] == "INCOMPLETE"  # -k
     runs = [read_run(p.stem, out / p.stem) for p in (checkpoints[0], checkpoints[-1])]
     c = curves(runs)
     assert set(c) == {"DICE-WT", "INTENSITY-SCALE"}
@@ -155,3 +156,67 @@ def test_reduced_training_then_tracking_end_to_end(tmp_path: Path) -> None:
     assert last > first  # more training, images a real-data segmenter reads better
     assert all(r.status == "INCOMPLETE" for r in runs)  # the other gating criteria were not selected
     assert (out / "readiness.png").is_file() and "generator-step00300" in (out / "readiness.md").read_text()
+
+
+def test_reuse_runs_only_checkpoints_whose_inputs_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``track(reuse=True)`` reads a checkpoint's report instead of running it again only when the run record (checkpoint,
+    suite and model-file bytes, arguments) matches; a changed checkpoint, suite or argument, an unfinished report, or
+    reuse off runs it again."""
+    import mriq_validate.track as trk
+
+    calls: list[str] = []
+
+    def fake_run(checkpoint: Path, *, out: Path, **kwargs: Any) -> int:
+        calls.append(Path(checkpoint).stem)
+        write_report(_report(-0.01 * len(calls), 0.5), out, html=False)
+        return 0
+
+    monkeypatch.setattr(trk, "run_checkpoint", fake_run)
+    suite, model = tmp_path / "s.yaml", tmp_path / "m.py"
+    suite.write_text("criteria: []\n")
+    model.write_text("def build(ctx): ...\n")
+    cks = []
+    for step in (50, 400):
+        cks.append(tmp_path / f"gen-step{step:05d}.pt")
+        cks[-1].write_bytes(bytes([step % 256]) * 10)
+    kw = {"suite": [str(suite)], "model": f"{model}:build", "out": tmp_path / "out"}
+
+    trk.track(cks[:1], reuse=True, **kw)
+    assert calls == ["gen-step00050"]
+    runs = trk.track(cks, reuse=True, **kw)  # the first is reused, the new one runs
+    assert calls == ["gen-step00050", "gen-step00400"] and [r.name for r in runs] == ["gen-step00050", "gen-step00400"]
+    record = json.loads((tmp_path / "out" / "gen-step00050" / trk.RUN_RECORD).read_text())
+    assert record["checkpoint_sha256"] and record["model_file_sha256"] and str(suite) in record["suites"]
+    trk.track(cks, reuse=True, **kw)
+    assert len(calls) == 2  # nothing changed: nothing runs
+    cks[0].write_bytes(b"retrained")  # new weights under the same name
+    suite.write_text("criteria: [] # edited\n")  # and an edited suite
+    trk.track(cks, reuse=True, **kw)
+    assert calls[2:] == ["gen-step00050", "gen-step00400"]
+    trk.track(cks, reuse=True, pytest_args=["-k", "DICE"], **kw)
+    assert len(calls) == 6
+    rep = json.loads((tmp_path / "out" / "gen-step00400" / "report.json").read_text())
+    rep["run"]["finished"] = None  # a run that was stopped half way
+    (tmp_path / "out" / "gen-step00400" / "report.json").write_text(json.dumps(rep))
+    trk.track(cks, reuse=True, pytest_args=["-k", "DICE"], **kw)
+    assert calls[6:] == ["gen-step00400"]
+    trk.track(cks, pytest_args=["-k", "DICE"], **kw)  # reuse off: both run
+    assert len(calls) == 9
+
+
+def test_a_run_that_writes_no_report_never_reuses_an_older_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gate run that dies before writing its report (e.g. a usage error) leaves no report and no record behind:
+    track names the missing report, and a later ``reuse`` runs the checkpoint again."""
+    import mriq_validate.track as trk
+
+    ck = tmp_path / "gen-step00050.pt"
+    ck.write_bytes(b"w")
+    kw = {"suite": [str(tmp_path / "s.yaml")], "model": "builtin:real", "out": tmp_path / "out"}
+    (tmp_path / "s.yaml").write_text("criteria: []\n")
+    monkeypatch.setattr(trk, "run_checkpoint", lambda c, *, out, **k: write_report(_report(0.0, 0.5), out, html=False) or 0)
+    trk.track([ck], reuse=True, **kw)
+    ck.write_bytes(b"new weights")
+    monkeypatch.setattr(trk, "run_checkpoint", lambda c, *, out, **k: 2)  # dies without a report
+    with pytest.raises(TrackError, match="report.json not found"):
+        trk.track([ck], reuse=True, **kw)
+    assert not (tmp_path / "out" / ck.stem / trk.RUN_RECORD).exists()
