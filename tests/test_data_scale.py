@@ -68,7 +68,7 @@ def test_the_embedded_cohort_keeps_its_digests(mni) -> None:  # type: ignore[no-
 
 
 def test_size_asks_for_more_items_and_the_first_are_the_smaller_cohorts(tmp_path: Path) -> None:
-    from mriq_validate.data.mni import _build_split, load_template, template_paths
+    from mriq_validate.data.mni import cohort_case, load_template, split_in_memory, template_paths
 
     cache = DiskCache(tmp_path)
     small = load_data("builtin:mni-tumour", cache, size=[3, 2])
@@ -76,7 +76,7 @@ def test_size_asks_for_more_items_and_the_first_are_the_smaller_cohorts(tmp_path
     assert (len(small.train), len(small.test), len(larger.train)) == (3, 2, 4)
     assert small.train.digest() == larger.train.subset(range(3)).digest() and small.test.digest() == larger.test.digest()
     tpl = load_template(template_paths())  # the in-memory path, item by item as before the streamed build
-    assert small.train.digest() == _build_split(tpl, 3, "train").digest()
+    assert small.train.digest() == split_in_memory(cohort_case, tpl, 3, "train").digest()
     assert tuple(small.provenance["generator"]["n"]) == (3, 2)
 
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from mriq_validate.data.contrasts import CANONICAL
 from mriq_validate.data.mni import (
-    AXIAL_RANGE_MM, SIZE, VOXEL_MM, Template, _build_split, load_template, template_paths, tumour_labels,
+    AXIAL_RANGE_MM, SIZE, VOXEL_MM, Template, cohort_case, load_template, split_in_memory, template_paths, tumour_labels,
 )
 from mriq_validate.data.mri_contrast import CONTRASTS, TissueMaps, simulate_contrasts
 from mriq_validate.data.preprocess import axial_to_display, centre_crop
@@ -135,7 +135,7 @@ def test_channel_order_is_recoverable_from_the_images(mni) -> None:
 
 
 def test_cohort_is_deterministic_and_independent_of_the_run(tpl: Template, mni) -> None:
-    again = _build_split(tpl, 3, "test")  # DATA_SEED only: nothing of a run's seed reaches the data
+    again = split_in_memory(cohort_case, tpl, 3, "test")  # DATA_SEED only: nothing of a run's seed reaches the data
     assert torch.equal(again.images, mni.test.images[:3]) and torch.equal(again.masks, mni.test.masks[:3])
     assert all(np.array_equal(v, mni.test.covariates[k][:3]) for k, v in again.covariates.items())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from mriq_validate.metrics.functional.downstream import dice_per_image
 from mriq_validate.segmenter import TRAINER_VERSION, Segmenter, SegmenterConfig, segmenter_key, train_segmenter
 from mriq_validate.session import worker_device
 from mriq_validate.suite import load_suite
+from test_suite_schema import VALID  # the minimal valid suite (tests/ is on sys.path)
 
 CPU = torch.device("cpu")
 TOY = SegmenterConfig(channels=(4, 8, 16), strides=(2, 2), epochs=12, batch_size=8, lr=1e-2)
@@ -49,26 +49,12 @@ def test_precision_field_is_validated() -> None:
 
 
 def test_suite_load_error_names_the_precision_key(tmp_path: Path) -> None:
-    suite = textwrap.dedent("""\
-        mriq_suite:
-          name: t
-          context_of_use: testing
-          criteria:
-            - id: DICE-WT
-              requirement: Dice holds
-              rationale: because
-              metric: dice
-              params:
-                region: whole_tumour
-                segmenter:
-                  precision: fp16
-              threshold: {min: -0.05, relative: difference}
-        """)
+    suite = VALID.replace("params: {region: whole_tumour}", "params: {region: whole_tumour, segmenter: {precision: fp16}}")
     path = tmp_path / "suite.yaml"
     path.write_text(suite)
     with pytest.raises(SuiteError) as err:
         load_suite(path)
-    assert f"{path}:12: mriq_suite.criteria[0].params.segmenter.precision: " in str(err.value) and "'fp16'" in str(err.value)
+    assert f"{path}:9: mriq_suite.criteria[0].params.segmenter.precision: " in str(err.value) and "'fp16'" in str(err.value)
     path.write_text(suite.replace("fp16", "bf16"))
     assert load_suite(path).criteria[0].params["segmenter"] == {"precision": "bf16"}
 

@@ -51,10 +51,10 @@ def test_vessels_are_thin_and_bright(data: ReferenceData) -> None:
 
 
 def test_vessel_cohort_is_deterministic(data: ReferenceData) -> None:
-    from mriq_validate.data.mni import load_template, template_paths
-    from mriq_validate.data.vessels import _build_split
+    from mriq_validate.data.mni import load_template, split_in_memory, template_paths
+    from mriq_validate.data.vessels import vessel_case
 
-    again = _build_split(load_template(template_paths()), 3, "test")
+    again = split_in_memory(vessel_case, load_template(template_paths()), 3, "test", prefix="vessel-")
     assert torch.equal(again.images, data.test.images[:3]) and torch.equal(again.masks, data.test.masks[:3])
     assert again.ids == data.test.ids[:3]
     assert all(np.array_equal(v, data.test.covariates[k][:3]) for k, v in again.covariates.items())

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
-from .core import Case, ReferenceData, Split, cached_splits, check_size, register_dataset, save_splits, write_splits
+from .core import Case, ReferenceData, Split, cached_splits, check_size, register_dataset, write_splits
 from .mri_contrast import CONTRASTS, TissueMaps, csf_probability, simulate_contrasts
 from .preprocess import PREPROCESSING, axial_to_display, centre_crop, normalise_slice
 
@@ -186,10 +186,10 @@ def synthesise_case(tpl: Template, rng: np.random.Generator, seed: int) -> tuple
     return image, labels, cov
 
 
-def case_seed(split_name: str, i: int) -> int:
+def case_seed(split_name: str, i: int, data_seed: int = DATA_SEED) -> int:
     """The seed of item ``i`` of split ``split_name``: fixed by the data seed, the split and the index alone, so the
     first n items of a larger cohort are the items of the smaller one."""
-    return int(np.random.SeedSequence([DATA_SEED, hash_name(split_name), i]).generate_state(1)[0])
+    return int(np.random.SeedSequence([data_seed, hash_name(split_name), i]).generate_state(1)[0])
 
 
 def cohort_case(tpl: Template, split_name: str, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -198,19 +198,16 @@ def cohort_case(tpl: Template, split_name: str, i: int) -> tuple[np.ndarray, np.
     return synthesise_case(tpl, np.random.default_rng(seed), seed)
 
 
-def split_in_memory(case: Callable[[Template, str, int], Case], tpl: Template, n: int, split_name: str) -> Split:
-    """``n`` items of ``case`` as one in-memory split (ids ``<split>-0000``, ...)."""
+def split_in_memory(case: Callable[[Template, str, int], Case], tpl: Template, n: int, split_name: str, prefix: str = "") -> Split:
+    """``n`` items of ``case`` as one in-memory split (ids ``<prefix><split>-0000``, ...): the items
+    :func:`template_cohort` streams into its cache entry, for tests and small tools."""
     cases = [case(tpl, split_name, i) for i in range(n)]
     return Split(
         torch.from_numpy(np.stack([c[0] for c in cases]).astype(np.float32)),
         torch.from_numpy(np.stack([c[1] for c in cases])[:, None].astype(np.int64)),
-        tuple(f"{split_name}-{i:04d}" for i in range(n)),
+        tuple(f"{prefix}{split_name}-{i:04d}" for i in range(n)),
         {k: np.array([c[2][k] for c in cases], dtype=np.int64) for k in cases[0][2]},
     )
-
-
-def _build_split(tpl: Template, n: int, split_name: str) -> Split:
-    return split_in_memory(cohort_case, tpl, n, split_name)
 
 
 def hash_name(name: str) -> int:
@@ -218,24 +215,20 @@ def hash_name(name: str) -> int:
     return int(content_hash(name)[:8], 16)
 
 
-def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], build_split: Callable[[Template, int, str], Split] | None,
+def template_cohort(cache: DiskCache, name: str, params: dict[str, Any], case: Callable[[Template, str, int], Case],
                     code: list[Path], labels: dict[str, int], regions: dict[str, tuple[int, ...]], provenance: dict[str, Any],
-                    contrasts: tuple[str, ...], *, case: Callable[[Template, str, int], Case] | None = None) -> ReferenceData:
+                    contrasts: tuple[str, ...], *, prefix: str = "") -> ReferenceData:
     """A train/test cohort synthesised from the MNI template, cached by the content hash of its parameters, the
-    generating code and the template files. With ``case`` (item ``i`` of a split) the items are written into the cache
-    entry one at a time and the splits come back mapped (:func:`.core.cached_splits`); else ``build_split`` makes each
-    split in memory."""
+    generating code and the template files. ``case(template, split, i)`` is item ``i`` of a split (image C×H×W, labels
+    H×W, covariates); the items are written into the cache entry one at a time (ids ``<prefix><split>-0000``, ...) and
+    the splits come back mapped (:func:`.core.cached_splits`)."""
     paths = template_paths()
     key = content_hash(params, *(p.read_bytes() for p in code), *(p.read_bytes() for p in paths.values()))
     sizes = dict(zip(("train", "test"), params["n"]))
 
     def fill(path: Path) -> None:
         tpl = load_template(paths)
-        if case is not None:
-            write_splits(path, {s: [f"{s}-{i:04d}" for i in range(n)] for s, n in sizes.items()}, lambda s, i: case(tpl, s, i))
-        else:
-            assert build_split is not None, "template_cohort needs build_split or case"
-            save_splits({s: build_split(tpl, n, s) for s, n in sizes.items()}, path)
+        write_splits(path, {s: [f"{prefix}{s}-{i:04d}" for i in range(n)] for s, n in sizes.items()}, lambda s, i: case(tpl, s, i))
 
     splits = cached_splits(cache, "data", f"{name}-{key}", fill)
     return ReferenceData(
@@ -256,10 +249,10 @@ def build_mni_tumour(cache: DiskCache, size: Any = None) -> ReferenceData:
     params = {"version": GENERATOR_VERSION, "voxel_mm": VOXEL_MM, "size": SIZE, "n": n, "seed": DATA_SEED,
               "sites": SITE_PROFILES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM, "contrasts": CONTRASTS}
     code = [Path(__file__), Path(__file__).parent / "mri_contrast.py"]  # the contrast model lives in mri_contrast.py
-    return template_cohort(cache, "mni-tumour", params, None, code, LABELS, REGIONS, {
+    return template_cohort(cache, "mni-tumour", params, cohort_case, code, LABELS, REGIONS, {
         "source": "MNI ICBM152 2009a nonlinear symmetric T1 + GM/WM maps (real, population-average), from the nilearn wheel",
         "simulated": "T1c-, T2- and FLAIR-like contrasts from the tissue maps (the T1 channel is the real template T1), "
                      "axial level, elastic deformation, bias field, per-contrast site contrast/noise, tumours and their labels",
         "contrast_model": "mriq_validate.data.mri_contrast: textbook tissue contrasts, tumour sub-region signals after the "
                           "BraTS annotation protocol (Menze et al. 2015; Bakas et al. 2017)",
-    }, CONTRASTS, case=cohort_case)
+    }, CONTRASTS)

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from ..cache import DiskCache
-from .core import ReferenceData, Split, register_dataset
-from .mni import AXIAL_RANGE_MM, SITE_WEIGHTS, SITES, SIZE, VOXEL_MM, Template, hash_name, template_cohort
+from .core import ReferenceData, register_dataset
+from .mni import AXIAL_RANGE_MM, SITE_WEIGHTS, SITES, SIZE, VOXEL_MM, Template, case_seed, template_cohort
 from .preprocess import axial_to_display, centre_crop, normalise_slice
 
 GENERATOR_VERSION = "mni-vessel/1"
@@ -127,21 +126,11 @@ def synthesise_vessel_case(tpl: Template, rng: np.random.Generator, seed: int) -
     return image, labels, cov
 
 
-def _build_split(tpl: Template, n: int, split_name: str) -> Split:
-    images, masks, ids, covs = [], [], [], []
-    for i in range(n):
-        seed = int(np.random.SeedSequence([DATA_SEED, hash_name(split_name), i]).generate_state(1)[0])
-        img, lab, cov = synthesise_vessel_case(tpl, np.random.default_rng(seed), seed)
-        images.append(img)
-        masks.append(lab)
-        ids.append(f"vessel-{split_name}-{i:04d}")
-        covs.append(cov)
-    return Split(
-        torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
-        torch.from_numpy(np.stack(masks)[:, None].astype(np.int64)),
-        tuple(ids),
-        {k: np.array([c[k] for c in covs], dtype=np.int64) for k in covs[0]},
-    )
+def vessel_case(tpl: Template, split_name: str, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Item ``i`` of split ``split_name``: image 1×H×W, labels H×W, covariates (:func:`synthesise_vessel_case`)."""
+    seed = case_seed(split_name, i, DATA_SEED)
+    image, labels, cov = synthesise_vessel_case(tpl, np.random.default_rng(seed), seed)
+    return image[None], labels, cov
 
 
 @register_dataset("mni-vessel")
@@ -151,10 +140,10 @@ def build_mni_vessel(cache: DiskCache) -> ReferenceData:
               "sites": SITES, "site_weights": SITE_WEIGHTS, "axial_range_mm": AXIAL_RANGE_MM, "tree": TREE,
               "supersample": SUPERSAMPLE, "tissue_gain": TISSUE_GAIN, "vessel_signal": VESSEL_SIGNAL}
     code = [Path(__file__), Path(__file__).parent / "mni.py"]  # load_template and the site profiles live in mni.py
-    return template_cohort(cache, "mni-vessel", params, _build_split, code, LABELS, REGIONS, {
+    return template_cohort(cache, "mni-vessel", params, vessel_case, code, LABELS, REGIONS, {
         "source": "MNI ICBM152 2009a nonlinear symmetric T1 (real, population-average), from the nilearn wheel: "
                   "the dim stationary-tissue background only",
         "simulated": "vessel trees (random-walk growth, widths 1-3 px, tapering branches) and their labels, "
                      "TOF-like background suppression, bias field, site contrast/noise, axial level",
         "real_vs_simulated_note": "no real angiography is involved; vessel geometry is not anatomical (no Circle of Willis)",
-    }, ("tof",))
+    }, ("tof",), prefix="vessel-")
