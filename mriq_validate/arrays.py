@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 MAGIC = b"MRIQBNDL"
 ALIGN = 4096
 ROW_CHUNK_BYTES = 64 << 20  # rows hashed, copied or written per step
+GATHER_ROWS = 8  # random rows read between releases (see gather)
 _LIVE: dict[int, "weakref.ref[np.memmap]"] = {}  # every mapping this module made that is still alive (arrays are unhashable)
 
 
@@ -76,6 +77,22 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
     for i in range(0, n, batch_size):
         yield slice(i, min(i + batch_size, n))
         release()
+
+
+def gather(t: "torch.Tensor", rows: Any) -> "torch.Tensor":
+    """``t[rows]`` as a new tensor (``rows``: integer indices), read :data:`GATHER_ROWS` rows at a time with
+    :func:`release` in between. On a mapped ``t`` a read at one row faults in the whole page-cache folio around it
+    (Linux maps large folios whole, up to megabytes), so indexing a random subset at once maps most of the file
+    (measured: 256 random rows of 2731 mask slices, 32 MB of data, mapped 240 MB); gathered this way, what is mapped
+    stays a few folios. Plain tensors take the same path (the cost is a few index calls)."""
+    import torch
+
+    index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    out = t.new_empty((len(index), *t.shape[1:]))
+    for s in range(0, len(index), GATHER_ROWS):
+        out[s:s + GATHER_ROWS] = t[index[s:s + GATHER_ROWS]]
+        release()
+    return out
 
 
 def rows_per_chunk(arr: Any) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .adapters import DiffusersPipeline, MonaiBundle, describe_folder, folder_kind
-from .arrays import batches
+from .arrays import batches, gather
 from .cache import content_hash
 from .data.core import ReferenceData
 from .errors import ModelError
@@ -237,7 +237,7 @@ class RealLookup:
     def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         test = self.data.test
         idx = np.random.default_rng(seed).choice(len(test), size=n or len(test), replace=(n or 0) > len(test))
-        return test.images[idx], test.masks[idx]
+        return gather(test.images, idx), gather(test.masks, idx)
 
 
 class Transformed(RealLookup):
@@ -273,11 +273,11 @@ class Memoriser:
         t = (self.train.masks > 0).flatten(1).float()
         inter = q @ t.T
         union = q.sum(1, keepdim=True) + t.sum(1)[None] - inter
-        return self.train.images[(inter / union.clamp_min(1)).argmax(1)]
+        return gather(self.train.images, (inter / union.clamp_min(1)).argmax(1))
 
     def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.random.default_rng(seed).choice(len(self.train), size=n or len(self.train), replace=(n or 0) > len(self.train))
-        return self.train.images[idx], self.train.masks[idx]
+        return gather(self.train.images, idx), gather(self.train.masks, idx)
 
 
 class Collapse(RealLookup):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..arrays import batches
+from ..arrays import batches, gather
 from ..cache import content_hash
 from ..errors import MetricError
 from ..seeding import derive_seed
@@ -109,8 +109,7 @@ class CopyFraction(PerImageMetric):
             return sample
         rows = capped_rows(len(sample), self.max_items, derive_seed(run_seed, self.name, "max_items", role))
         assert rows is not None
-        index = torch.as_tensor(rows)
-        return Sample(sample.images[index], None if sample.masks is None else sample.masks[index],
+        return Sample(gather(sample.images, rows), None if sample.masks is None else gather(sample.masks, rows),
                       f"{sample.origin} (random {self.max_items} of {len(sample)})", sample.channel)
 
     def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
