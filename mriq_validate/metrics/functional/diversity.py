@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...arrays import gather
 from ...errors import MetricError
 
 __all__ = ["MS_SSIM_WEIGHTS", "ms_ssim_pairs", "ms_ssim_setup", "pair_indices", "region_presence"]
@@ -78,8 +79,8 @@ def ms_ssim_pairs(images: torch.Tensor, n_pairs: int = 500, kernel_size: int = 7
         which = np.arange(len(pairs))
     out = []
     for s in range(0, len(pairs), 100):
-        p = torch.as_tensor(pairs[s : s + 100])
-        out.append(metric(images[p[:, 0]], images[p[:, 1]]).flatten())
+        p = pairs[s : s + 100]  # random rows of a possibly mapped set: gathered without mapping most of its file
+        out.append(metric(gather(images, p[:, 0]), gather(images, p[:, 1])).flatten())
     return torch.cat(out).double().numpy()[which.reshape(-1)]
 
 
