@@ -96,9 +96,15 @@ def gather(t: "torch.Tensor", rows: Any) -> "torch.Tensor":
 
 
 def rows_per_chunk(arr: Any) -> int:
-    """How many leading-axis rows of ``arr`` make about :data:`ROW_CHUNK_BYTES`."""
-    row = int(np.prod(arr.shape[1:])) * arr.itemsize if arr.ndim else 1  # numpy arrays and torch tensors alike
-    return max(1, ROW_CHUNK_BYTES // max(row, 1))
+    """How many leading-axis rows of ``arr`` (numpy or torch) make about :data:`ROW_CHUNK_BYTES` of memory touched: a
+    row's size, or its span when larger (its leading stride: a one-contrast view of a mapped C-contrast array reads
+    one channel of each item, but the pages mapped around it hold every channel)."""
+    if not arr.ndim:
+        return 1
+    itemsize = arr.itemsize if isinstance(arr, np.ndarray) else arr.element_size()
+    row = int(np.prod(arr.shape[1:])) * itemsize
+    span = abs(arr.strides[0] if isinstance(arr, np.ndarray) else arr.stride(0) * itemsize)
+    return max(1, ROW_CHUNK_BYTES // max(row, span, 1))
 
 
 # ------------------------------------------------------------------------------------------------------------ bundles
