@@ -21,7 +21,6 @@ The real-data side writes its report to ``OUT/real-data/`` (its output in ``OUT/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from train_generator import DEFAULT_CHECKPOINT, PRESETS  # noqa: E402
+
+from mriq_validate.report import UnusableReport, read_finished_report  # noqa: E402
 
 SUITE = "suites/brain_tumour.yaml"
 
@@ -50,9 +51,9 @@ def real_data_side(out: Path, k: list[str]) -> str | None:
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--mriq-model", "builtin:real",
                         "--mriq-report", str(folder), *k], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return f"no report in {folder} ({exc}); see {log}"
+        report = read_finished_report(folder)  # schema-checked, and not the placeholder of a run that stopped
+    except UnusableReport as exc:
+        return f"{exc.path} {exc.reason}; see {log}"
     bad = [f"{r['criterion_id']} {r['verdict']}" for r in report["results"]
            if r["verdict"] == "ERROR" or (r["verdict"] == "FAIL" and r["gate"])]  # advisory FAILs are findings, not faults
     status = report["decision"]["status"]
