@@ -75,7 +75,7 @@ def calibrate_criterion(crit: Criterion, m: dict[str, Any], k: float, data_spec:
         meaning = f"the measure must move towards worse by at least {bound:.4g} (absolute units)"
     elif th.unit == "seed_sd":  # stay in seed SDs: the gate widens the bound for the SD's own uncertainty (criteria.NoiseUnit)
         side, new = "min", -k
-        new_th = Threshold(min=-k, relative="difference", on=th.on, unit="seed_sd")
+        new_th = Threshold(min=-k, relative="difference", on=th.on, unit="seed_sd", tolerance=th.tolerance)
         meaning = (f"generated minus real may be at most {k:g} seed-to-seed SDs worse (about {bound:.4g} in absolute units "
                    f"before the gate widens it for the SD's own uncertainty; false-alarm rate {_tail(k / 2 ** 0.5)} for a "
                    f"difference of two trainings)")
@@ -83,6 +83,9 @@ def calibrate_criterion(crit: Criterion, m: dict[str, Any], k: float, data_spec:
         higher = bool(m["higher_is_better"])
         side = "min" if th.min is not None and (higher or th.max is None) else "max"
         new = -bound if side == "min" else bound
+        tol = getattr(th.tolerance, side) if th.tolerance is not None else None
+        if tol is not None:  # a clinical tolerance stays a floor under the calibrated bound: the looser of the two
+            new = min(new, tol) if side == "min" else max(new, tol)
         new_th = Threshold(**{side: new}, relative="difference", on=th.on, unit="absolute")
         meaning = f"generated minus real may be at most {bound:.4g} worse (absolute units)"
     old_text = (f"min {old['min']}" if old["min"] is not None else "") + (" " if old["min"] is not None and old["max"] is not None else "") + \

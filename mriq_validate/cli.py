@@ -132,6 +132,9 @@ def _downstream_table(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
+
+    if args.models:
+        return _study_models(args)
     from .study import StudyConfig, run_study, write_outputs
 
     cfg = StudyConfig(data=args.data, seed=args.seed, quick=args.quick, cache_dir=str(args.cache or default_cache_dir()), device=args.device,
@@ -140,6 +143,21 @@ def _study(args: argparse.Namespace) -> int:
     paths = write_outputs(res, Path(args.out))
     print(f"mriq-validate study: {len(res.rows)} (measure, condition) cells in {res.provenance['runtime_s']} s; "
           f"written {', '.join(p.name for p in paths.values())} to {Path(args.out).resolve()}/")
+    return 0
+
+
+def _study_models(args: argparse.Namespace) -> int:
+    from .study.models import read_model_runs, study_models, write_outputs
+
+    utilities = None
+    if args.utilities:
+        ids = [u.strip() for u in args.utilities.split(",") if u.strip()]
+        utilities = {u.lower(): u for u in ids}
+    result = study_models(read_model_runs([Path(m) for m in args.models]), seed=args.seed, utilities=utilities)
+    paths = write_outputs(result, Path(args.out))
+    status = {s: sum(m["status"] == s for m in result.models) for s in ("CLEARED", "NOT CLEARED", "INCOMPLETE")}
+    print(f"mriq-validate study --models: {len(result.models)} models ({', '.join(f'{n} {s}' for s, n in status.items() if n)}), "
+          f"{len(result.measures)} measures; written {', '.join(p.name for p in paths.values())} to {Path(args.out).resolve()}/")
     return 0
 
 
@@ -297,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--n-boot", type=int, default=None, help="resamples for the clean-real noise floors (default 200 per-image, 50 set)")
     st.add_argument("--device", type=parse_device, default="cpu")
     st.add_argument("--cache", default=None)
+    st.add_argument("--models", nargs="+", default=None, metavar="DIR",
+                    help="the second axis instead: gate reports of real generators (report folders, or folders of them such as "
+                         "mriq-validate track --out, one per family); rank correlation of every measure with downstream Dice across them")
+    st.add_argument("--utilities", default=None, help="with --models: comma-separated utility criteria (default: DICE-TSTR-WT,DICE-WT)")
     st.set_defaults(fn=_study)
     cal = sub.add_parser("calibrate", help="re-derive a suite's relative thresholds as k x the measured noise floor on your data")
     cal.add_argument("--suite", required=True)

@@ -75,9 +75,11 @@ def _fmt(e: Estimate) -> str:
 def check_threshold(th: Threshold, compared: Estimate, scale: "float | NoiseUnit") -> tuple[bool, float, dict[str, float | None]]:
     """Whether ``compared`` (value or CI bound per ``th.on``) lies within the bounds in the noise unit ``scale``: a
     :class:`NoiseUnit` (see :func:`noise_unit`), or a number the bounds are multiplied by."""
-    to = scale.bound if isinstance(scale, NoiseUnit) else (lambda c: c * scale)
-    lo = to(th.min) if th.min is not None else None
-    hi = to(th.max) if th.max is not None else None
+    lo, hi = noise_bounds(th, scale)
+    tol = th.tolerance
+    if tol is not None:  # the looser of the noise bound and the clinical tolerance
+        lo = min(lo, tol.min) if lo is not None and tol.min is not None else lo
+        hi = max(hi, tol.max) if hi is not None and tol.max is not None else hi
     checked = {"value": compared.value, "lower_ci": compared.ci_low, "upper_ci": compared.ci_high}[th.on]
     if not np.isfinite(checked):
         cause = (" (a ratio to a baseline that is 0 in some bootstrap resamples)" if th.relative == "ratio" else "")
@@ -85,6 +87,26 @@ def check_threshold(th: Threshold, compared: Estimate, scale: "float | NoiseUnit
                           f"criterion cannot be decided")
     ok = (lo is None or checked >= lo) and (hi is None or checked <= hi)
     return ok, float(checked), {"min": lo, "max": hi}
+
+
+def noise_bounds(th: Threshold, scale: "float | NoiseUnit") -> tuple[float | None, float | None]:
+    """The threshold's ``min``/``max`` as bounds on the compared quantity in the noise unit ``scale`` (before any
+    clinical tolerance)."""
+    to = scale.bound if isinstance(scale, NoiseUnit) else (lambda c: c * scale)
+    return (to(th.min) if th.min is not None else None), (to(th.max) if th.max is not None else None)
+
+
+def bound_sources(th: Threshold, scale: "float | NoiseUnit") -> dict[str, str]:
+    """Per bound, what set it: ``"clinical tolerance"`` where the tolerance is the looser, else ``"noise"``."""
+    if th.tolerance is None:
+        return {}
+    noise = dict(zip(("min", "max"), noise_bounds(th, scale)))
+    out = {}
+    for side, pick in (("min", min), ("max", max)):
+        t = getattr(th.tolerance, side)
+        if noise[side] is not None:
+            out[side] = "clinical tolerance" if t is not None and pick(noise[side], t) == t and t != noise[side] else "noise"
+    return out
 
 
 def _verdict_message(crit: Criterion, ok: bool, what: str, checked: float, th: Threshold, bounds: dict[str, float | None]) -> str:
@@ -162,11 +184,32 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
     return Outcome(
         criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
         higher_is_better=metric.higher_is_better, compared=d["compared"], value=d["value"], baseline=d["baseline"],
-        threshold={**th.model_dump(), **d["scale"].record(th)}, bounds=d["bounds"], checked=d["checked"], message=message,
+        threshold={**th.model_dump(exclude=set() if th.tolerance else {"tolerance"}), **d["scale"].record(th),
+                   **_tolerance_record(th, d["scale"])}, bounds=d["bounds"], checked=d["checked"], message=message + _tolerance_note(th, d["scale"]),
         seed=seed, perturbation=pert_record, per_contrast=per_contrast,
         samples={"evaluated": subject.origin, "n": d["n"], "n_reference": d["n_ref"], "paired": d["paired"],
                  **({"contrasts": list(parts)} if rep else {})},
     )
+
+
+def _tolerance_record(th: Threshold, scale: "NoiseUnit") -> dict[str, Any]:
+    """What the outcome records about a clinical tolerance: the noise bounds and which of the two set each bound."""
+    if th.tolerance is None:
+        return {}
+    lo, hi = noise_bounds(th, scale)
+    return {"noise_bounds": {"min": lo, "max": hi}, "bound_sources": bound_sources(th, scale)}
+
+
+def _tolerance_note(th: Threshold, scale: "NoiseUnit") -> str:
+    if th.tolerance is None:
+        return ""
+    noise = dict(zip(("min", "max"), noise_bounds(th, scale)))
+    parts = [f"{side} {getattr(th.tolerance, side) if src == 'clinical tolerance' else noise[side]:.4g} is the "
+             f"{'clinical tolerance' if src == 'clinical tolerance' else 'noise bound'} (the "
+             f"{'noise bound' if src == 'clinical tolerance' else 'clinical tolerance'} is "
+             f"{noise[side] if src == 'clinical tolerance' else getattr(th.tolerance, side):.4g})"
+             for side, src in bound_sources(th, scale).items() if getattr(th.tolerance, side) is not None]
+    return ("\n  bound: " + "; ".join(parts) + ": the looser of the two applies") if parts else ""
 
 
 def _representative(parts: dict[str, dict[str, Any]]) -> str:

@@ -80,7 +80,10 @@ class FlagRule:
                 rec = u.record(Threshold(**th))["noise_unit"]["bounds"][key]
                 parts.append(f"Δ {sign} {c:g} seed SDs, widened ×{rec['inflation']:.2f} for an SD from {u.seeds} seeds to keep its "
                              f"{100 * rec['false_alarm']:.1f} % false-alarm rate ({bound:+.4f})")
-        return f"**{self.flag}** ({self.criterion_id}) when " + " or ".join(parts)
+        tol = th.get("tolerance") or {}
+        loosened = [f"{k} {v:+g}" for k, v in tol.items() if v is not None]
+        return (f"**{self.flag}** ({self.criterion_id}) when " + " or ".join(parts)
+                + (f", loosened to the clinical tolerance ({', '.join(loosened)}) where that is looser" if loosened else ""))
 
 
 def flag_criteria(suite: str | Path | None = None) -> dict[str, "Criterion"]:

@@ -70,17 +70,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class Tolerance(_Strict):
+    """A clinical tolerance: absolute bounds on the compared quantity, stated with their source in the rationale."""
+
+    min: float | None = None
+    max: float | None = None
+
+
 class Threshold(_Strict):
     """What must hold. ``min``/``max`` bound the compared quantity, which is the value itself (``relative: none``),
     ``value - baseline`` (``difference``) or ``value / baseline`` (``ratio``), where the baseline is the same measure
     on real data. ``on`` picks the point value or a CI bound; ``unit: se`` expresses the bounds in bootstrap
-    standard errors of the baseline (its own sampling noise)."""
+    standard errors of the baseline (its own sampling noise), ``unit: seed_sd`` in seed-to-seed SDs of training.
+    ``tolerance`` (with ``se`` or ``seed_sd``) is a clinical tolerance in the compared quantity's own units: each
+    bound is then the looser of the noise bound and the tolerance, so that a gate never demands more than the run
+    can detect, nor less than what is clinically negligible allows (a non-inferiority margin)."""
 
     min: float | None = None
     max: float | None = None
     relative: Literal["none", "difference", "ratio"] = "none"
     on: Literal["value", "lower_ci", "upper_ci"] = "value"
     unit: Literal["absolute", "se", "seed_sd"] = "absolute"
+    tolerance: Tolerance | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> "Threshold":
@@ -88,6 +99,15 @@ class Threshold(_Strict):
             raise ValueError("a threshold needs `min`, `max` or both")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.tolerance is not None:
+            if self.unit == "absolute":
+                raise ValueError("`tolerance` goes with `unit: se` or `unit: seed_sd` (the bound is the looser of the noise "
+                                 "bound and the tolerance); with absolute bounds, write the tolerance as `min`/`max`")
+            for side in ("min", "max"):
+                if getattr(self.tolerance, side) is not None and getattr(self, side) is None:
+                    raise ValueError(f"`tolerance: {{{side}: ...}}` needs the threshold's own `{side}` (the noise bound it loosens)")
+            if self.tolerance.min is None and self.tolerance.max is None:
+                raise ValueError("`tolerance` needs `min`, `max` or both")
         return self
 
 

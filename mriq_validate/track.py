@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -29,12 +28,12 @@ from .errors import MissingFileError, MriqError
 from .figures import ADVISORY_FAIL, FONT, VERDICT_COLOURS, new_figure, png_bytes
 from .figures import quantity_label  # "dice (whole_tumour): generated − real", as the report figures say it
 from .report import REPORT_FILE, UnusableReport, package_versions, read_finished_report
+from .study.models import checkpoint_step  # the training step in a checkpoint's name, shared with the model study
 
 CHECKPOINT_ENV = "MRIQ_CHECKPOINT"
 FIGURE_FILE = "readiness.png"
 RUN_RECORD = "track-run.json"  # beside each checkpoint's report: what its run depended on (see run_record)
 TABLE_FILE = "readiness.md"
-_STEP = re.compile(r"(?:step|iter|it|epoch|ep)[-_]?(\d+)", re.IGNORECASE)
 
 
 class TrackError(MriqError):
@@ -65,13 +64,6 @@ class Point:
     ci_low: float | None = None
     ci_high: float | None = None
     bounds: dict[str, float | None] = field(default_factory=dict)
-
-
-def checkpoint_step(name: str) -> int | None:
-    """The training step in a checkpoint's name: ``generator-step00400`` → 400, ``ckpt_epoch3`` → 3; else the last
-    number in the name; None when there is none."""
-    m = _STEP.search(name) or re.search(r"(\d+)(?!.*\d)", name)
-    return int(m.group(1)) if m else None
 
 
 def read_run(name: str, folder: Path) -> CheckpointRun:

@@ -54,6 +54,33 @@ def test_threshold_units_scale_bounds() -> None:
     assert not ok and checked == -0.3
 
 
+def test_a_clinical_tolerance_loosens_a_noise_bound_that_is_tighter_and_only_then() -> None:
+    """The bound is the looser of the noise bound and the clinical tolerance (a non-inferiority margin)."""
+    from mriq_validate.criteria import NoiseUnit, bound_sources
+
+    est = Estimate(value=-0.024, ci_low=-0.03, ci_high=-0.018, se=0.003, n=128, n_boot=100)
+    th = Threshold(min=-3, relative="difference", unit="seed_sd", tolerance={"min": -0.05})
+    tight, loose = NoiseUnit("seed_sd", 0.0016, 5), NoiseUnit("seed_sd", 0.02, 5)
+    assert not check_threshold(th.model_copy(update={"tolerance": None}), est, tight)[0]  # the noise bound alone fails it
+    ok, _, bounds = check_threshold(th, est, tight)
+    assert ok and bounds["min"] == -0.05 and bound_sources(th, tight) == {"min": "clinical tolerance"}
+    ok, _, bounds = check_threshold(th, Estimate(-0.06, -0.07, -0.05, 0.005, 128, 100), loose)
+    assert ok and bounds["min"] < -0.05 and bound_sources(th, loose) == {"min": "noise"}  # the noise is looser here
+    assert not check_threshold(th, Estimate(-0.06, -0.07, -0.05, 0.005, 128, 100), tight)[0]
+
+
+@pytest.mark.parametrize("threshold, expected", [
+    ({"min": -0.05, "tolerance": {"min": -0.05}}, "goes with `unit: se` or `unit: seed_sd`"),
+    ({"min": -3, "unit": "se", "tolerance": {"max": 1}}, "needs the threshold's own `max`"),
+    ({"min": -3, "unit": "se", "tolerance": {}}, "`tolerance` needs `min`, `max` or both"),
+])
+def test_a_tolerance_that_cannot_apply_is_refused(threshold: dict, expected: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=expected.replace("`", ".").replace("{", ".")):
+        Threshold(**threshold)
+
+
 def test_seeds_differ_per_criterion_and_repeat(ctx: RunContext) -> None:
     a, b = criterion(id="A"), criterion(id="B")
     assert evaluate(a, ctx).seed == evaluate(a, ctx).seed != evaluate(b, ctx).seed
