@@ -75,11 +75,7 @@ def _fmt(e: Estimate) -> str:
 def check_threshold(th: Threshold, compared: Estimate, scale: "float | NoiseUnit") -> tuple[bool, float, dict[str, float | None]]:
     """Whether ``compared`` (value or CI bound per ``th.on``) lies within the bounds in the noise unit ``scale``: a
     :class:`NoiseUnit` (see :func:`noise_unit`), or a number the bounds are multiplied by."""
-    lo, hi = noise_bounds(th, scale)
-    tol = th.tolerance
-    if tol is not None:  # the looser of the noise bound and the clinical tolerance
-        lo = min(lo, tol.min) if lo is not None and tol.min is not None else lo
-        hi = max(hi, tol.max) if hi is not None and tol.max is not None else hi
+    lo, hi = threshold_bounds(th, scale)
     checked = {"value": compared.value, "lower_ci": compared.ci_low, "upper_ci": compared.ci_high}[th.on]
     if not np.isfinite(checked):
         cause = (" (a ratio to a baseline that is 0 in some bootstrap resamples)" if th.relative == "ratio" else "")
@@ -94,6 +90,17 @@ def noise_bounds(th: Threshold, scale: "float | NoiseUnit") -> tuple[float | Non
     clinical tolerance)."""
     to = scale.bound if isinstance(scale, NoiseUnit) else (lambda c: c * scale)
     return (to(th.min) if th.min is not None else None), (to(th.max) if th.max is not None else None)
+
+
+def threshold_bounds(th: Threshold, scale: "float | NoiseUnit") -> tuple[float | None, float | None]:
+    """The bounds the gate applies to the compared quantity: the noise bounds, each loosened to the clinical tolerance
+    where that is looser."""
+    lo, hi = noise_bounds(th, scale)
+    tol = th.tolerance
+    if tol is not None:
+        lo = min(lo, tol.min) if lo is not None and tol.min is not None else lo
+        hi = max(hi, tol.max) if hi is not None and tol.max is not None else hi
+    return lo, hi
 
 
 def bound_sources(th: Threshold, scale: "float | NoiseUnit") -> dict[str, str]:

@@ -112,12 +112,11 @@ def flag_criteria(suite: str | Path | None = None) -> dict[str, "Criterion"]:
 def flag_rule(flag: str, crit: "Criterion", metric: "Metric", ctx: "RunContext", reference: Estimate) -> FlagRule:
     """The rule that flags a column: ``crit``'s threshold in the noise unit the gate would use for ``metric`` with
     ``reference`` as the baseline (:func:`mriq_validate.criteria.noise_unit`)."""
-    from .criteria import noise_unit
+    from .criteria import noise_unit, threshold_bounds
 
     unit = noise_unit(crit, metric, ctx, reference)
     th = crit.threshold
-    bounds = {k: unit.bound(c) if c is not None else None for k, c in (("min", th.min), ("max", th.max))}
-    return FlagRule(flag, crit.id, th.model_dump(), unit, bounds)
+    return FlagRule(flag, crit.id, th.model_dump(), unit, dict(zip(("min", "max"), threshold_bounds(th, unit))))
 
 
 @dataclass

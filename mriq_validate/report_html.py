@@ -150,7 +150,12 @@ def _threshold(r: dict[str, Any]) -> str:
     if r.get("kind") == "sensitivity":
         what = "on the change towards worse"
     checked = f"<br><span class='tag'>checked {fmt(r['checked'])}</span>" if r.get("checked") is not None else ""
-    return f"{esc(text)}<br><span class='tag'>{esc(what)}</span>{checked}"
+    th_applied = r.get("threshold") or {}
+    noise = th_applied.get("noise_bounds") or {}
+    sources = "".join(f"<br><span class='tag'>{esc(k)}: {esc(src)} (noise bound {fmt(noise.get(k))}, clinical tolerance "
+                      f"{fmt((th_applied.get('tolerance') or {}).get(k))}: the looser applies)</span>"
+                      for k, src in (th_applied.get("bound_sources") or {}).items())
+    return f"{esc(text)}<br><span class='tag'>{esc(what)}</span>{checked}{sources}"
 
 
 def _decision(rep: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str:

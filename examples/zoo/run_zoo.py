@@ -32,9 +32,10 @@ from families import FAMILIES  # noqa: E402
 
 SUITE = "suites/brain_tumour.yaml"
 MODEL = "examples/zoo/model.py:build"
-# Seconds per training step on one torch thread of this project's 2-core machine (2026-12-07), for the time estimate
-# only; the latent diffusion's autoencoder steps are counted at the first value, its diffusion steps at the second.
-SECONDS_PER_STEP = {"ddpm": 1.0, "rflow": 1.0, "ldm": (0.9, 0.3), "spade": 1.3, "vae": 0.5}
+# Seconds per training step on one torch thread of a 2-core x86-64 machine with another job on the other core
+# (measured 2026-12-07), for the time estimate only; the latent diffusion's autoencoder steps are counted at the first
+# value, its diffusion steps at the second.
+SECONDS_PER_STEP = {"ddpm": 1.5, "rflow": 1.4, "ldm": (1.0, 0.35), "spade": 1.4, "vae": 0.5}
 DOC_TABLES = {"docs/zoo.md": ("agreement", "clearance"), "README.md": ("agreement",)}  # what each document's block shows
 GATE_SECONDS = {"full": 240, "reduced": 25}  # one checkpoint's gate, warm real-data side, one thread
 
