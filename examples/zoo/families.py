@@ -96,7 +96,12 @@ class Family:
 
 
 def _noise_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=gen)
+    """Standard normal noise shaped like ``x``, drawn on the CPU from ``gen`` (the same draws on every device)."""
+    return torch.randn(x.shape, generator=gen).to(x.device)
+
+
+def _steps(n: int, t: int, device: torch.device) -> torch.Tensor:
+    return torch.full((n,), t, dtype=torch.long, device=device)
 
 
 class PixelDiffusion(Family):
@@ -119,20 +124,20 @@ class PixelDiffusion(Family):
         from monai.networks.schedulers import DDPMScheduler
 
         sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample")
-        t = torch.randint(0, 1000, (batch.x0.shape[0],), generator=gen)
+        t = torch.randint(0, 1000, (batch.x0.shape[0],), generator=gen).to(batch.x0.device)
         noisy = sched.add_noise(batch.x0, _noise_like(batch.x0, gen), t)
         loss = F.mse_loss(self.nets["unet"](torch.cat([noisy, batch.cond], 1), t), batch.x0)
         self._update(self.optimisers["unet"], loss)
-        return float(loss)
+        return loss.item()
 
     def sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         from monai.networks.schedulers import DDIMScheduler
 
         sched = DDIMScheduler(num_train_timesteps=1000, prediction_type="sample")
         sched.set_timesteps(self.config["sample_steps"])
-        x = torch.randn((cond.shape[0], self.config["n_contrasts"], *cond.shape[-2:]), generator=gen)
+        x = torch.randn((cond.shape[0], self.config["n_contrasts"], *cond.shape[-2:]), generator=gen).to(cond.device)
         for t in sched.timesteps:
-            pred = self.nets["unet"](torch.cat([x, cond], 1), torch.full((x.shape[0],), int(t), dtype=torch.long))
+            pred = self.nets["unet"](torch.cat([x, cond], 1), _steps(x.shape[0], int(t), cond.device))
             x, _ = sched.step(pred, int(t), x)
         return x
 
@@ -162,20 +167,20 @@ class RectifiedFlow(Family):
 
     def step(self, batch: Batch, gen: torch.Generator, step: int) -> float:
         noise = _noise_like(batch.x0, gen)
-        t = (torch.rand(batch.x0.shape[0], generator=gen) * 1000).long()  # RFlowScheduler's uniform draw, seeded
+        t = (torch.rand(batch.x0.shape[0], generator=gen) * 1000).long().to(batch.x0.device)  # RFlowScheduler's uniform draw, seeded
         noisy = self._scheduler().add_noise(batch.x0, noise, t)
         v = self.nets["unet"](torch.cat([noisy, batch.cond], 1), t)
         loss = F.mse_loss(v, batch.x0 - noise)
         self._update(self.optimisers["unet"], loss)
-        return float(loss)
+        return loss.item()
 
     def sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         sched = self._scheduler()
         sched.set_timesteps(num_inference_steps=self.config["sample_steps"])
-        x = torch.randn((cond.shape[0], self.config["n_contrasts"], *cond.shape[-2:]), generator=gen)
+        x = torch.randn((cond.shape[0], self.config["n_contrasts"], *cond.shape[-2:]), generator=gen).to(cond.device)
         times = [int(t) for t in sched.timesteps] + [0]
         for t, nxt in zip(times[:-1], times[1:]):
-            v = self.nets["unet"](torch.cat([x, cond], 1), torch.full((x.shape[0],), t, dtype=torch.long))
+            v = self.nets["unet"](torch.cat([x, cond], 1), _steps(x.shape[0], t, cond.device))
             x, _ = sched.step(v, t, x, nxt)
         return x
 
@@ -224,7 +229,7 @@ class LatentDiffusion(Family):
         ae = self.nets["autoencoder"]
         if step <= self.config["ae_steps"]:  # stage 1: the autoencoder
             z_mu, z_sigma = ae.encode(batch.x0)
-            z = z_mu + z_sigma * torch.randn(z_mu.shape, generator=gen)
+            z = z_mu + z_sigma * _noise_like(z_mu, gen)
             recon = ae.decode(z)
             kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-8) - 1).sum(dim=(1, 2, 3)).mean()
             loss = F.l1_loss(recon, batch.x0) + self.config["kl_weight"] * kl
@@ -233,17 +238,17 @@ class LatentDiffusion(Family):
                 with torch.no_grad():  # scale the latents to unit SD (Rombach et al.'s scale factor), fixed from here on
                     ae.eval()
                     self.config["latent_scale"] = self.latent_scale = float(1.0 / ae.encode(batch.x0)[0].std().clamp_min(1e-3))
-            return float(loss)
+            return loss.item()
         ae.eval()
         with torch.no_grad():
             z0 = ae.encode(batch.x0)[0] * self.latent_scale
         cond = F.adaptive_avg_pool2d(batch.cond, self.latent_resolution)
         sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample")
-        t = torch.randint(0, 1000, (z0.shape[0],), generator=gen)
+        t = torch.randint(0, 1000, (z0.shape[0],), generator=gen).to(z0.device)
         noisy = sched.add_noise(z0, _noise_like(z0, gen), t)
         loss = F.mse_loss(self.nets["unet"](torch.cat([noisy, cond], 1), t), z0)
         self._update(self.optimisers["unet"], loss)
-        return float(loss)
+        return loss.item()
 
     def sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         from monai.networks.schedulers import DDIMScheduler
@@ -252,9 +257,9 @@ class LatentDiffusion(Family):
         sched.set_timesteps(self.config["sample_steps"])
         r = self.latent_resolution
         c = F.adaptive_avg_pool2d(cond, r)
-        z = torch.randn((cond.shape[0], self.config["latent_channels"], r, r), generator=gen)
+        z = torch.randn((cond.shape[0], self.config["latent_channels"], r, r), generator=gen).to(cond.device)
         for t in sched.timesteps:
-            pred = self.nets["unet"](torch.cat([z, c], 1), torch.full((z.shape[0],), int(t), dtype=torch.long))
+            pred = self.nets["unet"](torch.cat([z, c], 1), _steps(z.shape[0], int(t), cond.device))
             z, _ = sched.step(pred, int(t), z)
         return self.nets["autoencoder"].decode(z / self.latent_scale)
 
@@ -286,7 +291,7 @@ class SpadeVae(Family):
         """The decoded image of each batch image's sampled style code, and the mean KL to N(0, 1)."""
         g = self.nets["generator"]
         mu, logvar = g.encoder(batch.x0)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+        z = mu + torch.exp(0.5 * logvar) * _noise_like(mu, gen)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
         return g.decode(batch.cond, z), kl
 
@@ -294,10 +299,10 @@ class SpadeVae(Family):
         fake, kl = self.reconstruct(batch, gen)
         loss = F.l1_loss(fake, batch.x0) + self.config["kl_weight"] * kl
         self._update(self.optimisers["generator"], loss)
-        return float(loss)
+        return loss.item()
 
     def sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        z = torch.randn((cond.shape[0], self.config["z_dim"]), generator=gen)
+        z = torch.randn((cond.shape[0], self.config["z_dim"]), generator=gen).to(cond.device)
         return self.nets["generator"].decode(cond, z)
 
 
@@ -336,7 +341,7 @@ class SpadeGan(SpadeVae):
         g_loss = (-cfg["adv_weight"] * fake_feats[-1].mean() + cfg["fm_weight"] * fm + cfg["l1_weight"] * F.l1_loss(fake, batch.x0)
                   + cfg["kl_weight"] * kl)
         self._update(self.optimisers["generator"], g_loss)
-        return float(g_loss)
+        return g_loss.item()
 
 
 FAMILIES: dict[str, type[Family]] = {f.name: f for f in (PixelDiffusion, LatentDiffusion, RectifiedFlow, SpadeGan, SpadeVae)}

@@ -50,7 +50,7 @@ class ZooGenerator:
         h, w = masks.shape[-2:]
         out = []
         for start in range(0, masks.shape[0], self.batch_size):
-            cond = mask_condition(masks[start:start + self.batch_size], self.config["resolution"])
+            cond = mask_condition(masks[start:start + self.batch_size], self.config["resolution"]).to(self.device)
             x = self.family.sample(cond, gen).float()
             if x.shape[-2:] != (h, w):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)

@@ -8,7 +8,9 @@ family, its preset, the seed, the training data's digest, the zoo's source files
 Each is written atomically with its SHA-256 and verified before use (``mriq_validate.cache.DiskCache``); a family
 whose every checkpoint is present and verified is not trained again. The verified checkpoints are then copied to
 ``OUT/<family>/<family>-step<NNNNN>.pt`` (what ``mriq-validate track`` gates). Training runs on ``$MRIQ_TORCH_THREADS``
-torch threads (default 1, which keeps the bytes the same from run to run); every draw comes from ``--seed``.
+torch threads (default 1, which keeps the weights the same from run to run); every draw comes from ``--seed`` (drawn on
+the CPU, so a GPU run takes the same draws). ``--device cuda`` (or ``auto``) trains on a GPU: its checkpoints are
+entries of their own (the device is part of the key), since GPU arithmetic rounds differently.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def plan(family: str, preset: str, seed: int, cache: Any) -> tuple[dict[str, Any], Any, str]:
-    """The config, the training data and the cache key prefix of ``family`` at ``preset``."""
+def plan(family: str, preset: str, seed: int, cache: Any, device: str = "cpu") -> tuple[dict[str, Any], Any, str]:
+    """The config, the training data and the cache key prefix of ``family`` at ``preset`` on ``device``."""
     import monai
 
     from mriq_validate.cache import content_hash
@@ -52,8 +54,9 @@ def plan(family: str, preset: str, seed: int, cache: Any) -> tuple[dict[str, Any
     data = load_data(DATA, cache)
     config = {**FAMILIES[family].presets[preset], "family": family, "preset": preset, "seed": seed, "data": DATA,
               "contrasts": list(data.contrasts), "n_contrasts": len(data.contrasts), "train_slices": int(data.train.images.shape[0])}
-    key = content_hash(config, data.train.digest(), code_digest(), torch.__version__, monai.__version__)
-    return config, data, f"{family}-{preset}-{key}"
+    parts = [config, data.train.digest(), code_digest(), torch.__version__, monai.__version__]
+    key = content_hash(*parts, *([device] if device != "cpu" else []))
+    return config, data, f"{family}-{preset}-{key}" + ("" if device == "cpu" else f"-{device}")
 
 
 def entry_name(prefix: str, step: int) -> str:
@@ -61,19 +64,19 @@ def entry_name(prefix: str, step: int) -> str:
 
 
 def train(family: str, preset: str, *, seed: int = 0, cache_dir: str | None = None, out: Path = DEFAULT_OUT,
-          log: Callable[[str], None] = print) -> list[Path]:
+          device: str = "cpu", log: Callable[[str], None] = print) -> list[Path]:
     """Checkpoints of ``family`` at every budget of ``preset`` (trained when any is missing from the cache), copied to
     ``out/<family>/``; their paths, in budget order."""
     from mriq_validate.cache import DiskCache, check_entry, default_cache_dir
 
     cache = DiskCache(cache_dir or default_cache_dir())
-    config, data, prefix = plan(family, preset, seed, cache)
+    config, data, prefix = plan(family, preset, seed, cache, device)
     budgets = list(config["budgets"])
     entries = {b: cache.path("zoo", entry_name(prefix, b), ".pt") for b in budgets}
     if all(check_entry(p) is None for p in entries.values()):
         log(f"[zoo] {family}: {len(budgets)} checkpoints cached and verified ({prefix})")
     else:
-        _train(config, data, cache, prefix, log)
+        _train(config, data, cache, prefix, torch.device(device), log)
     dest = out / family
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -89,12 +92,14 @@ def train(family: str, preset: str, *, seed: int = 0, cache_dir: str | None = No
     return paths
 
 
-def _train(config: dict[str, Any], data: Any, cache: Any, prefix: str, log: Callable[[str], None]) -> None:
+def _train(config: dict[str, Any], data: Any, cache: Any, prefix: str, device: torch.device, log: Callable[[str], None]) -> None:
     r, bs, seed = config["resolution"], config["batch_size"], config["seed"]
-    x0_all = F.adaptive_avg_pool2d(data.train.images.float(), r) * 2 - 1
-    cond_all = mask_condition(data.train.masks, r)
+    x0_all = (F.adaptive_avg_pool2d(data.train.images.float(), r) * 2 - 1).to(device)
+    cond_all = mask_condition(data.train.masks, r).to(device)
     torch.manual_seed(seed)
-    fam = FAMILIES[config["family"]](dict(config))  # networks initialised from the seed
+    fam = FAMILIES[config["family"]](dict(config))  # networks initialised from the seed (on the CPU)
+    for net in fam.nets.values():
+        net.to(device)
     fam.start_training()
     gen = torch.Generator().manual_seed(seed)
     n, total = x0_all.shape[0], max(config["budgets"]) + int(config.get("ae_steps", 0))
@@ -105,7 +110,7 @@ def _train(config: dict[str, Any], data: Any, cache: Any, prefix: str, log: Call
     offset = int(config.get("ae_steps", 0))  # a checkpoint's step counts the generator's steps after any first stage
     for step in range(1, total + 1):
         idx = torch.randint(0, n, (bs,), generator=gen)
-        flip = (torch.rand(bs, generator=gen) < 0.5)[:, None, None, None]  # left-right flip of image and mask together
+        flip = (torch.rand(bs, generator=gen) < 0.5)[:, None, None, None].to(device)  # left-right flip of image and mask together
         x0, cond = x0_all[idx], cond_all[idx]
         batch = Batch(torch.where(flip, x0.flip(-1), x0), torch.where(flip, cond.flip(-1), cond))
         loss = fam.step(batch, gen, step)
@@ -115,6 +120,7 @@ def _train(config: dict[str, Any], data: Any, cache: Any, prefix: str, log: Call
                 f"{elapsed / step * (total - step):.0f} s left)")
         if step - offset in config["budgets"]:
             state = fam.state(step - offset, elapsed)
+            state["state_dicts"] = {k: {n: t.cpu() for n, t in sd.items()} for k, sd in state["state_dicts"].items()}
             state["config"] = dict(fam.config)  # e.g. the latent scale fixed after the autoencoder stage
             cache.get_or_create("zoo", entry_name(prefix, step - offset), ".pt", lambda: state,
                                 lambda s, p: torch.save(s, p), lambda p: p)
@@ -128,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for OUT/<family>/<family>-step<N>.pt")
     ap.add_argument("--cache", default=None, help="the mriq cache (default: $MRIQ_CACHE_DIR or ~/.cache/mriq-validate)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (cuda when available)")
     args = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
     torch.set_num_threads(int(os.environ.get("MRIQ_TORCH_THREADS", "1")))
-    paths = train(args.family, args.preset, seed=args.seed, cache_dir=args.cache, out=Path(args.out))
+    paths = train(args.family, args.preset, seed=args.seed, cache_dir=args.cache, out=Path(args.out), device=device)
     print(f"[zoo] {args.family}: " + " ".join(str(p) for p in paths), flush=True)
     return 0
 
