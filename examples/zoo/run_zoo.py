@@ -1,7 +1,8 @@
 """``make zoo``: train the model zoo, gate every checkpoint with the shipped suite, and study how each measure orders
 real generators against downstream Dice (docs/zoo.md).
 
-    python examples/zoo/run_zoo.py                     # every family, the full preset: about 1.5 h on 2 CPU cores
+    python examples/zoo/run_zoo.py                     # the four default families, the full preset (docs/zoo.md: time)
+    python examples/zoo/run_zoo.py --families ddpm ldm rflow spade vae   # and the conditional VAE
     python examples/zoo/run_zoo.py --families ddpm spade --preset reduced -k "DICE-WT and not LESIONWISE"  # the CI form
 
 Jobs run two at a time (``--jobs``), each on one torch thread: the gate's real-data side (the suite against
@@ -31,12 +32,13 @@ sys.path.insert(0, str(HERE))
 from families import FAMILIES  # noqa: E402
 
 SUITE = "suites/brain_tumour.yaml"
+DEFAULT_FAMILIES = ("ddpm", "ldm", "rflow", "spade")  # the four architecture families make zoo trains and gates
 MODEL = "examples/zoo/model.py:build"
 # Seconds per training step on one torch thread of a 2-core x86-64 machine with another job on the other core
 # (measured 2026-12-07), for the time estimate only; the latent diffusion's autoencoder steps are counted at the first
 # value, its diffusion steps at the second.
 SECONDS_PER_STEP = {"ddpm": 1.5, "rflow": 1.4, "ldm": (1.0, 0.35), "spade": 1.4, "vae": 0.5}
-DOC_TABLES = {"docs/zoo.md": ("agreement", "clearance"), "README.md": ("agreement",)}  # what each document's block shows
+DOC_TABLES = {"docs/zoo.md": ("zoo", "agreement", "clearance"), "README.md": ("agreement",)}  # what each document's block shows
 GATE_SECONDS = {"full": 240, "reduced": 25}  # one checkpoint's gate, warm real-data side, one thread
 
 
@@ -115,7 +117,7 @@ def real_side_problem(folder: Path, k: list[str]) -> str | None:
     return None
 
 
-def write_docs(study_dir: Path, seconds: float) -> None:
+def write_docs(study_dir: Path) -> None:
     """docs/zoo.json (the study, with the command, date, machine and commit), docs/zoo_models.png, and the generated
     tables in docs/zoo.md and README.md (between the markers of :data:`mriq_validate.study.models.BLOCK`)."""
     import platform
@@ -128,7 +130,7 @@ def write_docs(study_dir: Path, seconds: float) -> None:
     study = json.loads((study_dir / "models.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     study["made_by"] = {"command": "make zoo (python examples/zoo/run_zoo.py --docs)", "date": date.today().isoformat(),
-                        "minutes": round(seconds / 60, 1), "commit": commit, "device": "cpu", "torch_threads_per_job": 1,
+                        "commit": commit, "device": "cpu", "torch_threads_per_job": 1,
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     zoo = []
     for fam, cls in FAMILIES.items():
@@ -137,8 +139,10 @@ def write_docs(study_dir: Path, seconds: float) -> None:
             continue
         last = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
         params = sum(t.numel() for sd in last["state_dicts"].values() for k, t in sd.items() if "running" not in k and t.dtype.is_floating_point)
+        reports = sorted((study_dir.parent / "reports" / fam).glob("*/report.json"))
+        gate_seconds = sum(json.loads(r.read_text())["run"].get("duration_s") or 0.0 for r in reports)
         zoo.append({"family": fam, "title": cls.title, "resolution": last["config"]["resolution"], "parameters": params,
-                    "budgets": last["config"]["budgets"], "train_seconds": last["train_seconds"]})
+                    "budgets": last["config"]["budgets"], "train_seconds": last["train_seconds"], "gate_seconds": round(gate_seconds, 1)})
     study["zoo"] = zoo
     (ROOT / "docs" / "zoo.json").write_text(json.dumps(study, indent=1) + "\n")
     shutil.copyfile(study_dir / "models.png", ROOT / "docs" / "zoo_models.png")
@@ -147,33 +151,60 @@ def write_docs(study_dir: Path, seconds: float) -> None:
         path.write_text(with_doc_block(path.read_text(), render_block(doc, study)))
 
 
+def summary(study: dict) -> str:
+    """One paragraph of counts from docs/zoo.json: checkpoints, decisions, the gating criteria that held them back,
+    and the measures that order the models as each utility does."""
+    models = study["models"]
+    families = sorted({m["family"] for m in models})
+    status = {s: sum(m["status"] == s for m in models) for s in ("CLEARED", "NOT CLEARED", "INCOMPLETE")}
+    held: dict[str, int] = {}
+    for m in models:
+        for c in m["failed_gating"]:
+            held[c] = held.get(c, 0) + 1
+    parts = [f"{len(models)} checkpoints of {len(families)} families ({', '.join(families)}) gated: "
+             + ", ".join(f"{n} {s}" for s, n in status.items() if n) + "."]
+    if held:
+        parts.append("Gating criteria that failed: " + ", ".join(f"{c} on {n}" for c, n in sorted(held.items(), key=lambda kv: -kv[1])) + ".")
+    for name, uid in study["utilities"].items():
+        good = [c["measure"] for c in study["correlations"] if c["utility"] == name and c["label"] == "orders as utility"]
+        rev = [c["measure"] for c in study["correlations"] if c["utility"] == name and c["label"] == "reversed"]
+        parts.append(f"Against {uid}: {len(good)} measure{'s' if len(good) != 1 else ''} order{'' if len(good) != 1 else 's'} "
+                     f"the models as it does ({', '.join(good) or 'none'})"
+                     + (f", {len(rev)} reversed ({', '.join(rev)})" if rev else "") + ".")
+    return " ".join(parts)
+
+
 def render_block(doc: str, study: dict) -> str:
     """The generated block of ``doc`` (a key of :data:`DOC_TABLES`) from docs/zoo.json's content."""
     from mriq_validate.study.models import ModelStudy, markdown
 
     tables = DOC_TABLES[doc]
-    text = markdown(ModelStudy.from_dict(study), tables)
-    if "models" in tables and study.get("zoo"):
-        rows = ["| family | architecture | trained at | parameters | checkpoints (steps) | training time (1 thread) |",
-                "|---|---|---|---|---|---|"]
+    text = summary(study) + "\n\n" + markdown(ModelStudy.from_dict(study), tables)
+    if "zoo" in tables and study.get("zoo"):
+        rows = ["| family | architecture | trained at | parameters | checkpoints (steps) | training (1 thread) | gating its checkpoints |",
+                "|---|---|---|---|---|---|---|"]
         rows += [f"| {z['family']} | {z['title']} | {z['resolution']}×{z['resolution']} | {z['parameters'] / 1e6:.2f} M | "
-                 f"{', '.join(map(str, z['budgets']))} | {z['train_seconds'] / 60:.1f} min |" for z in study["zoo"]]
+                 f"{', '.join(map(str, z['budgets']))} | {z['train_seconds'] / 60:.1f} min | {z['gate_seconds'] / 60:.1f} min |"
+                 for z in study["zoo"]]
         m = study.get("made_by", {})
-        rows += ["", f"Generated by `{m.get('command')}` on {m.get('date')} ({m.get('machine')}, {m.get('device')}; "
-                     f"{m.get('minutes')} min in all; commit {str(m.get('commit'))[:10]})."]
+        rows += ["", f"Generated by `{m.get('command')}` on {m.get('date')} ({m.get('machine')}, {m.get('device')}, one torch "
+                     f"thread per job, two jobs at a time; commit {str(m.get('commit'))[:10]}). Times are wall times of jobs "
+                     f"that shared the machine."]
         text = "\n".join(rows) + "\n\n" + text
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
+    ap.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(DEFAULT_FAMILIES),
+                    help=f"default: {' '.join(DEFAULT_FAMILIES)} (add vae, the conditional VAE, for a fifth family)")
     ap.add_argument("--preset", choices=["full", "reduced"], default="full")
     ap.add_argument("--out", default="mriq-zoo", help="folder: checkpoints/, reports/<family>/, study/, logs/")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs at once (default: the cores there are)")
     ap.add_argument("-k", default=None, help="pytest -k expression selecting criteria (the decisions are then INCOMPLETE)")
     ap.add_argument("--utilities", default=None, help="comma-separated utility criteria for the study (default: DICE-TSTR-WT,DICE-WT)")
     ap.add_argument("--docs", action="store_true", help="copy the study's outputs to docs/zoo.json, docs/zoo.md, docs/zoo_models.png")
+    ap.add_argument("--study-only", action="store_true", help="train and gate nothing: the study (and --docs) from the reports in OUT/reports")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     for sub in ("checkpoints", "reports", "logs"):
@@ -195,25 +226,27 @@ def main(argv: list[str] | None = None) -> int:
                         ["real-data side", f"train {fam}"], out / "logs" / f"gate-{fam}.log", GATE_SECONDS[args.preset] * len(budgets)))
     jobs.sort(key=lambda j: (j.name.startswith("gate"), j.name != "real-data side", -j.estimate))  # longest training first
     total = sum(j.estimate for j in jobs)
-    print(f"[zoo] {len(args.families)} families ({', '.join(args.families)}), preset {args.preset}: about {total / 60:.0f} min of "
-          f"work, {total / 60 / max(1, args.jobs):.0f} min on {args.jobs} cores; logs in {out / 'logs'}", flush=True)
+    if not args.study_only:
+        print(f"[zoo] {len(args.families)} families ({', '.join(args.families)}), preset {args.preset}: about {total / 60:.0f} min "
+              f"of work, {total / 60 / max(1, args.jobs):.0f} min on {args.jobs} cores; logs in {out / 'logs'}", flush=True)
     start = time.perf_counter()
-    codes = run_jobs(jobs, max(1, args.jobs), env, say=lambda s: print(s, flush=True))
-    problem = real_side_problem(out / "real-data", k)
-    if problem:
-        print(f"[zoo] the real-data side did not clear: {problem}; see {out / 'logs' / 'real-data.log'}", file=sys.stderr)
-        return 1
-    failed = [n for n, c in codes.items() if c != 0 and n != "real-data side"]
-    if failed:
-        print(f"[zoo] failed: {', '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)
-        return 1
+    if not args.study_only:
+        codes = run_jobs(jobs, max(1, args.jobs), env, say=lambda s: print(s, flush=True))
+        problem = real_side_problem(out / "real-data", k)
+        if problem:
+            print(f"[zoo] the real-data side did not clear: {problem}; see {out / 'logs' / 'real-data.log'}", file=sys.stderr)
+            return 1
+        failed = [n for n, c in codes.items() if c != 0 and n != "real-data side"]
+        if failed:
+            print(f"[zoo] failed: {', '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)
+            return 1
     study = [py, "-m", "mriq_validate.cli", "study", "--models", *[str(out / "reports" / f) for f in args.families],
              "--out", str(out / "study"), *(["--utilities", args.utilities] if args.utilities else [])]
     code = subprocess.run(study, cwd=ROOT, env=env).returncode
     if code != 0:
         return code
     if args.docs:
-        write_docs(out / "study", time.perf_counter() - start)
+        write_docs(out / "study")
     print(f"[zoo] done in {(time.perf_counter() - start) / 60:.1f} min: {out / 'study' / 'models.md'}", flush=True)
     return 0
 

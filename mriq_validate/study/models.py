@@ -302,7 +302,7 @@ def markdown(study: ModelStudy, tables: tuple[str, ...] = ("agreement", "models"
     head = "| measure | role | " + " | ".join(f"ρ with {study.utilities[u]} [95 % CI] | τ" for u in names) + f" | verdict ({study.utilities[first]}) |"
     lines = [head, "|---|---|" + "---|---|" * len(names) + "---|"]
     rho = {m: by[(m, first)]["spearman"] for m, u in by if u == first}
-    order = sorted({c["measure"] for c in study.correlations}, key=lambda m: -rho[m] if _finite(rho.get(m)) else 2.0)
+    order = sorted({c["measure"] for c in study.correlations}, key=lambda m: (-rho[m] if _finite(rho.get(m)) else 2.0, m))
     roles = {m["id"]: "gate" if m["gate"] else "advisory" for m in study.measures}
     for m in order:
         cells = []
