@@ -1,4 +1,4 @@
-"""Effect of bf16 mixed precision on the downstream segmenter's Dice (issue #14).
+"""Effect of bf16 mixed precision on the downstream segmenter's Dice.
 
 Trains the default 2D segmenter (:class:`~mriq_validate.segmenter.SegmenterConfig`, resolved for slices) on the real
 training split of ``builtin:mni-tumour`` at ``precision: fp32`` and ``bf16`` for each seed, and prints the mean Dice

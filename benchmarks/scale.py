@@ -1,4 +1,4 @@
-"""How time and peak memory grow with the cohort: the gate's stages on enlarged embedded data (issue #14).
+"""How time and peak memory grow with the cohort: the gate's stages on enlarged embedded data.
 
 The template generator is asked for more cases (data option ``size``): N = 1k, 4k and 16k slices of 4×128×128
 (``builtin:mni-tumour``, train:test 2:1 as the embedded 256:128) and 32 and 128 volumes of 4×64×72×64

@@ -1,4 +1,4 @@
-"""Measures of images on volumes (issue #13): 2D measures score a volume's axial slices with brain and aggregate them,
+"""Measures of images on volumes: 2D measures score a volume's axial slices with brain and aggregate them,
 MS-SSIM compares volumes in 3D, copy detection embeds volumes in 3D; the conformal rule and 2D results are unchanged."""
 
 from __future__ import annotations

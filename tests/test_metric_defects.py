@@ -1,4 +1,4 @@
-"""Defects of the metric registry (issue #10): per-instance direction, MS-SSIM scales, seeded KID subsets, calibrate's
+"""Defects of the metric registry: per-instance direction, MS-SSIM scales, seeded KID subsets, calibrate's
 data options, and the limitations every measure declares."""
 
 from __future__ import annotations

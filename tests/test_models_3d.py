@@ -1,4 +1,4 @@
-"""Models of volumes (issue #13): images N×C×D×H×W for masks N×1×D×H×W through every model path (builtin stand-ins,
+"""Models of volumes: images N×C×D×H×W for masks N×1×D×H×W through every model path (builtin stand-ins,
 python file in the model process, TorchScript, a folder of NIfTI volumes, the export-masks layout), and the message
 each wrong output gives."""
 

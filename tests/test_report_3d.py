@@ -1,4 +1,4 @@
-"""Report and figures for volumes (issue #13): the sample grid shows each volume's axial slice through its lesion
+"""Report and figures for volumes: the sample grid shows each volume's axial slice through its lesion
 centroid with the index written; the report's data section says the items are 3D volumes; nothing breaks on 5D."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Set-level measures at scale (issue #14): pairwise maths in row blocks (never an n × n matrix), quadratic measures on a
+"""Set-level measures at scale: pairwise maths in row blocks (never an n × n matrix), quadratic measures on a
 seeded subset of at most ``max_items`` items, values unchanged at the embedded sizes."""
 
 from __future__ import annotations

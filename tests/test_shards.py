@@ -1,6 +1,6 @@
 """A gate run split across CI jobs (``--mriq-shard K/N``) and merged (``mriq-validate merge-reports``): the merge of the
 shards equals the unsharded run's decision and report apart from times, paths and the shard record; shards that are not
-the N parts of one run are refused with the folders and the field named (issue #14, item 3)."""
+the N parts of one run are refused with the folders and the field named."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming the gate (issue #14): the model is asked for images batch by batch into a mapped scratch array, per-image
+"""Streaming the gate: the model is asked for images batch by batch into a mapped scratch array, per-image
 measures are scored batch by batch, and none of it shows in the numbers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""3D volumes (issue #13): the D×H×W convention and its affine, per-volume normalisation, ``builtin:mni-tumour-3d``,
+"""3D volumes: the D×H×W convention and its affine, per-volume normalisation, ``builtin:mni-tumour-3d``,
 ``slicing: volume`` of NIfTI folders in public layouts, the option checks, and export-masks of volumes as NIfTI.
 
 Small cohorts only (a 12-case 6 mm builtin, 3-case 4 mm NIfTI cohorts written by the cohort writer), so the file runs
