@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy test-all venv clean bench example zoo
+.PHONY: demo test test-heavy test-stress test-all venv clean bench example zoo
 
 $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not heavy" --durations=15 tests
 
 test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m heavy --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 -m "heavy and not stress" --durations=15 tests
+
+test-stress: $(STAMP)
+	$(BIN)/python -m pytest -q -m stress --durations=15 tests
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests

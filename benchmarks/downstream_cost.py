@@ -8,7 +8,7 @@ timed; then ``--epochs`` epochs are timed.
     .venv/bin/python benchmarks/downstream_cost.py [--epochs 2] [--device all|cpu|cuda] [--threads 1 2] [--config '{"epochs": 12}']
 
 CPU threads: the library trains and predicts with ``$MRIQ_TORCH_THREADS`` threads (default 1, see
-``mriq_validate.segmenter.cpu_threads``); ``--threads`` measures each given count in turn (0 = torch's default).
+``mriq_validate.segnets.cpu_threads``); ``--threads`` measures each given count in turn (0 = torch's default).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dataclasses import asdict, replace
 
 import torch
 
-from mriq_validate.segmenter import THREADS_ENV, Segmenter, SegmenterConfig, cpu_threads, train_segmenter
+from mriq_validate.segmenter import Segmenter, SegmenterConfig, train_segmenter
+from mriq_validate.segnets import THREADS_ENV, cpu_threads
 
 N_TRAIN, N_INFER, SIZE, N_CLASSES, INFER_BATCH = 256, 256, 128, 4, 64
 

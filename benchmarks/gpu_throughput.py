@@ -1,7 +1,7 @@
 """Throughput of mriq's segmenter training against a bare MONAI loop, and the gate's overhead over bare metric calls
 on CPU (small sizes, so that CI can run the script) and CUDA (``--device cuda``).
 
-(a) bare MONAI loop: the same network as the library builds (:data:`mriq_validate.segmenter.NETWORKS`, the default
+(a) bare MONAI loop: the same network as the library builds (:data:`mriq_validate.segnets.NETWORKS`, the default
     :class:`~mriq_validate.segmenter.SegmenterConfig`), the same loss (MONAI ``DiceCELoss(to_onehot_y=True,
     softmax=True)``), Adam at the same learning rate, the same batch size; a plain loop over batches of tensors held on
     the device; images/s over ``--steps`` steps after ``--warmup`` steps.
@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from mriq_validate import arrays
-from mriq_validate.segmenter import LOSSES, NETWORKS, SegmenterConfig, autocast, torch_threads, train_segmenter
+from mriq_validate.segmenter import SegmenterConfig, train_segmenter
+from mriq_validate.segnets import LOSSES, NETWORKS, autocast, torch_threads
 
 N_CLASSES = 4
 

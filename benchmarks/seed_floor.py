@@ -44,7 +44,7 @@ def cases(means: np.ndarray, k: int, baselines: list[int]) -> list[tuple[float, 
 
 def main() -> None:
     from mriq_validate.cache import default_cache_dir
-    from mriq_validate.criteria import seed_sd_false_alarm, seed_sd_multiplier
+    from mriq_validate.bounds import seed_sd_false_alarm, seed_sd_multiplier
     from mriq_validate.metrics.downstream import DiceTSTR
     from mriq_validate.session import RunContext, RunSettings
 

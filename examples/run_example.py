@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from train_generator import DEFAULT_CHECKPOINT, PRESETS  # noqa: E402
 
-from mriq_validate.report import UnusableReport, read_finished_report  # noqa: E402
+from mriq_validate.integrity import UnusableReport, read_finished_report  # noqa: E402
 
 SUITE = "suites/brain_tumour.yaml"
 

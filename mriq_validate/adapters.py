@@ -144,12 +144,35 @@ FOLDER_KINDS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], None]]] =
 }
 
 
+#: Subfolders a diffusers pipeline saves its components in, and files only a pipeline (not a folder of images) holds:
+#: weights (``diffusion_pytorch_model.*``, ``*.safetensors``) and a scheduler's configuration (diffusers' save_pretrained).
+PIPELINE_PARTS = ("unet", "transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+PIPELINE_FILES = ("diffusion_pytorch_model.*", "*.safetensors", "scheduler_config.json")
+
+
+def pipeline_evidence(folder: Path) -> list[str]:
+    """What makes ``folder`` look like a diffusers pipeline: its weight or scheduler files (top level or in a component
+    subfolder), else two or more component subfolders; empty for a folder of images."""
+    parts = [d for d in PIPELINE_PARTS if (folder / d).is_dir()]
+    files = sorted({str(f.relative_to(folder)) for where in (folder, *(folder / d for d in parts))
+                    for pattern in PIPELINE_FILES for f in where.glob(pattern) if f.is_file()})
+    if files:
+        return [*(f"{d}/" for d in parts), *files[:4]]
+    return [f"{d}/" for d in parts] if len(parts) >= 2 else []
+
+
 def folder_kind(folder: Path) -> str | None:
-    """``monai-bundle``, ``diffusers`` or None (a folder of images) for a folder, its layout checked (ModelError)."""
+    """``monai-bundle``, ``diffusers`` or None (a folder of images) for a folder, its layout checked (ModelError); a
+    folder that looks like a diffusers pipeline without its ``model_index.json`` is a ModelError, not a folder of images."""
     for kind, (recognise, check) in FOLDER_KINDS.items():
         if recognise(folder):
             check(folder)
             return kind
+    evidence = pipeline_evidence(folder)
+    if evidence:
+        raise ModelError(f"model folder {folder} looks like a diffusers pipeline ({', '.join(evidence)}) but has no {PIPELINE_INDEX}, "
+                         f"the file that names its components; save the pipeline with pipeline.save_pretrained(folder), which "
+                         f"writes it, or copy it from where the pipeline came from (a folder of generated images holds no pipeline files)")
     return None
 
 

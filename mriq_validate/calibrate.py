@@ -73,7 +73,7 @@ def calibrate_criterion(crit: Criterion, m: dict[str, Any], k: float, data_spec:
         new_th = Threshold(min=bound, max=None, relative="none", on=th.on, unit="absolute")
         side, new = "min", bound
         meaning = f"the measure must move towards worse by at least {bound:.4g} (absolute units)"
-    elif th.unit == "seed_sd":  # stay in seed SDs: the gate widens the bound for the SD's own uncertainty (criteria.NoiseUnit)
+    elif th.unit == "seed_sd":  # stay in seed SDs: the gate widens the bound for the SD's own uncertainty (bounds.NoiseUnit)
         side, new = "min", -k
         new_th = Threshold(min=-k, relative="difference", on=th.on, unit="seed_sd", tolerance=th.tolerance)
         meaning = (f"generated minus real may be at most {k:g} seed-to-seed SDs worse (about {bound:.4g} in absolute units "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import MissingFileError, MriqError
 from .options import parse_device, parse_seed
+from .signals import StopSignals, signal_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,12 +29,21 @@ if TYPE_CHECKING:
     from .data import ReferenceData
 
 
+def _shipped_folder() -> Path:
+    """The shipped suites' folder, as ``suites`` where the working folder's ``suites`` is that folder (a checkout), so that
+    item ids read ``suites/<file>::<id>`` as the README shows them."""
+    from .suite import shipped_suites
+
+    here, shipped = Path("suites"), shipped_suites()
+    return here if here.is_dir() and here.resolve() == shipped.resolve() else shipped
+
+
 def _demo(args: argparse.Namespace) -> int:
     import pytest
 
-    suites = Path(args.suites)
+    suites = Path(args.suites) if args.suites is not None else _shipped_folder()
     if not suites.is_dir():
-        raise MissingFileError(f"suites folder {suites} not found; run from the repository root or pass --suites DIR")
+        raise MissingFileError(f"suites folder {suites} not found; pass --suites DIR (default: the suites shipped in the package)")
     out = Path(args.out)
     start = time.perf_counter()
     code = pytest.main([str(suites), "--mriq-model", args.model, "--mriq-report", str(out), "-p", "no:cacheprovider", "-q",
@@ -58,6 +69,13 @@ def _list(args: argparse.Namespace) -> int:
     for name, cls in sorted(METRICS.items()):
         direction = "direction per pyiqa metric" if name == "pyiqa" else f"{'higher' if cls.higher_is_better else 'lower'} is better"
         print(f"  {name:<22} {direction}; {cls.kind}; {cls.summary}")
+    from .suite import SHIPPED, load_suite
+
+    print(f"shipped suites (pytest <path> --mriq-model ...; folder {_shipped_folder()}):")
+    for name in SHIPPED:
+        path = _shipped_folder() / name
+        s = load_suite(path)
+        print(f"  {path}  {s.name}: {len(s.criteria)} criteria, data {s.data.default}")
     print("perturbations (perturbation: {name: ...}):")
     for name, p in sorted(REGISTRY.items()):
         params = ", ".join(f"{q.name}={q.default} [{q.low}, {q.high}]" for q in p.params)
@@ -209,7 +227,8 @@ def _mib(n: int) -> str:
 
 
 def _cache_info(root: Path, args: argparse.Namespace) -> int:
-    from .cache import MARKER, entry_size, scan
+    from .cache import MARKER
+    from .cache_admin import entry_size, scan
 
     inv = scan(root)
     if not root.is_dir():
@@ -236,7 +255,7 @@ def _cache_info(root: Path, args: argparse.Namespace) -> int:
 
 
 def _cache_verify(root: Path, args: argparse.Namespace) -> int:
-    from .cache import verify
+    from .cache_admin import verify
 
     inv, bad, busy = verify(root, fix=args.fix)
     for path, why in bad:
@@ -248,7 +267,7 @@ def _cache_verify(root: Path, args: argparse.Namespace) -> int:
 
 
 def _cache_clear(root: Path, args: argparse.Namespace) -> int:
-    from .cache import clear
+    from .cache_admin import clear
 
     out = clear(root, args.kind)
     for entry in out.busy:
@@ -281,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the shipped suites on the embedded data against builtin:real")
     demo.add_argument("--model", default="builtin:real")
-    demo.add_argument("--suites", default="suites")
+    demo.add_argument("--suites", default=None, help="folder of suites (default: the suites shipped in the package)")
     demo.add_argument("--out", default="mriq-results")
     demo.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     demo.set_defaults(fn=_demo)
@@ -362,14 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mriq-validate`` console script."""
+    """Entry point of the ``mriq-validate`` console script. SIGTERM, like Ctrl-C, stops the command: a child gate run
+    (``track``) is passed the signal and writes its INCOMPLETE report, and the exit status is 128 + the signal number."""
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    stop = StopSignals()
+    stop.install()
     try:
         return int(args.fn(args))
     except MriqError as exc:  # the user can fix it: say what, without a traceback
         print(_error_message(command, exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        stop.finishing()
+        signum = signal_of(exc)
+        print(f"\nmriq-validate {command}: stopped by {signal.Signals(signum).name}"
+              + (" (the signal was passed on to the gate run under way, if any: its report says INCOMPLETE)" if args.command == "track"
+                 else ""), file=sys.stderr)
+        return 128 + signum  # the shell's convention for a command ended by a signal
+    finally:
+        stop.restore()
 
 
 if __name__ == "__main__":

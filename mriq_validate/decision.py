@@ -83,6 +83,35 @@ def decision(results: list[dict[str, Any]], *, not_run: Iterable[dict[str, Any]]
             "counts": counts, "n_criteria": len(results), "n_gating": len(gating)}
 
 
+def _open_lists(own: dict[str, Any]) -> bool:
+    """Whether a decision leaves anything open besides "no gating criterion ran" (which a shard may well have)."""
+    return any(own[k] for k in ("errors", "failed_self_checks", "skipped_gating", "not_run", "deselected_gating", "collection_errors",
+                                "interruption"))
+
+
+def shard_ok(own: dict[str, Any]) -> bool:
+    """Whether a shard job may exit 0: its own items leave nothing open and no gating item FAILed."""
+    return not own["failed_gating"] and not _open_lists(own)
+
+
+def shard_decision(own: dict[str, Any], index: int, count: int, n_items: int, n_plan: int) -> dict[str, Any]:
+    """The decision of shard ``index`` of ``count`` (``--mriq-shard K/N``): INCOMPLETE, first reason "partial: shard K of N",
+    then the shard's own open points.
+
+    ``own``: :func:`decision` over this shard's records; ``n_items`` of ``n_plan`` collected items belong to this shard."""
+    partial = (f"partial: shard {index} of {count} ({n_items} of {n_plan} criterion items); merge the shard reports "
+               f"(mriq-validate merge-reports) for the release decision")
+    own_reasons = list(own["incomplete_reasons"]) if (own["n_gating"] or _open_lists(own)) else []  # drop "no gating criterion ran"
+    reasons = [partial, *own_reasons]
+    summary = "Incomplete: " + "; ".join(reasons) + "."
+    if own["failed_gating"]:
+        summary += f" {len(own['failed_gating'])} gating criterion item(s) already FAILED, so the model cannot be cleared."
+    elif shard_ok(own):
+        summary += (f" This shard's {own['n_gating']} gating criterion item(s) PASSED." if own["n_gating"] else
+                    " This shard holds no gating criterion item.")
+    return {**own, "status": "INCOMPLETE", "complete": False, "summary": summary, "incomplete_reasons": reasons}
+
+
 def _ids(item_ids: Iterable[str]) -> str:
     """Item ids as a reader knows them (the criterion part of the node id), comma-separated."""
     return ", ".join(str(i).split("::")[-1] for i in item_ids)

@@ -28,17 +28,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .stats import Estimate, bootstrap, estimate_from, resample_rows
+from .suite import shipped_suites
 
 if TYPE_CHECKING:
-    from .criteria import NoiseUnit
+    from .bounds import NoiseUnit
     from .metrics import Metric
     from .session import RunContext
     from .suite import Criterion
 
 TSTR_MODELS: tuple[str, ...] = ("real", "noisy", "boundary-blur", "collapse")
 
-#: The suite the flags are read from by default: the shipped brain-tumour suite of the source tree.
-SHIPPED_SUITE = Path(__file__).resolve().parents[1] / "suites" / "brain_tumour.yaml"
+#: The suite the flags are read from by default: the shipped brain-tumour suite (package data).
+SHIPPED_SUITE = shipped_suites() / "brain_tumour.yaml"
 #: Flag → (criterion id, metric it must use): the criteria whose thresholds flag the table's columns.
 FLAG_CRITERIA: dict[str, tuple[str, str]] = {"PIQE": ("IQA-PIQE", "piqe"), "Dice A": ("DICE-WT", "dice"),
                                              "TSTR": ("DICE-TSTR-WT", "dice_tstr")}
@@ -56,7 +57,7 @@ class FlagRule:
 
     def flags(self, difference: Estimate) -> bool:
         """Whether the gate's rule fails ``difference`` (subject − reference)."""
-        from .criteria import check_threshold
+        from .bounds import check_threshold
         from .suite import Threshold
 
         return not check_threshold(Threshold(**self.threshold), difference, self.unit)[0]
@@ -112,7 +113,8 @@ def flag_criteria(suite: str | Path | None = None) -> dict[str, "Criterion"]:
 def flag_rule(flag: str, crit: "Criterion", metric: "Metric", ctx: "RunContext", reference: Estimate) -> FlagRule:
     """The rule that flags a column: ``crit``'s threshold in the noise unit the gate would use for ``metric`` with
     ``reference`` as the baseline (:func:`mriq_validate.criteria.noise_unit`)."""
-    from .criteria import noise_unit, threshold_bounds
+    from .bounds import threshold_bounds
+    from .criteria import noise_unit
 
     unit = noise_unit(crit, metric, ctx, reference)
     th = crit.threshold
@@ -223,9 +225,9 @@ def downstream_table(data_spec: str = "builtin:mni-tumour", *, cache_dir: str | 
     The metrics' parameters and the flags' thresholds come from ``suite``'s criteria (:func:`flag_criteria`);
     ``region``, ``segmenter`` and ``noise_seeds``, when given, override those parameters for the Dice columns.
     On CPU everything runs with ``$MRIQ_TORCH_THREADS`` torch threads (default 1; see
-    :func:`mriq_validate.segmenter.cpu_threads`), which on shared CPUs is many times faster than torch's default.
+    :func:`mriq_validate.segnets.cpu_threads`), which on shared CPUs is many times faster than torch's default.
     """
-    from .segmenter import torch_threads
+    from .segnets import torch_threads
     from .session import resolve_device
 
     with torch_threads(resolve_device(device)):
@@ -312,5 +314,5 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
 
 
 def _display_path(suite: str | Path | None) -> str:
-    """The suite as the table names it: the path given, or the shipped suite relative to the source tree."""
-    return str(suite) if suite is not None else str(SHIPPED_SUITE.relative_to(SHIPPED_SUITE.parents[1]))
+    """The suite as the table names it: the path given, or the shipped suite as ``suites/<name>``."""
+    return str(suite) if suite is not None else f"suites/{SHIPPED_SUITE.name}"

@@ -17,9 +17,11 @@ naming the call and the cause: the timeout, ``sys.exit``, an exit code (``os._ex
 (segmentation fault, the out-of-memory killer), an exception with its file:line, or memory exhaustion; the tail
 of what the model printed is quoted (its stdout and stderr go to a log file, with Python's ``faulthandler`` stack
 of a native crash). After a fatal failure every later call raises the same error, and the run goes on without the
-model. The child runs in its own process group (a Ctrl-C stops the run, which stops the child) and is stopped,
-with whatever it started, by :meth:`IsolatedModel.close`, when the proxy is garbage-collected, at interpreter
-exit, and (Linux, ``PR_SET_PDEATHSIG``) when the parent process dies.
+model. The child runs in its own process group (a Ctrl-C or SIGTERM stops the run, which stops the child) and is
+stopped, with whatever it started, by :meth:`IsolatedModel.close`, when the proxy is garbage-collected, at interpreter
+exit, and (Linux, ``PR_SET_PDEATHSIG``) when the parent process dies: asked to close, then SIGTERM to its process
+group, then SIGKILL, each wait bounded (:data:`CLOSE_GRACE_S`, :data:`TERM_GRACE_S`, :data:`REAP_S`). A call that a
+stop interrupts is never resumed: its pipe may hold half a message.
 
 Messages are pickled tuples over a socket pair (tensors are moved to the CPU first and pickled by value, never through
 shared memory; volumes N×C×D×H×W travel the same way: 20 volumes 4×64×72×64, 90 MiB, in about 0.6 s); the
@@ -36,6 +38,7 @@ import functools
 import json
 import os
 import pickle
+import selectors
 import shutil
 import signal
 import subprocess
@@ -48,12 +51,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
+from .signals import deferred
 
 if TYPE_CHECKING:
     from .models import ModelContext
 
 DEFAULT_TIMEOUT_S = 1800.0
 STARTUP_S = 120.0  # the child's own start-up (interpreter, torch import): the tool's code, bounded separately
+CLOSE_GRACE_S = 1.0  # after "close", the child's time to end by itself before its process group is terminated
+TERM_GRACE_S = 1.0  # after SIGTERM, the process group's time to end before SIGKILL
+REAP_S = 10.0  # after SIGKILL, the longest wait for the kernel to end the child (then the run goes on without waiting)
 METHODS = ("generate", "sample")
 LOG_TAIL_LINES = 15
 
@@ -104,33 +111,58 @@ def to_cpu(value: Any) -> Any:
 _CHILD_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from mriq_validate.model_process import child_main; child_main(*map(int, sys.argv[2:]))"
 
 
-def _stop(process: subprocess.Popen[bytes], sentinel: int | None, grace: float = 0.0) -> None:
-    """Give the child ``grace`` seconds to end by itself, then kill its process group (the child and whatever it
-    started; the group id cannot be reused while the child is not reaped) and reap the child (no zombie)."""
-    if grace and sentinel is not None:
-        wait([sentinel], grace)  # ended (not yet reaped)
-    elif grace:
+def _wait_end(process: subprocess.Popen[bytes], sentinel: int | None, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the child to end; with a pidfd without reaping it, so that its process group
+    id cannot be reused meanwhile."""
+    if sentinel is not None:
+        wait([sentinel], timeout)
+    else:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace)
-    if process.returncode is None:
+            process.wait(timeout)
+
+
+def _stop(process: subprocess.Popen[bytes], sentinel: int | None, grace: float = 0.0) -> None:
+    """Give the child ``grace`` seconds to end by itself, then stop its process group (the child and whatever it
+    started): SIGTERM, SIGKILL after :data:`TERM_GRACE_S`; then reap the child (no zombie). Every wait is bounded."""
+    if grace:
+        _wait_end(process, sentinel, grace)
+    for sig, bound in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, REAP_S)):
+        if process.returncode is not None:  # reaped: the group id may be another process's by now
+            break
         with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, sig)
+        _wait_end(process, sentinel, bound)
     with contextlib.suppress(subprocess.TimeoutExpired):  # a process stuck in the kernel cannot hold up the run
-        process.wait(10.0)
+        process.wait(REAP_S)
 
 
 def _shutdown(process: subprocess.Popen[bytes], conn: Connection, sentinel: int | None, folder: str, keep: list[bool]) -> None:
     """Stop the child (politely, then by force), close the pipe, remove the temp folder unless a failure quotes its log.
-    Holds no reference to the proxy (a finaliser)."""
-    if process.returncode is None:
-        with contextlib.suppress(OSError):
-            send_message(conn, ("close",))
-    _stop(process, sentinel, grace=2.0 if process.returncode is None else 0.0)
-    conn.close()
-    if sentinel is not None:
-        os.close(sentinel)
-    if not keep[0]:
-        shutil.rmtree(folder, ignore_errors=True)
+    A stop asked for by a signal waits until this is done (:func:`~mriq_validate.signals.deferred`). Holds no reference
+    to the proxy (a finaliser)."""
+    with deferred():
+        try:
+            polite = process.returncode is None and _writable(conn)
+            if polite:  # an idle child ends at once on "close"; a busy one reads it only after its call
+                with contextlib.suppress(OSError):
+                    send_message(conn, ("close",))
+            _stop(process, sentinel, grace=CLOSE_GRACE_S if polite else 0.0)
+        finally:
+            conn.close()
+            if sentinel is not None:
+                os.close(sentinel)
+            if not keep[0]:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _writable(conn: Connection) -> bool:
+    """Whether a short message can be sent at once (the pipe is not full of a request the child has not read)."""
+    try:
+        with selectors.DefaultSelector() as selector:  # not select.select: it refuses descriptors above FD_SETSIZE
+            selector.register(conn.fileno(), selectors.EVENT_WRITE)
+            return bool(selector.select(0.0))
+    except (OSError, ValueError):  # closed
+        return False
 
 
 class IsolatedModel:
@@ -146,22 +178,13 @@ class IsolatedModel:
         self.spec, self.timeout = spec, float(timeout)
         self.capabilities: list[str] = []
         self._failure: str | None = None
-        self._folder = tempfile.mkdtemp(prefix="mriq-model-")
-        self.log = Path(self._folder) / "model.log"
         self._keep_log = [False]
-        self._conn, child = Pipe()
-        with open(self.log, "wb") as log:
-            # own session and process group: a Ctrl-C in the terminal reaches only the run, which then stops the
-            # child and whatever it started; stdout and stderr to the log, unbuffered (-u)
-            self._process = subprocess.Popen(
-                [sys.executable, "-u", "-c", _CHILD_CODE, json.dumps(sys.path), str(child.fileno()), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(child.fileno(),), start_new_session=True)
-        child.close()
-        self._sentinel = _pidfd(self._process.pid)
-        # stopped on close(), garbage collection, or at interpreter exit
-        self._close = weakref.finalize(self, _shutdown, self._process, self._conn, self._sentinel, self._folder, self._keep_log)
-        ctx_file = Path(self._folder) / "context.pt"
+        self._close: weakref.finalize | None = None
+        ctx_file = None
         try:
+            with deferred():  # a stop asked for by a signal waits until the child and what stops it both exist
+                self._start()
+            ctx_file = Path(self._folder) / "context.pt"
             torch.save({"train_images": ctx.train_images, "train_masks": ctx.train_masks, "image_shape": list(ctx.image_shape),
                         "device": str(ctx.device), "seed": ctx.seed, "labels": dict(ctx.labels), "contrasts": list(ctx.contrasts),
                         "spacing_mm": list(ctx.spacing_mm)},
@@ -173,7 +196,31 @@ class IsolatedModel:
             self.close()
             raise
         finally:
-            ctx_file.unlink(missing_ok=True)
+            if ctx_file is not None:
+                ctx_file.unlink(missing_ok=True)
+
+    def _start(self) -> None:
+        """The temp folder, the pipe, the child and the finaliser that stops it and removes the folder; on failure nothing
+        is left behind."""
+        self._folder = tempfile.mkdtemp(prefix="mriq-model-")
+        self.log = Path(self._folder) / "model.log"
+        self._conn, child = Pipe()
+        try:
+            with open(self.log, "wb") as log:
+                # own session and process group: a Ctrl-C in the terminal reaches only the run, which then stops the
+                # child and whatever it started; stdout and stderr to the log, unbuffered (-u)
+                self._process = subprocess.Popen(
+                    [sys.executable, "-u", "-c", _CHILD_CODE, json.dumps(sys.path), str(child.fileno()), str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(child.fileno(),), start_new_session=True)
+        except BaseException:
+            self._conn.close()
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
+        finally:
+            child.close()
+        self._sentinel = _pidfd(self._process.pid)
+        # stopped on close(), garbage collection, or at interpreter exit
+        self._close = weakref.finalize(self, _shutdown, self._process, self._conn, self._sentinel, self._folder, self._keep_log)
 
     @property
     def pid(self) -> int:
@@ -192,7 +239,8 @@ class IsolatedModel:
 
     def close(self) -> None:
         """Stop the child and remove its temp folder (kept when an error message points at its log)."""
-        self._close()
+        if self._close is not None:
+            self._close()
         self._failure = self._failure or f"model {self.spec}: the model was closed"
 
     def _exchange(self, request: tuple[Any, ...] | None, label: str, timeout: float) -> Any:
@@ -206,6 +254,10 @@ class IsolatedModel:
             reply = pickle.loads(self._conn.recv_bytes()) if self._conn.poll() else None
         except (EOFError, OSError):  # the child died before or while answering
             reply, ready = None, [self._sentinel]
+        except KeyboardInterrupt:  # a stop (Ctrl-C, SIGTERM) mid-call: the pipe may hold half a message, so it is never
+            self._failure = f"model {self.spec}: {label} was interrupted"  # read again (that read could wait for ever)
+            self.close()
+            raise
         if reply is not None and reply[0] == "ok":
             return reply[1]
         if reply is not None and reply[0] == "raised":  # the model raised; the child serves on

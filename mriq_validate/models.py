@@ -17,7 +17,6 @@ take the run down; the builtin stand-ins and folder models are this tool's own c
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -31,7 +30,8 @@ import numpy as np
 import torch
 
 from .adapters import DiffusersPipeline, MonaiBundle, describe_folder, folder_kind
-from .arrays import batches, gather
+from .axis_order import FIX, axis_order_message, axis_order_scores, mean_volume
+from .builtin_models import BUILTIN_MODELS
 from .cache import content_hash
 from .data.core import ReferenceData
 from .errors import ModelError
@@ -111,7 +111,7 @@ def check_images(out: Any, n: int | None, shape: tuple[int, ...], source: str, c
         elif (out.ndim == len(shape) + 1 and len(shape) == 4 and out.shape[1] == shape[0]
               and sorted(out.shape[2:]) == sorted(shape[1:]) and tuple(out.shape[2:]) != tuple(shape[1:])):
             hint = (" (the spatial axes in another order: volumes are D×H×W, D the axial slice index inferior to superior, "
-                    "each slice H×W oriented as the data's 2D slices)")
+                    f"each slice H×W oriented as the data's 2D slices; an answer in X×Y×Z (NIfTI, RAS) order becomes that with {FIX})")
         elif out.ndim == len(shape) + 1 and tuple(out.shape[2:]) == tuple(shape[1:]) and out.shape[1] != shape[0]:
             hint = (f" ({out.shape[1]} channel(s) for {shape[0]} contrast(s): return every contrast the data has, in its order, "
                     f"or select the contrasts the model makes with the suite's data: contrasts)")
@@ -158,6 +158,7 @@ class ModelAdapter:
     def __init__(self, model: Any, spec: str, ctx: ModelContext, provenance: dict[str, Any] | None = None) -> None:
         self.model, self.spec, self.ctx = model, spec, ctx
         self.provenance = {"spec": spec, **(provenance or {})}
+        self._axis_reference: np.ndarray | None = None  # the training volumes' mean, for the axis-order check
         if not (self.can_generate or self.can_sample):
             raise ModelError(f"--mriq-model {spec}: the model ({type(model).__name__}) has neither generate(masks, *, seed) nor sample(n, *, seed)")
 
@@ -190,7 +191,8 @@ class ModelAdapter:
             raise ModelError(f"model {self.spec} has no generate(masks, *, seed); this criterion needs mask-conditioned images")
         out = self._call("generate", masks.clone(), seed=seed)
         shape = (self.ctx.image_shape[0], *masks.shape[2:])
-        return check_images(out, masks.shape[0], shape, f"model {self.spec} generate(){_for(items)}", self.ctx.contrasts)
+        source = f"model {self.spec} generate(){_for(items)}"
+        return self._axis_order(check_images(out, masks.shape[0], shape, source, self.ctx.contrasts), source)
 
     def sample(self, n: int | None, *, seed: int, items: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` unconditional images and their masks when the model makes masks (else None), checked; ``items`` names
@@ -200,140 +202,23 @@ class ModelAdapter:
         out = self._call("sample", n, seed=seed)
         images, masks = out if isinstance(out, tuple) else (out, None)
         source = f"model {self.spec} sample(){_for(items)}"
-        images = check_images(images, n, self.ctx.image_shape, source, self.ctx.contrasts)
+        images = self._axis_order(check_images(images, n, self.ctx.image_shape, source, self.ctx.contrasts), source)
         if masks is not None:
             masks = check_masks(masks, images.shape[0], (1, *self.ctx.image_shape[1:]), set(self.ctx.labels.values()), source)
         return images, masks
 
-
-# ---------------------------------------------------------------- builtin stand-ins
-
-
-def _mask_key(mask: torch.Tensor) -> bytes:
-    """A 16-byte digest of a mask's labels (the table of a 16k-slice cohort holds 16k of these, not 16k masks)."""
-    return hashlib.blake2b(np.ascontiguousarray(mask.to(torch.uint8).numpy()), digest_size=16).digest()
-
-
-class RealLookup:
-    """``builtin:real``: the real images of the reference data (every contrast) for the requested masks (fit for release)."""
-
-    def __init__(self, data: ReferenceData) -> None:
-        self.data = data
-        self.table: dict[bytes, torch.Tensor] = {}
-        for split in (data.train, data.test):
-            for sl in batches(len(split), 256):  # mapped splits: the pages read are given back batch by batch
-                for i in range(sl.start, sl.stop):
-                    self.table.setdefault(_mask_key(split.masks[i]), split.images[i])
-
-    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        out = []
-        for i, m in enumerate(masks):
-            img = self.table.get(_mask_key(m))
-            if img is None:
-                raise ValueError(f"builtin:real holds real images only for the reference data's masks; mask {i} is not one of them")
-            out.append(img)
-        return torch.stack(out)
-
-    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        test = self.data.test
-        idx = np.random.default_rng(seed).choice(len(test), size=n or len(test), replace=(n or 0) > len(test))
-        return gather(test.images, idx), gather(test.masks, idx)
-
-
-class Transformed(RealLookup):
-    """A stand-in: real images passed through a fixed perturbation (its failure mode is known by construction); the
-    perturbation treats every contrast alike (:mod:`mriq_validate.perturb.base`)."""
-
-    def __init__(self, data: ReferenceData, perturbation: str, **params: Any) -> None:
-        super().__init__(data)
-        self.perturbation, self.params = perturbation, params
-
-    def _apply(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
-        from .perturb import PerturbContext, apply
-
-        lesion = tuple(v for v in self.data.labels.values())
-        return apply(self.perturbation, images, masks, seed=seed, ctx=PerturbContext(lesion_labels=lesion), **self.params).images
-
-    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        return self._apply(super().generate(masks, seed=seed), masks, seed)
-
-    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = super().sample(n, seed=seed)
-        return self._apply(images, masks, seed), masks
-
-
-class Memoriser:
-    """``builtin:memoriser``: returns training images verbatim, the one whose lesion overlaps each requested mask most."""
-
-    def __init__(self, data: ReferenceData) -> None:
-        self.train = data.train
-
-    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        q = (masks > 0).flatten(1).float()
-        t = (self.train.masks > 0).flatten(1).float()
-        inter = q @ t.T
-        union = q.sum(1, keepdim=True) + t.sum(1)[None] - inter
-        return gather(self.train.images, (inter / union.clamp_min(1)).argmax(1))
-
-    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.random.default_rng(seed).choice(len(self.train), size=n or len(self.train), replace=(n or 0) > len(self.train))
-        return gather(self.train.images, idx), gather(self.train.masks, idx)
-
-
-class Collapse(RealLookup):
-    """``builtin:collapse``: conditional mode collapse. Every image shares one of two anatomies (training slices or
-    volumes with their lesion erased); only the lesion, pasted from the real image (every contrast), follows the mask.
-    The paste (dilation, Gaussian weight) is n-D: it works on slices and volumes alike."""
-
-    N_MODES = 2
-
-    def __init__(self, data: ReferenceData) -> None:
-        super().__init__(data)
-        from .perturb import apply
-
-        picks = np.linspace(0, len(data.train) - 1, self.N_MODES).astype(int)
-        self.modes = apply("lesion_erase", data.train.images[picks], data.train.masks[picks], seed=0).images
-
-    def _paste(self, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        from scipy import ndimage
-
-        out = self.modes[np.arange(real.shape[0]) % self.N_MODES].clone()
-        for i in range(real.shape[0]):
-            region = ndimage.binary_dilation(masks[i, 0].numpy() > 0, iterations=2)
-            w = torch.from_numpy(ndimage.gaussian_filter(region.astype(np.float32), 1.0))
-            out[i] = w * real[i] + (1 - w) * out[i]  # every contrast: one mask, one blend
-        return out
-
-    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
-        return self._paste(super().generate(masks, seed=seed), masks)
-
-    def sample(self, n: int | None, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = super().sample(n, seed=seed)
-        return self._paste(images, masks), masks
-
-
-@dataclass(frozen=True)
-class Builtin:
-    """A builtin stand-in: its factory and the behaviour it is known to have."""
-
-    factory: Callable[[ReferenceData], Any]
-    behaviour: str  # as for slices; lengths in "px"
-    fit_for_release: bool
-
-    def describe(self, spatial_dims: int = 2) -> str:
-        """The behaviour for data of ``spatial_dims`` dimensions: lengths in voxels for volumes."""
-        return self.behaviour if spatial_dims == 2 else self.behaviour.replace(" px", " voxels")
-
-
-BUILTIN_MODELS: dict[str, Builtin] = {
-    "real": Builtin(RealLookup, "held-out real images for the requested masks", True),
-    "memoriser": Builtin(Memoriser, "copies training images (ignores the mask's position beyond the best overlap)", False),
-    "noisy": Builtin(lambda d: Transformed(d, "rician", sigma=0.08), "real images with Rician noise sigma=0.08", False),
-    "blurry": Builtin(lambda d: Transformed(d, "gaussian_blur", sigma=1.5), "real images blurred (Gaussian sigma=1.5 px)", False),
-    "collapse": Builtin(Collapse, "two anatomies for every output; only the lesion follows the mask", False),
-    "tumour-eraser": Builtin(lambda d: Transformed(d, "lesion_erase", amount=1.0), "real images with the lesion in-painted away", False),
-    "boundary-blur": Builtin(lambda d: Transformed(d, "boundary_blur", sigma=3.0, width=3), "real images with lesion borders blurred (sigma 3 px, band 3 px)", False),
-}
+    def _axis_order(self, images: torch.Tensor, source: str) -> torch.Tensor:
+        """``images``; ModelError when they are volumes on a grid with D = W (where an X×Y×Z answer has the right shape)
+        that look D↔W swapped against the training volumes (:mod:`mriq_validate.axis_order`)."""
+        ref = self.ctx.train_images
+        if images.ndim != 5 or images.shape[2] != images.shape[4] or not len(images) or not len(ref) or ref.shape[2:] != images.shape[2:]:
+            return images
+        if self._axis_reference is None:
+            self._axis_reference = mean_volume(ref)
+        scores = axis_order_scores(mean_volume(images, None), self._axis_reference, self.ctx.spacing_mm)
+        if scores.flagged:
+            raise ModelError(axis_order_message(scores, source))
+        return images
 
 
 # ---------------------------------------------------------------- loading

@@ -21,6 +21,7 @@ import pytest
 
 from .options import parse_batch_size, parse_device, parse_seed, parse_spec, parse_timeout
 from .shards import parse_shard
+from .signals import StopSignals
 
 if TYPE_CHECKING:
     from .criteria import Outcome
@@ -43,7 +44,7 @@ RUN_KEY = pytest.StashKey["MriqRun"]()
 
 
 def _override(value: str) -> tuple[str, str, Any]:
-    from .suite import parse_override
+    from .overrides import parse_override
 
     try:
         return parse_override(value)
@@ -148,13 +149,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mriq_gate: a gating mriq-validate criterion (FAIL blocks release)")
     config.addinivalue_line("markers", "mriq_advisory: an advisory mriq-validate criterion (reported, never fails the run)")
     run = config.stash[RUN_KEY] = _new_run(config)
+    stop = _StopSignals(received=run.signals, on_stop=run.interrupted)
+    if (run.settings.model or run.report_dir) and stop.install():  # a gate run: SIGTERM and SIGINT end it with a decision
+        config.add_cleanup(stop.restore)  # after run.close below (cleanups run last in, first out)
     config.add_cleanup(run.close)  # stop the model's child process
-    config.pluginmanager.register(MriqPlugin(run), PLUGIN_NAME)
+    config.pluginmanager.register(MriqPlugin(run, stop), PLUGIN_NAME)
+    config.pluginmanager.register(stop, f"{PLUGIN_NAME}-signals")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
     if plugin is not None:
+        plugin.unconfigure(config)
         config.pluginmanager.unregister(plugin, PLUGIN_NAME)
 
 
@@ -162,7 +168,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SuiteFile 
     if file_path.suffix in (".yaml", ".yml"):
         from .suite import is_suite_file
 
-        if is_suite_file(file_path):
+        # a YAML file named on the command line is taken as a suite, so one that is not says why (not "not found")
+        if is_suite_file(file_path, named=parent.session.isinitpath(file_path)):
             return SuiteFile.from_parent(parent, path=file_path)
     return None
 
@@ -172,7 +179,8 @@ class SuiteFile(pytest.File):
 
     def collect(self):  # type: ignore[no-untyped-def]
         from .errors import SuiteError
-        from .suite import apply_overrides, decode_suite_bytes, load_suite
+        from .overrides import apply_overrides
+        from .suite import decode_suite_bytes, load_suite
 
         run = self.config.stash[RUN_KEY]
         suite = load_suite(self.path)
@@ -300,8 +308,8 @@ class CriterionItem(pytest.Item):
 class MriqPlugin:
     """The hooks of one session's gate run (registered as ``mriq-validate-run`` by ``pytest_configure``)."""
 
-    def __init__(self, run: MriqRun) -> None:
-        self.run = run
+    def __init__(self, run: MriqRun, stop: StopSignals) -> None:
+        self.run, self.stop = run, stop
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         run, s = self.run, self.run.settings
@@ -343,7 +351,7 @@ class MriqPlugin:
             items[:] = [i for i in items if id(i) not in dropped]
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        from .suite import unmatched_overrides
+        from .overrides import unmatched_overrides
 
         run = self.run
         for item in session.items:
@@ -376,8 +384,10 @@ class MriqPlugin:
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # also pytest's "N errors during collection" and pytest-xdist's "stopping after N failures" (both Interrupted)
+        self.stop.finishing()  # a SIGTERM / SIGINT was recorded by name as it came; no other may cut the decision short
         text = str(excinfo.value).strip()
         self.run.interrupted(text if text and excinfo.typename == "Interrupted" else f"{excinfo.typename}{': ' + text if text else ''}")
+        self.run.close()  # no more items run: stop the model process now, not after the report
 
     def pytest_internalerror(self, excrepr: Any, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.run.interrupted(f"internal error: {excinfo.typename}: {excinfo.value}")
@@ -409,6 +419,23 @@ class MriqPlugin:
             terminalreporter.write_sep("=", "mriq-validate")
         for text, markup in lines:
             terminalreporter.write_line(text, **markup)
+
+    def unconfigure(self, config: pytest.Config) -> None:
+        """Stop the model process; decide a gate run that a signal stopped before pytest could finish the session."""
+        self.stop.finishing()
+        self.run.close()
+        tr = config.pluginmanager.getplugin("terminalreporter")
+        if not hasattr(config, "workerinput") and self.run.finish_stopped() and tr is not None:
+            self.pytest_terminal_summary(tr, pytest.ExitCode.INTERRUPTED, config)
+        if (session := config.pluginmanager.get_plugin("session")) is not None:  # pytest's Session registers under that name
+            session.exitstatus = self.run.exit_status(session.exitstatus)
+
+
+class _StopSignals(StopSignals):
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self) -> Any:  # outermost: from here on a SIGTERM or SIGINT is noted, not raised
+        self.finishing()
+        return (yield)
 
 
 def _stopped(session: pytest.Session, exitstatus: int) -> str | None:

@@ -27,16 +27,16 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .decision import decision, is_self_check
+from .integrity import REPORT_FILE, report_key, seal
+from .integrity import UnusableReport, read_finished_report, report_schema, validate_report  # noqa: F401  (the report API)
 
-REPORT_SCHEMA_VERSION = "1.0"
-REPORT_FILE = "report.json"
+REPORT_SCHEMA_VERSION = "1.1"
 HTML_FILE = "report.html"
-SCHEMA_RESOURCE = "report_schema.json"
 PACKAGES = ("mriq-validate", "torch", "monai", "pyiqa", "numpy", "scipy", "pydantic", "nibabel", "pytest", "pytest-xdist",
             "matplotlib")
 
@@ -52,6 +52,7 @@ VOLATILE_FIELDS: tuple[str, ...] = (
     "results.*.duration_s",
     "provenance.contexts.*.segmenters.*.history.seconds",
     "provenance.contexts.*.segmenters.*.history.epochs_per_s",
+    "integrity",  # its digest covers the fields above
 )
 
 #: The known-answer and self-tests that ship with the tool's source (run ``make test``), summarised for the report.
@@ -69,6 +70,9 @@ KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
     {"where": "tests/test_niqe.py", "checks": "NIQE wrapper equals bare pyiqa; order clean < blur < noise"},
     {"where": "tests/test_report.py", "checks": "report.json validates against the schema; same command gives the same "
      "report; pytest-xdist runs merge into one report; interrupted runs are reported INCOMPLETE"},
+    {"where": "tests/test_integrity.py", "checks": "every verdict and the decision of a real gate report re-derive from its "
+     "values; a flipped verdict, a changed value, threshold or decision, a truncated report and an edit sealed again "
+     "without the key are refused by merge-reports and track"},
 )
 
 
@@ -340,7 +344,10 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
 
 
 def _json_text(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+    """The text of ``report.json``: ``report`` made JSON-ready, then sealed (digest, and HMAC where a report key is
+    configured; :mod:`mriq_validate.integrity`)."""
+    plain = json.loads(json.dumps(_finite(report), default=str, allow_nan=False))
+    return json.dumps(seal(plain, report_key()), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def _finite(obj: Any) -> Any:
@@ -363,7 +370,7 @@ def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[st
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    text = _json_text(_finite(report))
+    text = _json_text(report)
     path = folder / REPORT_FILE
     _write_text(path, text)
     if html:
@@ -410,54 +417,12 @@ def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
             f"could decide (look at its log)")
     placeholder = build_report([], {**run, "interruption": note, "finished": None})
     path = folder / REPORT_FILE
-    _write_text(path, _json_text(_finite(placeholder)))
+    _write_text(path, _json_text(placeholder))
     _write_text(folder / HTML_FILE, _html_page("INCOMPLETE: run in progress", note))
     return path
 
 
 # ------------------------------------------------------------------------------------------------ schema, volatile
-
-
-def report_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of ``report.json``, as shipped in the package."""
-    return json.loads(resources.files("mriq_validate").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
-
-
-def validate_report(report: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` when ``report`` does not follow the shipped schema."""
-    import jsonschema
-
-    jsonschema.Draft202012Validator(report_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(report)
-
-
-class UnusableReport(ValueError):
-    """A report folder holds no finished, valid report; ``reason`` says why, in words that follow the file's path."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
-
-
-def read_finished_report(folder: Path) -> dict[str, Any]:
-    """``folder/report.json`` parsed, checked against the schema and finished; :class:`UnusableReport` when it is
-    missing, not JSON, not a report, or the INCOMPLETE placeholder of a run that did not finish."""
-    import jsonschema
-
-    path = Path(folder) / REPORT_FILE
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UnusableReport(path, "not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UnusableReport(path, f"cannot be read as JSON ({type(exc).__name__}: {exc})") from None
-    try:
-        validate_report(report)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(map(str, exc.absolute_path)) or "(top level)"
-        raise UnusableReport(path, f"does not follow the report schema at {where}: {exc.message[:300]}") from None
-    if report["run"].get("finished") is None:
-        raise UnusableReport(path, f"is the INCOMPLETE placeholder of a run that did not finish ({report['run'].get('interruption')})")
-    return report
 
 
 def strip_volatile(report: dict[str, Any], fields: Iterable[str] = VOLATILE_FIELDS) -> dict[str, Any]:

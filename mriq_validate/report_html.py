@@ -158,6 +158,16 @@ def _threshold(r: dict[str, Any]) -> str:
     return f"{esc(text)}<br><span class='tag'>{esc(what)}</span>{checked}{sources}"
 
 
+def _integrity_text(integrity: dict[str, Any] | None) -> str:
+    """The footer's line on how report.json is sealed (mriq_validate.integrity)."""
+    if not integrity:
+        return ""
+    signed = (f"signed with HMAC-SHA256 under key id <code>{esc(integrity.get('key_id'))}</code>" if integrity.get("signed")
+              else "not signed (no report key was configured)")
+    return (f"report.json's SHA-256 (canonical JSON) is <code>{esc(str(integrity.get('digest'))[:16])}…</code>; it is {signed}; "
+            "every reader re-derives its verdicts.")
+
+
 def _decision(rep: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str:
     d = rep["decision"]
     status = d["status"]
@@ -410,6 +420,6 @@ def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = N
         f" · {esc(run.get('finished') or run.get('started') or '')}</p>"
         f"{nav}{body}"
         f"<footer>mriq-validate {esc(rep['tool'].get('version'))} · report schema {esc(rep['schema_version'])} · the same content, "
-        f"machine-readable, is in report.json beside this file.</footer>"
+        f"machine-readable, is in report.json beside this file. {_integrity_text(rep.get('integrity'))}</footer>"
         "</main></body></html>\n"
     )

@@ -56,6 +56,7 @@ class MriqRun:
     collection_errors: list[dict[str, Any]] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)  # item id → seconds (setup + call + teardown)
     interruption: str | None = None
+    signals: list[str] = field(default_factory=list)  # SIGTERM / SIGINT received, in order (mriq_validate.signals)
     worker_contexts: list[dict[str, Any]] = field(default_factory=list)  # context provenance sent by pytest-xdist workers
     xdist_workers: int = 0
     # optional sample grid for report.html: numpy arrays "real", "generated", "masks" (first few slices, N×H×W or
@@ -120,6 +121,22 @@ class MriqRun:
         """Why the run stopped early (the first reason given wins)."""
         if self.interruption is None:
             self.interruption = reason
+
+    def finish_stopped(self) -> bool:
+        """Decide a gate run that was stopped (by a signal, or an interrupt pytest reported) before pytest could finish
+        the session, e.g. while pytest-xdist started its workers; whether it did (not when the run already decided)."""
+        if not self.is_gate_run or self.report_decision is not None or self.report_error is not None:
+            return False
+        if not (self.interruption or self.signals):
+            return False
+        self.interrupted(self.signals[0] if self.signals else "interrupted")
+        self.finish(2)  # pytest's exit status INTERRUPTED
+        return True
+
+    def exit_status(self, status: int) -> int:
+        """The run's exit status: ``status``, or 2 (pytest's INTERRUPTED) in place of 0 when a signal came after the
+        decision was written (the report stands, but the run did not end by itself)."""
+        return 2 if self.signals and not status else status
 
     def deselected(self) -> list[dict[str, Any]]:
         """Items the collected suites ask for that were not selected to run (-k, -m, --deselect, node ids, other plugins);
@@ -196,11 +213,12 @@ class MriqRun:
             report = report_module.build_report([], {**info, "interruption": f"the report could not be assembled ({type(exc).__name__}: {exc})"})
         ok = report["decision"]["status"] == "CLEARED"  # a gate run that did not check everything is not a pass
         if self.shard is not None:  # one part of a run: never CLEARED alone; the job passes when its own items leave nothing open
-            from .shards import shard_decision, shard_ok
+            from .decision import shard_decision, shard_ok
 
             ok = shard_ok(report["decision"])
             record = info["shard"]
-            report["decision"] = shard_decision(report["decision"], self.shard, len(record["items"]), len(record["plan"]))
+            report["decision"] = shard_decision(report["decision"], self.shard.index, self.shard.count, len(record["items"]),
+                                                len(record["plan"]))
         self.report_decision = report["decision"]
         if self.report_dir is None:
             return ok
@@ -218,7 +236,10 @@ class MriqRun:
             self.report_error = f"{failed}: {type(exc).__name__}: {exc}"
             self.report_path = None
             ok = False
-        self._write_perturbation_figures()
+        if self.signals:  # asked to stop: end now (a CI runner kills the job a few seconds after its SIGTERM)
+            self.figure_error = f"perturbation figures not drawn: {self.signals[0]} asked the run to stop"
+        else:
+            self._write_perturbation_figures()
         return ok
 
     def _write_perturbation_figures(self) -> None:

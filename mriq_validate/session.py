@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .arrays import as_tensor, batches, scratch_array
-from .cache import SCRATCH_KIND, DiskCache, content_hash, remove_stale_scratch
+from .cache import SCRATCH_KIND, DiskCache, content_hash
+from .cache_admin import remove_stale_scratch
 from .data import ReferenceData, load_data
 from .errors import ModelError, MriqError
 from .figures import axial_sample

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MriqError
-from .report import REPORT_FILE, SHARD_SAMPLES_FILE, UnusableReport, read_finished_report
+from .integrity import REPORT_FILE, UnusableReport, check_seal, read_finished_report, report_key
+from .report import SHARD_SAMPLES_FILE
 
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 #: the shard's sample grid (real vs generated slices) for the merged report.html; written beside a shard's report.json
@@ -136,35 +137,6 @@ def shard_record(shard: Shard, collected: Mapping[str, Mapping[str, Any]], plann
     return {"index": shard.index, "count": shard.count, "plan": list(collected),
             "items": [i for i in collected if owner[i] == shard.index], "planned": [dict(e) for e in planned.values()],
             "suites": dict(sorted(suites.items())), "model": {"spec": model, "sha256": model_file_sha256(model, where)}}
-
-
-def _open_lists(own: Mapping[str, Any]) -> bool:
-    """Whether a decision leaves anything open besides "no gating criterion ran" (which a shard may well have)."""
-    return any(own[k] for k in ("errors", "failed_self_checks", "skipped_gating", "not_run", "deselected_gating", "collection_errors",
-                                "interruption"))
-
-
-def shard_ok(own: Mapping[str, Any]) -> bool:
-    """Whether a shard job may exit 0: its own items leave nothing open and no gating item FAILed."""
-    return not own["failed_gating"] and not _open_lists(own)
-
-
-def shard_decision(own: Mapping[str, Any], shard: Shard, n_items: int, n_plan: int) -> dict[str, Any]:
-    """A shard's decision: INCOMPLETE, first reason "partial: shard K of N", then the shard's own open points.
-
-    ``own``: :func:`mriq_validate.decision.decision` over this shard's records; ``n_items`` of ``n_plan`` collected items
-    belong to this shard."""
-    partial = (f"partial: shard {shard.index} of {shard.count} ({n_items} of {n_plan} criterion items); merge the shard reports "
-               f"(mriq-validate merge-reports) for the release decision")
-    own_reasons = list(own["incomplete_reasons"]) if (own["n_gating"] or _open_lists(own)) else []  # drop "no gating criterion ran"
-    reasons = [partial, *own_reasons]
-    summary = "Incomplete: " + "; ".join(reasons) + "."
-    if own["failed_gating"]:
-        summary += f" {len(own['failed_gating'])} gating criterion item(s) already FAILED, so the model cannot be cleared."
-    elif shard_ok(own):
-        summary += (f" This shard's {own['n_gating']} gating criterion item(s) PASSED." if own["n_gating"] else
-                    " This shard holds no gating criterion item.")
-    return {**own, "status": "INCOMPLETE", "complete": False, "summary": summary, "incomplete_reasons": reasons}
 
 
 def save_samples(samples: Mapping[str, Any] | None, folder: Path) -> Path | None:
@@ -361,6 +333,7 @@ def merge_shards(folders: list[Path], *, command_line: list[str] | None = None, 
         raise MergeRefused("no shard report folder given")
     shards = sorted((read_shard_report(Path(f)) for f in folders), key=lambda s: (s.shard["index"], str(s.folder)))
     check_shards(shards)
+    key = report_key()
     first = shards[0].report
     paths = [s["path"] for s in first["suites"]]
     plan_order = {item_id: i for i, item_id in enumerate(first["run"]["shard"]["plan"])}
@@ -404,7 +377,9 @@ def merge_shards(folders: list[Path], *, command_line: list[str] | None = None, 
                          "started": s.report["run"].get("started"), "finished": s.report["run"].get("finished"),
                          "duration_s": s.report["run"].get("duration_s"), "xdist_workers": s.report["run"].get("xdist_workers"),
                          "command_line": s.report["run"].get("command_line"), "platform": s.report["provenance"]["platform"],
-                         "hardware": s.report["provenance"]["hardware"]} for s in shards],
+                         "hardware": s.report["provenance"]["hardware"],
+                         "integrity": {"digest": s.report["integrity"]["digest"], "signature": check_seal(s.report, key)[1]}}
+                        for s in shards],
     }
     if report["run"]["started"] is None:
         report["run"]["started"] = now_iso()

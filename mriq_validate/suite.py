@@ -8,9 +8,6 @@ parameters by its ``resolve``, each error pinned to the offending key (``criteri
 
 from __future__ import annotations
 
-import codecs
-import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,14 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from .errors import MriqError, SuiteError
+from .suite_yaml import (MAX_YAML_NODES, SuiteLoader, bomb_site, decode_suite_bytes, expanded_nodes, line_of, loc_text, non_finite,
+                         short)
 
 SUITE_KEY = "mriq_suite"
+SHIPPED = ("brain_tumour.yaml", "brain_tumour_3d.yaml", "vessels.yaml")  # the suites this package ships (package data)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_SUITE_BYTES = 2_000_000  # a suite is a reviewed document of criteria, not a data file
-MAX_YAML_NODES = 100_000  # after alias expansion: bounds "billion laughs" alias bombs
-_REPR_CHARS = 80
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_SCALARS = {str: "string", int: "number", float: "number", bool: "boolean"}  # a top level that is none of a suite's
 
 
 class _AtKey(ValueError):
@@ -287,103 +284,34 @@ class Suite(_Strict):
         return self
 
 
-class SuiteLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. (YAML 1.1 reads ``on:``, ``yes``, ``no``, ``off`` as booleans, which would
-    turn the threshold key ``on:`` into ``True``.)"""
+def shipped_suites() -> Path:
+    """The folder of the suites shipped in the package, as installed (``suites/`` of the source tree links to it)."""
+    from importlib import resources
+
+    return Path(str(resources.files("mriq_validate") / "suites"))
 
 
-SuiteLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-SuiteLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def decode_suite_bytes(raw: bytes, path: Path | str) -> str:
-    """Text of a suite file: UTF-8 (with or without BOM) or UTF-16/32 with a BOM; SuiteError naming the file otherwise."""
-    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise SuiteError(f"{path}: not valid {encoding.upper()} text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); save "
-                         f"the suite as UTF-8") from None
-
-
-def is_suite_file(path: Path) -> bool:
+def is_suite_file(path: Path, named: bool = False) -> bool:
     """Whether ``path`` is a suite: its YAML has a top-level ``mriq_suite`` key. Decided by parsing (any encoding with a BOM,
     CRLF, comments or documents first). A file that mentions ``mriq_suite`` but cannot be decoded or parsed counts as a
-    suite, so that loading it fails loudly instead of the criteria silently not running."""
+    suite, so that loading it fails loudly instead of the criteria silently not running. A file the user ``named`` (on
+    the command line) counts as one unless it is a mapping of some other tool (neither ``mriq_suite`` nor ``criteria``
+    among its keys): one whose top level is a string, a list or nothing then fails to load saying what a suite is,
+    instead of pytest's "not found" for a file that exists."""
     try:
         raw = path.read_bytes()
     except OSError:
         return False
-    if not any(SUITE_KEY.encode(enc) in raw for enc in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")):
+    if not named and not any(SUITE_KEY.encode(enc) in raw for enc in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")):
         return False
     try:
         root = yaml.compose(decode_suite_bytes(raw, path), Loader=SuiteLoader)
     except (MriqError, yaml.YAMLError):
         return True
-    return isinstance(root, yaml.MappingNode) and any(getattr(k, "value", None) == SUITE_KEY for k, _ in root.value)
-
-
-def _short(value: Any) -> str:
-    """``repr(value)``, cut to a readable length for error messages."""
-    text = repr(value)
-    return text if len(text) <= _REPR_CHARS else f"{text[:_REPR_CHARS]}... ({len(text)} characters)"
-
-
-def _expanded_nodes(node: yaml.Node) -> int:
-    """How many nodes ``node`` stands for once every alias is expanded (memoised on shared nodes: linear time)."""
-    memo: dict[int, int] = {}
-
-    def count(n: yaml.Node) -> int:
-        if id(n) not in memo:
-            memo[id(n)] = 0  # a recursive alias counts once
-            children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else (
-                n.value if isinstance(n, yaml.SequenceNode) else [])
-            memo[id(n)] = 1 + sum(count(c) for c in children)
-        return memo[id(n)]
-
-    return count(node)
-
-
-def _non_finite(node: Any, loc: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...], float] | None:
-    """The first NaN or infinite number in parsed YAML, with its key path."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return loc, node
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, child in items:
-        found = _non_finite(child, (*loc, key))
-        if found:
-            return found
-    return None
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the key (or list item) at ``loc``, or of its deepest existing parent."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == part), None)
-            if pair is None:
-                break
-            key, node = pair
-            line = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
+    if not isinstance(root, yaml.MappingNode):
+        return named
+    keys = {getattr(k, "value", None) for k, _ in root.value}
+    return SUITE_KEY in keys or (named and "criteria" in keys)
 
 
 def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> str:
@@ -391,15 +319,15 @@ def _format_errors(path: Path, exc: ValidationError, root: yaml.Node | None) -> 
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         loc += getattr(err.get("ctx", {}).get("error"), "loc", ())
-        key_path = _loc_text((SUITE_KEY, *loc))
-        line = _line_of(root, (SUITE_KEY, *loc))
+        key_path = loc_text((SUITE_KEY, *loc))
+        line = line_of(root, (SUITE_KEY, *loc))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the suite schema)"
         elif err["type"] == "missing":
             msg = "required key is missing"
         got = err.get("input")
-        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {_short(got)})"
+        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {short(got)})"
         lines.append(f"{path}:{line or '?'}: {key_path}: {msg}{got_text}")
     return "invalid suite:\n  " + "\n  ".join(lines)
 
@@ -415,23 +343,29 @@ def load_suite(path: Path) -> Suite:
     text = decode_suite_bytes(data, path)
     try:
         root = yaml.compose(text, Loader=SuiteLoader)
-        if root is not None and _expanded_nodes(root) > MAX_YAML_NODES:
-            raise SuiteError(f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES} nodes; write the suite out "
-                             f"without nested aliases")
+        memo: dict[int, int] = {}
+        if root is not None and expanded_nodes(root, memo) > MAX_YAML_NODES:
+            loc, line = bomb_site(root, memo)
+            raise SuiteError(f"{path}:{line}: {loc_text(loc) or 'the document'}: its YAML aliases expand to more than "
+                             f"{MAX_YAML_NODES} nodes (nested aliases, a \"billion laughs\"); write the suite out without nested aliases")
         raw = yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SuiteError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(raw, dict) or SUITE_KEY not in raw:
-        raise SuiteError(f"{path}: expected a mapping with a top-level `{SUITE_KEY}:` key")
+        what = (f"a mapping without `{SUITE_KEY}:` (keys {short(sorted(map(str, raw)))})" if isinstance(raw, dict) else "a list"
+                if isinstance(raw, list) else "empty" if raw is None else f"a {_SCALARS.get(type(raw), 'value')} ({short(raw)})")
+        raise SuiteError(f"{path}: the top level is {what}; a suite is a mapping with a top-level `{SUITE_KEY}:` key holding `name:`, "
+                         f"`context_of_use:` and `criteria:` (the list of criteria), e.g. `{SUITE_KEY}: {{name: ..., context_of_use: ..., "
+                         f"criteria: [{{id: ..., metric: ..., threshold: ...}}]}}` (see suites/*.yaml)")
     extra = sorted(map(str, set(raw) - {SUITE_KEY}))
     if extra:
         raise SuiteError(f"{path}: unknown top-level key(s) {extra}; everything belongs under `{SUITE_KEY}:`")
-    bad = _non_finite(raw[SUITE_KEY], ())
+    bad = non_finite(raw[SUITE_KEY], ())
     if bad:
         loc, value = bad
-        raise SuiteError(f"{path}:{_line_of(root, (SUITE_KEY, *loc)) or '?'}: {_loc_text((SUITE_KEY, *loc))}: {value} is not a "
+        raise SuiteError(f"{path}:{line_of(root, (SUITE_KEY, *loc)) or '?'}: {loc_text((SUITE_KEY, *loc))}: {value} is not a "
                          f"finite number; expected a finite value")
     try:
         return Suite.model_validate(raw[SUITE_KEY])
@@ -449,54 +383,3 @@ def suite_to_yaml(suite: Suite) -> str:
         if crit.perturbation is not None:
             c["perturbation"] = {"name": crit.perturbation.name, **crit.perturbation.params}
     return yaml.safe_dump({SUITE_KEY: data}, sort_keys=False, allow_unicode=True)
-
-
-_OVERRIDE_RE = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*?)\.(?P<field>min|max|relative|on|unit)=(?P<value>.+)$")
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``ID.field=value`` (e.g. ``DICE-WT.min=-0.1``) → (id, field, value); ValueError explaining the form."""
-    m = _OVERRIDE_RE.match(text.strip())
-    if not m:
-        raise ValueError(f"threshold override {text!r}: expected CRITERION_ID.FIELD=VALUE with FIELD one of min, max, relative, on, unit")
-    value: Any = m["value"]
-    if m["field"] in ("min", "max"):
-        try:
-            value = None if value.lower() == "none" else float(value)
-        except ValueError:
-            raise ValueError(f"threshold override {text!r}: {m['field']} must be a number or 'none'") from None
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"threshold override {text!r}: {m['field']} must be a finite number or 'none'")
-    return m["id"], m["field"], value
-
-
-def apply_overrides(suite: Suite, overrides: list[tuple[str, str, Any, str]], path: Path) -> tuple[Suite, list[dict[str, Any]]]:
-    """Apply (id, field, value, source) overrides that name this suite's criteria; return the new suite and deviations."""
-    deviations: list[dict[str, Any]] = []
-    criteria = []
-    for crit in suite.criteria:
-        th = crit.threshold
-        for cid, field, value, source in overrides:
-            if cid == crit.id:
-                before = getattr(th, field)
-                try:
-                    th = Threshold.model_validate({**th.model_dump(), field: value})
-                except ValidationError as exc:
-                    raise SuiteError(f"{path}: override {cid}.{field}={value} from {source}: {exc.errors()[0]['msg']}") from None
-                deviations.append({"criterion": cid, "field": f"threshold.{field}", "suite_value": before, "value": value, "source": source})
-        criteria.append(crit.model_copy(update={"threshold": th}))
-    return suite.model_copy(update={"criteria": criteria}), deviations
-
-
-def unmatched_overrides(overrides: list[tuple[str, str, Any, str]], criterion_ids: set[str]) -> list[str]:
-    """One message per override whose criterion id matches no collected criterion, naming the close matches."""
-    import difflib
-
-    out = []
-    for cid, field, value, source in overrides:
-        if cid in criterion_ids:
-            continue
-        close = difflib.get_close_matches(cid, sorted(criterion_ids), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"collected criteria: {', '.join(sorted(criterion_ids)) or 'none'}"
-        out.append(f"threshold override {cid}.{field}={value} (from {source}) matches no collected criterion; {hint}")
-    return out

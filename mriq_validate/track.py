@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ from .cache import file_sha256
 from .errors import MissingFileError, MriqError
 from .figures import ADVISORY_FAIL, FONT, VERDICT_COLOURS, new_figure, png_bytes
 from .figures import quantity_label  # "dice (whole_tumour): generated − real", as the report figures say it
-from .report import REPORT_FILE, UnusableReport, package_versions, read_finished_report
+from .integrity import REPORT_FILE, UnusableReport, read_finished_report
+from .report import package_versions
+from .signals import run_child
 from .study.models import checkpoint_step  # the training step in a checkpoint's name, shared with the model study
 
 CHECKPOINT_ENV = "MRIQ_CHECKPOINT"
@@ -188,11 +189,12 @@ def track_figure(runs: Sequence[CheckpointRun]) -> Any | None:
 def run_checkpoint(checkpoint: Path, *, suite: Sequence[str], model: str, out: Path, env_var: str = CHECKPOINT_ENV,
                    pytest_args: Sequence[str] = (), python: str = sys.executable) -> int:
     """One gate run of ``suite`` on ``model`` with ``env_var`` = the checkpoint's path, report in ``out``; the pytest exit
-    code (0 CLEARED, 1 NOT CLEARED, other INCOMPLETE or usage error)."""
+    code (0 CLEARED, 1 NOT CLEARED, other INCOMPLETE or usage error). A SIGINT or SIGTERM that stops this process is
+    passed on to the gate run, which writes its INCOMPLETE report and stops; then it is raised again (:func:`run_child`)."""
     env = dict(os.environ, **{env_var: str(Path(checkpoint).resolve())})
     cmd = [python, "-m", "pytest", *suite, "--mriq-model", model, "--mriq-report", str(out), "-q", "-p", "no:cacheprovider",
            *pytest_args]
-    return subprocess.run(cmd, env=env, check=False).returncode
+    return run_child(cmd, env=env)
 
 
 def run_record(checkpoint: Path, *, suite: Sequence[str], model: str, env_var: str = CHECKPOINT_ENV,
@@ -218,15 +220,20 @@ def run_record(checkpoint: Path, *, suite: Sequence[str], model: str, env_var: s
             "env_var": env_var, "pytest_args": list(pytest_args), "packages": package_versions()}
 
 
-def _reusable(folder: Path, record: dict[str, Any]) -> bool:
-    """Whether ``folder`` holds a finished report of a run with exactly ``record``'s inputs."""
+def _not_reusable(folder: Path, record: dict[str, Any]) -> str | None:
+    """Why ``folder`` does not hold a finished, verified report of a run with exactly ``record``'s inputs (None when it
+    does)."""
     try:
         if json.loads((folder / RUN_RECORD).read_text(encoding="utf-8")) != record:
-            return False
+            return "its inputs changed"
         read_finished_report(folder)
-    except (OSError, ValueError, UnusableReport):
-        return False
-    return True
+    except FileNotFoundError:
+        return "no earlier run"
+    except UnusableReport as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"{folder / RUN_RECORD} cannot be read ({exc})"
+    return None
 
 
 def track(checkpoints: Sequence[Path], *, suite: Sequence[str], model: str, out: Path, env_var: str = CHECKPOINT_ENV,
@@ -249,11 +256,12 @@ def track(checkpoints: Sequence[Path], *, suite: Sequence[str], model: str, out:
     for i, p in enumerate(paths, 1):
         folder = Path(out) / p.stem
         record = run_record(p, suite=suite, model=model, env_var=env_var, pytest_args=pytest_args)
-        if reuse and _reusable(folder, record):
+        why = _not_reusable(folder, record) if reuse else None
+        if reuse and why is None:
             progress(f"checkpoint {i}/{len(paths)}: {p} (reused: {folder} holds the report of a run on the same inputs)")
             runs.append(read_run(p.stem, folder))
             continue
-        progress(f"checkpoint {i}/{len(paths)}: {p}")
+        progress(f"checkpoint {i}/{len(paths)}: {p}" + (f" (not reused: {why})" if why else ""))
         for stale in (RUN_RECORD, REPORT_FILE):  # the record describes the report beside it, never an older one
             (folder / stale).unlink(missing_ok=True)
         run_checkpoint(p, suite=suite, model=model, out=folder, env_var=env_var, pytest_args=pytest_args)

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from mriq_validate.errors import MetricError, SuiteError
-from mriq_validate.suite import is_suite_file, load_suite, parse_override
+from mriq_validate.overrides import parse_override
+from mriq_validate.suite import is_suite_file, load_suite
 
 CHEAP = textwrap.dedent(
     """\

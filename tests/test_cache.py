@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mriq_validate import cache as cache_mod
+from mriq_validate import cache_admin
 from mriq_validate.cache import MARKER, DiskCache, check_entry, lock_of, sidecar_of
 from mriq_validate.cli import main
 from mriq_validate.errors import CacheError
@@ -448,11 +449,11 @@ def test_run_scratch_folders_are_listed_and_only_a_dead_runs_is_cleared(tmp_path
     for folder in (stale, live):
         folder.mkdir(parents=True)
         (folder / "1.bin").write_bytes(b"x" * 1000)
-    inv = cache_mod.scan(tmp_path / "c")
+    inv = cache_admin.scan(tmp_path / "c")
     assert sorted(inv.scratch) == sorted([stale, live]) and not inv.other
-    assert cache_mod.entry_size(stale) == 1000
+    assert cache_admin.entry_size(stale) == 1000
     main(["cache", "info", "--cache", str(tmp_path / "c")])
     assert "run scratch folders: 2" in capsys.readouterr().out
-    out = cache_mod.clear(tmp_path / "c")
+    out = cache_admin.clear(tmp_path / "c")
     assert stale in out.removed and live in out.busy and not stale.exists() and (live / "1.bin").is_file()
     assert not (tmp_path / "c" / "kind").exists()

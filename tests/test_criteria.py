@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mriq_validate.criteria import check_threshold, evaluate
+from mriq_validate.bounds import check_threshold
+from mriq_validate.criteria import evaluate
 from mriq_validate.session import RunContext, RunSettings
 from mriq_validate.stats import Estimate
 from mriq_validate.suite import Criterion, Threshold
@@ -56,7 +57,7 @@ def test_threshold_units_scale_bounds() -> None:
 
 def test_a_clinical_tolerance_loosens_a_noise_bound_that_is_tighter_and_only_then() -> None:
     """The bound is the looser of the noise bound and the clinical tolerance (a non-inferiority margin)."""
-    from mriq_validate.criteria import NoiseUnit, bound_sources
+    from mriq_validate.bounds import NoiseUnit, bound_sources
 
     est = Estimate(value=-0.024, ci_low=-0.03, ci_high=-0.018, se=0.003, n=128, n_boot=100)
     th = Threshold(min=-3, relative="difference", unit="seed_sd", tolerance={"min": -0.05})

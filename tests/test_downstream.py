@@ -8,7 +8,8 @@ import torch
 
 from mriq_validate.errors import MetricError
 from mriq_validate.metrics.functional.downstream import dice_per_image
-from mriq_validate.segmenter import SegmenterConfig, cpu_threads, train_segmenter
+from mriq_validate.segmenter import SegmenterConfig, train_segmenter
+from mriq_validate.segnets import cpu_threads
 
 
 def masks(*pixels: list[tuple[int, int]]) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mriq_validate import segmenter
+from mriq_validate import segmenter, segnets
 from mriq_validate.cache import DiskCache
 from mriq_validate.data.core import ReferenceData, Split
 from mriq_validate.data.mni3d import synthesise_volume
@@ -28,7 +28,8 @@ from mriq_validate.errors import MetricError
 from mriq_validate.metrics import Sample, create_metric
 from mriq_validate.metrics.functional import lesionwise as LW
 from mriq_validate.metrics.functional.downstream import HD95_DEFINITIONS, hd95_per_image
-from mriq_validate.segmenter import DEFAULT_BUDGET, SegmenterConfig, divisible_pad, get_segmenter, segmenter_key
+from mriq_validate.segmenter import DEFAULT_BUDGET, SegmenterConfig, get_segmenter, segmenter_key
+from mriq_validate.segnets import divisible_pad
 from mriq_validate.session import RunContext, RunSettings
 
 CONTRASTS = ("t1", "t1c", "t2", "flair")
@@ -172,7 +173,7 @@ def test_sliding_window_inference_agrees_with_whole_volume_inference(ctx: Volume
 
 def test_flip_augmentation_flips_left_right_only_on_volumes() -> None:
     x, y = torch.rand(64, 2, 4, 5, 6), torch.randint(0, 4, (64, 1, 4, 5, 6))
-    fx, fy = segmenter.AUGMENTS["flip"](x, y, torch.Generator().manual_seed(0))
+    fx, fy = segnets.AUGMENTS["flip"](x, y, torch.Generator().manual_seed(0))
     flipped = torch.tensor([torch.equal(fx[i], x[i].flip(-1)) for i in range(64)])
     kept = torch.tensor([torch.equal(fx[i], x[i]) for i in range(64)])
     assert bool((flipped ^ kept).all()) and 16 < int(flipped.sum()) < 48  # every volume either W-flipped or kept, about half

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mriq_validate import segmenter
-from mriq_validate.criteria import seed_sd_multiplier
+from mriq_validate.bounds import seed_sd_multiplier
 from mriq_validate.errors import MetricError
 from mriq_validate.metrics import Sample, create_metric
 from mriq_validate.metrics.downstream import Dice, DiceAugmented, DiceTSTR, Hd95

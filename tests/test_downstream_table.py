@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mriq_validate.cli import main
-from mriq_validate.criteria import seed_sd_multiplier
+from mriq_validate.bounds import seed_sd_multiplier
 from mriq_validate.downstream_table import downstream_table, paired_estimates
 
 

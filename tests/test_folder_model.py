@@ -94,6 +94,7 @@ def test_integer_valued_float_masks_are_labels(tmp_path: Path) -> None:
 
 
 CODES12 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 65  # 12-bit values 0..4095
+CODES16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040  # values 0..65520: the 16-bit range in use
 
 
 @pytest.mark.parametrize(
@@ -104,8 +105,8 @@ CODES12 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 65  # 12-bit values 0..
         # as the PNG specification asks: 12-bit samples scaled to 16 bits by left bit replication, sBIT 12
         ((CODES12 << 4) | (CODES12 >> 8), "png", 12, None, lambda a: CODES12 / 4095, "sBIT 12 bits (samples scaled to 16 bits"),
         (CODES12, "png", None, {"range": [0, 4095]}, lambda a: a / 4095, "range [0, 4095] from mriq_folder.json"),
-        (CODES12, "png", None, None, lambda a: a / 65535, "dtype max 65535"),
-        (CODES12, "npy", None, None, lambda a: a / 65535, "dtype max 65535"),
+        (CODES16, "png", None, None, lambda a: a / 65535, "dtype max 65535"),
+        (CODES16, "npy", None, None, lambda a: a / 65535, "dtype max 65535"),
         (CODES12, "npy", None, {"range": [0, 4095]}, lambda a: a / 4095, "range [0, 4095] from mriq_folder.json"),
         (CODES12.astype(np.float64) / 4095, "npy", None, None, lambda a: a, "floating-point values as stored"),
         (CODES12.astype(np.float32) + 1000, "npy", None, {"range": [1000, 5095]}, lambda a: (a - 1000) / 4095, "range [1000, 5095]"),
@@ -124,9 +125,66 @@ def test_image_scaling(tmp_path: Path, image: np.ndarray, ext: str, sbit: int | 
 
 def test_mixed_scalings_are_counted(tmp_path: Path) -> None:
     save_png(tmp_path / "a.png", CODES12, sbit=12)
-    save_png(tmp_path / "b.png", CODES12)
+    save_png(tmp_path / "b.png", CODES16)
     model = FolderModel(tmp_path, SHAPE)
-    assert model.describe()["scaling"] == "dtype max 65535 (1 files); sBIT 12 bits (1 files)"
+    assert model.describe()["scaling"] == "dtype max 65535 (largest stored value 65520) (1 files); sBIT 12 bits (1 files)"
+
+
+@pytest.mark.parametrize("ext", ["png", "npy"])
+def test_values_that_fit_a_narrower_bit_depth_are_an_error_naming_the_files_and_the_fix(tmp_path: Path, ext: str) -> None:
+    """12-bit values (nothing above 4095) in 16-bit files without an sBIT chunk or a stated range would be divided by
+    65535, 16 times too dark: refused, naming the files (first few and the count), the largest value folder-wide, the
+    type's depth and both ways to state the range."""
+    for i in range(7):
+        if ext == "png":
+            save_png(tmp_path / f"s{i}.png", CODES12)
+        else:
+            np.save(tmp_path / f"s{i}.npy", CODES12)
+    with pytest.raises(ModelError) as err:
+        FolderModel(tmp_path, SHAPE)
+    msg = str(err.value)
+    assert f"s0.{ext}, s1.{ext}, s2.{ext}" in msg and "(7 files)" in msg and "largest stored value is 4095" in msg, msg
+    assert "12 bits" in msg and "16-bit" in msg and "65535" in msg and "16 times too dark" in msg, msg
+    assert 'mriq_folder.json in the folder with the field "range"' in msg and '{"range": [0, 4095]}' in msg, msg
+    assert ("an sBIT chunk in each PNG giving the significant bits, e.g. 12" in msg) == (ext == "png"), msg
+    (tmp_path / SIDECAR).write_text('{"range": [0, 4095]}')
+    assert FolderModel(tmp_path, SHAPE).describe()["scaling"] == "range [0, 4095] from mriq_folder.json"
+
+
+def test_an_8_bit_folder_whose_values_fit_6_bits_is_refused_and_a_dark_file_is_not(tmp_path: Path) -> None:
+    """The rule reads the largest value of the whole folder: a dark image beside images that use the range is read by
+    the type's maximum; a folder whose values all stay below 2^(8-2) = 64 is refused."""
+    save_png(tmp_path / "dark.png", np.full((8, 8), 20, np.uint8))
+    save_png(tmp_path / "bright.png", np.full((8, 8), 230, np.uint8))
+    model = FolderModel(tmp_path, SHAPE)
+    assert model.describe()["scaling"] == "dtype max 255 (largest stored value 230)"
+    images = model.sample(None, seed=0)
+    np.testing.assert_allclose(images[:, 0, 0, 0].numpy(), [230 / 255, 20 / 255], rtol=1e-6)
+    (tmp_path / "bright.png").unlink()
+    with pytest.raises(ModelError, match=r"dark.png \(1 files\) hold 8-bit PNG integers whose largest stored value is 20, "
+                                         r"folder-wide: that fits in 5 bits"):
+        FolderModel(tmp_path, SHAPE)
+
+
+def test_integer_nifti_slices_without_a_range_are_refused_but_scaled_or_float_ones_are_read(tmp_path: Path) -> None:
+    """Integer NIfTI images (MRI is often int16 with values up to a few thousand) would be divided by the type's maximum
+    (32767): refused, saying how to state the range. A header scl_slope (NIfTI-1 header: values = slope * stored +
+    inter) or floating-point values are read as the file states them, with no depth guessed."""
+    import nibabel as nib
+
+    raw = (np.arange(64).reshape(8, 8) * 50).astype(np.int16)  # 0..3150, as in an MRI scan
+    nib.save(nib.Nifti1Image(raw, np.eye(4)), str(tmp_path / "a.nii.gz"))
+    with pytest.raises(ModelError) as err:
+        FolderModel(tmp_path, SHAPE)
+    msg = str(err.value)
+    assert "a.nii.gz" in msg and "largest stored value is 3150" in msg and "int16" in msg and "32767" in msg, msg
+    assert '"range": [0, 4095]' in msg and "floating-point values in [0, 1]" in msg, msg
+    scaled = nib.Nifti1Image(raw, np.eye(4))
+    scaled.header.set_slope_inter(1 / 3150, 0)
+    nib.save(scaled, str(tmp_path / "a.nii.gz"))
+    model = FolderModel(tmp_path, SHAPE)
+    assert model.describe()["scaling"] == "floating-point values as stored"
+    np.testing.assert_allclose(model.sample(None, seed=0)[0, 0].numpy(), raw / 3150, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -171,11 +229,11 @@ def test_provenance_records_the_scaling_and_the_sidecar(tmp_path: Path, mni) -> 
     for i in range(2):
         save_png(tmp_path / f"c{i}.png", np.round(mni.test.images[i, 0].numpy() * 4095).astype(np.uint16))
         save_png(tmp_path / f"c{i}_seg.png", mni.test.masks[i, 0].numpy().astype(np.uint8))
-    plain = load_model(str(tmp_path), ctx, mni).provenance
+    with pytest.raises(ModelError, match=r"largest stored value is 4095, .*mriq_folder.json"):  # no range stated: no guess
+        load_model(str(tmp_path), ctx, mni)
     (tmp_path / SIDECAR).write_text('{"range": [0, 4095]}')
     ranged = load_model(str(tmp_path), ctx, mni)
-    assert plain["scaling"] == "dtype max 65535" and ranged.provenance["scaling"] == "range [0, 4095] from mriq_folder.json"
-    assert plain["sha256_16"] != ranged.provenance["sha256_16"] and plain["n_files"] == ranged.provenance["n_files"] == 4
+    assert ranged.provenance["scaling"] == "range [0, 4095] from mriq_folder.json" and ranged.provenance["n_files"] == 4
     images, masks = ranged.sample(None, seed=0)
     assert torch.equal(masks, mni.test.masks[:2])
     np.testing.assert_allclose(images.numpy(), mni.test.images[:2].numpy(), atol=0.5 / 4095 + 1e-6)  # 12-bit quantisation

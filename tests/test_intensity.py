@@ -1,5 +1,5 @@
 """brain_intensity: known answers, scale equivariance, the benign spread the suites' rationale quotes, and the
-INTENSITY-SCALE criterion end to end on a folder of 12-bit values in 16-bit PNGs."""
+INTENSITY-SCALE criterion end to end on folders of 16-bit PNGs holding 12-bit (refused unless stated) or 15-bit values."""
 
 from __future__ import annotations
 
@@ -102,9 +102,9 @@ def test_benign_variation_stays_within_the_quoted_spread(spec: str, low: float, 
     assert not outside, outside
 
 
-def _png_folder(folder: Path, spec: str, cache_dir: Path, sbit: bool = False, sidecar: bool = False) -> Path:
-    """The real test images as 16-bit PNGs holding 12-bit values (0..4095), masks as 8-bit PNGs, named as a folder
-    model reads them (``<id>_seg.png`` + ``<id>.png``, or ``<id>_<contrast>.png`` per contrast)."""
+def _png_folder(folder: Path, spec: str, cache_dir: Path, sbit: bool = False, sidecar: bool = False, bits: int = 12) -> Path:
+    """The real test images as 16-bit PNGs holding ``bits``-bit values (0..2^bits-1), masks as 8-bit PNGs, named as a
+    folder model reads them (``<id>_seg.png`` + ``<id>.png``, or ``<id>_<contrast>.png`` per contrast)."""
     d = load_data(spec, DiskCache(cache_dir))
     folder.mkdir()
     info = PngImagePlugin.PngInfo()
@@ -113,7 +113,7 @@ def _png_folder(folder: Path, spec: str, cache_dir: Path, sbit: bool = False, si
     for sid, img, mask in zip(d.test.ids, d.test.images, d.test.masks):
         for c, contrast in enumerate(d.contrasts):
             name = f"{sid}.png" if len(d.contrasts) == 1 else f"{sid}_{contrast}.png"
-            Image.fromarray(np.round(img[c].numpy() * 4095).astype(np.uint16)).save(folder / name, pnginfo=info)
+            Image.fromarray(np.round(img[c].numpy() * (2**bits - 1)).astype(np.uint16)).save(folder / name, pnginfo=info)
         Image.fromarray(mask[0].numpy().astype(np.uint8)).save(folder / f"{sid}_seg.png")
     if sidecar:
         (folder / "mriq_folder.json").write_text('{"range": [0, 4095]}')
@@ -123,21 +123,28 @@ def _png_folder(folder: Path, spec: str, cache_dir: Path, sbit: bool = False, si
 @pytest.mark.parametrize(
     "suite, spec, how, verdict",
     [
-        ("brain_tumour.yaml", "builtin:mni-tumour", "plain", "FAIL"),
+        ("brain_tumour.yaml", "builtin:mni-tumour", "plain", "ERROR"),
         ("brain_tumour.yaml", "builtin:mni-tumour", "sidecar", "PASS"),
         ("brain_tumour.yaml", "builtin:mni-tumour", "sbit", "PASS"),
-        ("vessels.yaml", "builtin:mni-vessel", "plain", "FAIL"),
+        ("brain_tumour.yaml", "builtin:mni-tumour", "15-bit", "FAIL"),
+        ("vessels.yaml", "builtin:mni-vessel", "15-bit", "FAIL"),
     ],
 )
 def test_intensity_scale_catches_12_bit_pngs_read_as_16_bit(pytester: pytest.Pytester, run_plugin, cache_dir: Path, suite: str,
                                                             spec: str, how: str, verdict: str) -> None:
-    """Read without range information, 12-bit values in 16-bit PNGs are 16 times too dark: the shipped gate FAILs
-    (ratio 1/16); with the range in mriq_folder.json or an sBIT chunk they are read right and it PASSes."""
-    folder = _png_folder(pytester.path / "generated", spec, cache_dir, sbit=how == "sbit", sidecar=how == "sidecar")
+    """12-bit values in 16-bit PNGs without range information would be 16 times too dark: the folder is refused (an
+    ERROR naming the files and how to state the range, no guessed depth); with the range in mriq_folder.json or an sBIT
+    chunk they are read right and the gate PASSes. 15-bit values (one unused bit, not refused) are read 2 times too dark:
+    the shipped gate FAILs (ratio 1/2)."""
+    folder = _png_folder(pytester.path / "generated", spec, cache_dir, sbit=how == "sbit", sidecar=how == "sidecar",
+                         bits=15 if how == "15-bit" else 12)
     result = run_plugin(str(SUITES / suite), "--rootdir", str(pytester.path), "-k", "INTENSITY-SCALE", f"--mriq-model={folder}")
-    if verdict == "FAIL":
+    if verdict == "ERROR":
+        result.assert_outcomes(errors=1, deselected=result.parseoutcomes()["deselected"])
+        result.stdout.fnmatch_lines(["*largest stored value is 4095, folder-wide: that fits in 12 bits*mriq_folder.json*"])
+    elif verdict == "FAIL":
         result.assert_outcomes(failed=1, deselected=result.parseoutcomes()["deselected"])
-        result.stdout.fnmatch_lines(["*INTENSITY-SCALE FAILED: brain_intensity on generated*images*ratio 0.062*below the minimum 0.7071*"])
+        result.stdout.fnmatch_lines(["*INTENSITY-SCALE FAILED: brain_intensity on generated*images*ratio 0.5*below the minimum 0.7071*"])
     else:
         result.assert_outcomes(passed=1, deselected=result.parseoutcomes()["deselected"])
         result.stdout.fnmatch_lines(["PASS*INTENSITY-SCALE*brain_intensity*ratio 1 *"])

@@ -23,7 +23,7 @@ import mriq_validate.data.filememo as filememo
 import mriq_validate.data.nifti as nifti
 from mriq_validate.cache import DiskCache
 from mriq_validate.data import load_data
-from mriq_validate.data.layouts import label_meaning
+from mriq_validate.data.label_meanings import label_meaning
 from mriq_validate.data.preprocess import axial_to_display
 from mriq_validate.errors import DataError
 

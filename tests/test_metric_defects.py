@@ -63,7 +63,7 @@ def test_ms_ssim_runs_or_names_the_size_for_every_size(kernel: int) -> None:
     """Every slice size from 8 to 128 px either gives finite MS-SSIM values through MONAI or a MetricError naming it,
     with as many scales as MONAI accepts (one more would break its size check or the coarsest scale's kernel)."""
     from mriq_validate.metrics.functional.diversity import ms_ssim_setup
-    from mriq_validate.segmenter import torch_threads
+    from mriq_validate.segnets import torch_threads
 
     metric = create_metric("ms_ssim_diversity", {"n_pairs": 10, "kernel_size": kernel})
     gen = torch.Generator().manual_seed(0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
-from mriq_validate.criteria import NoiseUnit, check_threshold, evaluate, seed_sd_false_alarm, seed_sd_multiplier
+from mriq_validate.bounds import NoiseUnit, check_threshold, seed_sd_false_alarm, seed_sd_multiplier
+from mriq_validate.criteria import evaluate
 from mriq_validate.downstream_table import SHIPPED_SUITE, flag_criteria, flag_rule, paired_estimates
 from mriq_validate.errors import SuiteError
 from mriq_validate.metrics import Sample, create_metric

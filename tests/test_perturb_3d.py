@@ -18,7 +18,8 @@ from mriq_validate.data.volumes import display_volume
 from mriq_validate.errors import MetricError
 from mriq_validate.perturb import REGISTRY, PerturbContext, apply, get
 from mriq_validate.perturb.figure import perturbation_figure, shown_slice
-from mriq_validate.perturb.morphology import _vessel_gaps, dilate_ball, erode_ball, skeletonize
+from mriq_validate.perturb.morphology import dilate_ball, erode_ball
+from mriq_validate.perturb.vessels import _vessel_gaps, skeletonize
 from mriq_validate.perturb.sweeps import DEFAULT_SWEEPS
 
 FEW = settings(max_examples=5, deadline=None, database=None)

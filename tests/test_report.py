@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from mriq_validate.decision import decision
-from mriq_validate.report import VOLATILE_FIELDS, build_report, report_schema, strip_volatile, validate_report, write_report
+from mriq_validate.integrity import report_schema, validate_report
+from mriq_validate.report import VOLATILE_FIELDS, build_report, strip_volatile, write_report
 
 SUITE = textwrap.dedent(
     """\

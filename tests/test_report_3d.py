@@ -11,7 +11,8 @@ import torch
 from test_models_3d import SHAPE, volume_data
 
 from mriq_validate.figures import axial_sample, lesion_slice, sample_grid_figure
-from mriq_validate.report import build_report, validate_report, write_report
+from mriq_validate.integrity import validate_report
+from mriq_validate.report import build_report, write_report
 from mriq_validate.session import RunContext, RunSettings, _Lazy
 
 

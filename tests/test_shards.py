@@ -16,8 +16,12 @@ import pytest
 
 from mriq_validate.cli import main as cli_main
 from mriq_validate.decision import decision
-from mriq_validate.report import mark_in_progress, strip_volatile, validate_report
-from mriq_validate.shards import Shard, assign, parse_shard, shard_decision, shard_ok
+from mriq_validate.integrity import rederived_decision, seal
+from mriq_validate.integrity import validate_report
+from mriq_validate.report import mark_in_progress, strip_volatile
+from mriq_validate.decision import shard_decision, shard_ok
+from mriq_validate.shards import Shard, assign, parse_shard
+from report_fixtures import fake_shards
 
 #: brain_intensity (no segmenter, no pyiqa) keeps each pytester run to seconds on the cached embedded data
 SUITE = textwrap.dedent(
@@ -58,7 +62,7 @@ ITEMS = ["suite.yaml::INTENSITY", "suite.yaml::INTENSITY-ABS", "suite.yaml::SENS
 #: and local folders, and the shard record itself. Everything else must be equal.
 MERGE_VOLATILE = (
     "run.started", "run.finished", "run.duration_s", "run.command_line", "run.invocation_dir", "run.settings.cache_dir",
-    "run.shard", "results.*.duration_s",
+    "run.shard", "results.*.duration_s", "integrity",
     "provenance.contexts.*.segmenters.*.history.seconds", "provenance.contexts.*.segmenters.*.history.epochs_per_s",
 )
 
@@ -172,7 +176,7 @@ def _record(item: str, verdict: str, gate: bool = True, kind: str = "model") -> 
 )
 def test_a_shards_decision_is_partial_and_its_exit_follows_its_own_items(records: list[dict[str, Any]], ok: bool) -> None:
     own = decision(records)
-    d = shard_decision(own, Shard(2, 3), len(records), 7)
+    d = shard_decision(own, 2, 3, len(records), 7)
     assert d["status"] == "INCOMPLETE" and not d["complete"]
     assert d["incomplete_reasons"][0].startswith(f"partial: shard 2 of 3 ({len(records)} of 7 criterion items); merge the shard reports")
     assert shard_ok(own) is ok
@@ -261,38 +265,16 @@ def test_a_failing_shard_exits_non_zero_and_the_merge_is_not_cleared(pytester: p
 # ------------------------------------------------------------------------------------------- refusals (fast)
 
 
-def _fake_shards(root: Path) -> list[Path]:
-    """Two shard report folders written by the run state itself (no pytest run): one PASS per shard."""
-    from mriq_validate.run_state import MriqRun
-    from mriq_validate.session import RunSettings
-
-    suite = root / "s.yaml"
-    suite.write_text("mriq_suite: {}\n")
-    plan = {f"s.yaml::{c}": {"item_id": f"s.yaml::{c}", "criterion_id": c, "level": {}, "suite": str(suite), "gate": True, "kind": "model",
-                             "requirement": "r", "hazard": None, "rationale": "x", "metric_name": "dice"} for c in ("A", "B")}
-    estimate = {"value": 0.0, "ci_low": -0.1, "ci_high": 0.1, "se": 0.05, "n": 8, "n_boot": 100, "ci_level": 0.95}
-    evaluated = {"metric": {"name": "dice"}, "value": estimate, "baseline": estimate, "compared": estimate,
-                 "threshold": {"min": -0.05, "relative": "difference"}, "bounds": {"min": -0.05, "max": None}, "checked": 0.0, "seed": 1}
-    context = {"data_spec": "builtin:mni-tumour", "data_options": {}, "seed": 0, "device": "cpu", "cache_events": [],
-               "model": {"spec": "builtin:real", "kind": "builtin"}}
-    folders = []
-    for k in (1, 2):
-        owner = assign(plan, 2)
-        mine = {i: e for i, e in plan.items() if owner[i] == k}
-        run = MriqRun(RunSettings(model="builtin:real", data=None, cache_dir=str(root / "cache")), report_dir=root / f"s{k}",
-                      collected=dict(plan), planned=mine, shard=Shard(k, 2), worker_contexts=[dict(context)],
-                      suites={str(suite): {"name": "s", "version": "1", "context_of_use": "c", "path": str(suite), "n_criteria": 2}})
-        for i, e in mine.items():
-            run.add_report(i, 0.1, {**e, **evaluated, "verdict": "PASS"})
-        assert run.finish(0) is True  # the shard's own gating item passed: the job may exit 0
-        folders.append(root / f"s{k}")
-    return folders
+def _rewrite(folder: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as a job that really produced it would have: its decision re-derived and sealed, so that the merge
+    meets the change itself, not a stale decision or digest (tests/test_integrity.py covers those)."""
+    (folder / "report.json").write_text(json.dumps(seal({**report, "decision": rederived_decision(report)})))
 
 
 def _edit(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
     report = load(folder)
     change(report)
-    (folder / "report.json").write_text(json.dumps(report))
+    _rewrite(folder, report)
 
 
 def _digests(value: str) -> Callable[[dict[str, Any]], None]:
@@ -337,7 +319,7 @@ REFUSALS = {
 @pytest.mark.parametrize("name", list(REFUSALS))
 def test_shards_that_disagree_are_refused_naming_the_folders_and_the_field(name: str, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    s1, s2 = _fake_shards(tmp_path)
+    s1, s2 = fake_shards(tmp_path)
     change, field = REFUSALS[name]
     _edit(s2, change)
     capsys.readouterr()
@@ -350,7 +332,7 @@ def test_shards_that_disagree_are_refused_naming_the_folders_and_the_field(name:
 
 
 def test_data_that_differs_between_shards_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    s1, s2 = _fake_shards(tmp_path)
+    s1, s2 = fake_shards(tmp_path)
     _edit(s1, _digests("aaaa"))
     _edit(s2, _digests("aaaa"))
     assert cli_main(["merge-reports", str(s1), str(s2), "--out", str(tmp_path / "same")]) == 0  # the control: same digests merge
@@ -362,9 +344,9 @@ def test_data_that_differs_between_shards_is_refused(tmp_path: Path, capsys: pyt
 
 
 def test_shards_checked_out_in_other_folders_merge_onto_the_first_shards_paths(tmp_path: Path) -> None:
-    s1, s2 = _fake_shards(tmp_path)
+    s1, s2 = fake_shards(tmp_path)
     text = (s2 / "report.json").read_text().replace(json.dumps(str(tmp_path))[1:-1], "/elsewhere/checkout")
-    (s2 / "report.json").write_text(text)
+    _rewrite(s2, json.loads(text))
     assert "/elsewhere/checkout/s.yaml" in text
     assert cli_main(["merge-reports", str(s1), str(s2), "--out", str(tmp_path / "merged")]) == 0
     merged = load(tmp_path / "merged")
@@ -374,7 +356,7 @@ def test_shards_checked_out_in_other_folders_merge_onto_the_first_shards_paths(t
 
 
 def test_missing_repeated_unfinished_or_foreign_reports_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    s1, s2 = _fake_shards(tmp_path)
+    s1, s2 = fake_shards(tmp_path)
     merged = tmp_path / "merged"
     assert cli_main(["merge-reports", str(s1), str(s2), "--out", str(merged)]) == 0  # the control
     assert load(merged)["decision"]["status"] == "CLEARED" and load(merged)["run"]["shard"]["count"] == 2
@@ -408,6 +390,6 @@ def test_missing_repeated_unfinished_or_foreign_reports_are_refused(tmp_path: Pa
     (s2 / "report.json").write_text(json.dumps({**report, "decision": {**report["decision"], "status": "MAYBE"}}))
     assert cli_main(["merge-reports", str(s1), str(s2), "--out", str(tmp_path / "out")]) == 2
     assert "does not follow the report schema at decision.status" in capsys.readouterr().err
-    (s2 / "report.json").write_text(json.dumps({**report, "run": {**report["run"], "shard": None}}))
+    _rewrite(s2, {**report, "run": {**report["run"], "shard": None}})
     assert cli_main(["merge-reports", str(s1), str(s2), "--out", str(tmp_path / "out")]) == 2
     assert "the report of an unsharded run, not a shard's report" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mriq_validate.cache import verify
+from mriq_validate.cache_admin import verify
 from mriq_validate.data.core import ReferenceData, Split
 from mriq_validate.errors import ModelError
 from mriq_validate.metrics import create_metric

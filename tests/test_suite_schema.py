@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mriq_validate.errors import SuiteError
-from mriq_validate.suite import Suite, apply_overrides, is_suite_file, load_suite, parse_override, suite_to_yaml
+from mriq_validate.overrides import apply_overrides, parse_override
+from mriq_validate.suite import Suite, is_suite_file, load_suite, suite_to_yaml
 
 VALID = textwrap.dedent(
     """\

@@ -31,7 +31,7 @@ def _record(cid: str, verdict: str, compared: float | None, *, gate: bool = True
                          "kind": kind, "requirement": "r", "hazard": None, "rationale": "x", "verdict": verdict, "message": "m"}
     if compared is not None:
         r.update(metric={"name": "dice", "region": "whole_tumour"}, compared=_estimate(compared), value=_estimate(0.9 + compared),
-                 baseline=_estimate(0.9), threshold={"min": -0.05, "relative": "difference"},
+                 baseline=_estimate(0.9), threshold={**(bounds or {"min": -0.05, "max": None}), "relative": "difference"},
                  bounds=bounds or {"min": -0.05, "max": None}, checked=compared, seed=1)
     return r
 

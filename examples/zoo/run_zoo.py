@@ -104,7 +104,7 @@ def run_jobs(jobs: list[Job], slots: int, env: dict[str, str], say=print) -> dic
 
 def real_side_problem(folder: Path, k: list[str]) -> str | None:
     """None when the suite against ``builtin:real`` cleared (with ``-k``: no gating criterion failed or errored)."""
-    from mriq_validate.report import UnusableReport, read_finished_report
+    from mriq_validate.integrity import UnusableReport, read_finished_report
 
     try:
         report = read_finished_report(folder)

@@ -3,14 +3,19 @@
 BraTS 2018–2021 write ``t1, t1ce, t2, flair``; BraTS 2023–2025 write ``t1n, t1c, t2w, t2f``; the Medical Segmentation
 Decathlon (Task01) writes ``FLAIR, T1w, t1gd, T2w`` in its dataset.json; nnU-Net v2 conversions write whatever their
 ``channel_names`` say (e.g. ``T1, T1ce, T2, FLAIR``). One canonical name per contrast lets a suite say ``flair`` and
-read the right file or channel in every layout.
+read the right file or channel in every layout: :func:`pick_contrasts` finds the asked contrasts among those a
+layout (:mod:`mriq_validate.data.layouts`) offers.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .layouts import Case, ContrastEntry, Layout
 
 #: The canonical contrasts of structural brain MRI, in the order BraTS 2021 lists them.
 CANONICAL = ("t1", "t1c", "t2", "flair")
@@ -59,3 +64,71 @@ def select_contrasts(available: tuple[str, ...], wanted: list[str] | tuple[str, 
             raise DataError(f"{where}: contrast {name!r} is asked for twice (as {key!r})")
         out.append(available.index(key))
     return out
+
+
+# ----------------------------------------------------------------------------------- the contrasts of a layout
+
+
+def pick_contrasts(layout: Layout, wanted: list[str] | None) -> list[ContrastEntry]:
+    """The contrasts to read, in the order asked (all the layout offers by default, canonical first, when ``wanted`` is
+    None). A digit names a channel index in imagesTr layouts. DataError naming an unknown, repeated or ambiguous
+    contrast and the contrasts the data has."""
+    offered = list(layout.contrasts)
+    have = list(dict.fromkeys(e.name for e in offered))
+    where = f"{layout.root} ({layout.description})"
+    if wanted is None:
+        picked = [e for e in offered if e.default]
+        if not picked:
+            raise DataError(f"{where}: no file says a known contrast (found {have}); name the contrasts to read with the "
+                            "suite's data.contrasts")
+        names = [e.name for e in picked]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"{where}: contrast {dup[0]!r} is ambiguous: {[e.where for e in picked if e.name == dup[0]]}; "
+                            f"name the channels to read with data.contrasts (channel indices allowed)")
+        return picked
+    if not wanted:
+        raise DataError(f"{where}: contrasts is empty; expected some of {have} (or leave it out for all)")
+    out: list[ContrastEntry] = []
+    for w in wanted:
+        text = str(w)
+        if text.isdigit():
+            if not layout.indexed:
+                raise DataError(f"{where}: contrast {text!r} is a channel index, which only imagesTr layouts have; "
+                                f"name a contrast: {have}")
+            matches = [e for e in offered if e.channel == int(text)]
+            if not matches:
+                raise DataError(f"{where}: channel {text} does not exist; the data has channels "
+                                f"{sorted(e.channel for e in offered if e.channel is not None)} ({have})")
+        else:
+            matches = [e for e in offered if e.name == contrast_name(text)]
+            if not matches:
+                hint = (" imagesTr/ without a dataset.json does not name its channels: give channel indices (contrasts: ['0']) "
+                        "or add a dataset.json with channel_names." if layout.name == "imagesTr" else "")
+                raise DataError(f"{where}: contrast {text!r} is not in the data; it has {have} (synonyms: t1=t1n=T1w, "
+                                f"t1c=t1ce=t1gd, t2=t2w, flair=t2f).{hint}")
+            if len(matches) > 1:
+                raise DataError(f"{where}: contrast {text!r} is ambiguous: {[e.where for e in matches]}; give a channel index")
+        if matches[0] in out:
+            raise DataError(f"{where}: contrast {text!r} is asked for twice (as {matches[0].name!r})")
+        out.append(matches[0])
+    return out
+
+
+def cases_with(layout: Layout, picked: list[ContrastEntry]) -> tuple[list[Case], list[str]]:
+    """(cases holding every picked contrast, ids of cases holding none of them). DataError naming a case that holds
+    some but not all."""
+    keep, other = [], []
+    for c in layout.cases:
+        have = [e.key in c.images for e in picked]
+        if all(have):
+            keep.append(c)
+        elif not any(have):
+            other.append(c.id)
+        else:
+            missing = [e.name for e, h in zip(picked, have) if not h]
+            raise DataError(f"{layout.root / c.id if layout.name != 'flat' else layout.root}: case {c.id!r} has no {missing} "
+                            f"(it has {sorted(c.images)}); every case needs each contrast read ({[e.name for e in picked]})")
+    if not keep:
+        raise DataError(f"{layout.root}: no case holds the contrasts {[e.name for e in picked]}")
+    return keep, other

@@ -31,10 +31,11 @@ import torch
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
+from .contrasts import cases_with, pick_contrasts
 from .core import ReferenceData, Split
 from .filememo import file_digest
-from .layouts import (Case, ContrastEntry, LabelMeaning, cases_with, detect_layout, finish_meanings, pick_contrasts,
-                      plan_meanings, unknown_meaning_error)
+from .label_meanings import LabelMeaning, finish_meanings, plan_meanings, unknown_meaning_error
+from .layouts import Case, ContrastEntry, detect_layout
 from .preprocess import PREPROCESSING, case_slices, to_ras, voxel_sizes
 from .volumes import VOLUME_PREPROCESSING, case_volume, check_volume_geometry
 
@@ -116,6 +117,10 @@ def _read(path: Path, channel: int | None, cache: dict[Any, Any], whole: bool = 
             raise DataError(f"{path}: shape {shape}; expected a 4D image with a channel {channel} on its last axis")
         if channel is None and len(shape) != 3:
             raise DataError(f"{path}: shape {shape}; expected a 3D volume")
+        # No bit depth is guessed here: values are read as float (scl_slope/scl_inter applied where the NIfTI-1 header
+        # sets them) and normalised per slice or volume and contrast on their 1st-99th percentiles (preprocess,
+        # volumes), never divided by the dtype's range, so an int16 BraTS scan with values up to a few thousand is read
+        # as meant. (Folders of generated images, which would be divided by it, refuse such values: folder_model, bitdepth.)
         if channel is not None and whole:
             if (path, "whole") not in cache:
                 cache[(path, "whole")] = np.asarray(img.dataobj, dtype=np.float32)

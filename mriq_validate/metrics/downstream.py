@@ -19,7 +19,7 @@ volumes), and the lesion-wise metrics find lesions in the image's own dimensiona
 Training noise: ``noise_floor`` of ``dice``, ``dice_tstr`` and ``dice_augmented`` is the seed-to-seed standard
 deviation of the TRTR segmenter's mean real-test Dice over ``noise_seeds`` training seeds (default
 :data:`DEFAULT_NOISE_SEEDS`; seed 0 is the TRTR segmenter itself). A threshold in ``unit: seed_sd`` is widened for the
-uncertainty of that estimate so that it keeps the false-alarm rate it states (:class:`mriq_validate.criteria.NoiseUnit`).
+uncertainty of that estimate so that it keeps the false-alarm rate it states (:class:`mriq_validate.bounds.NoiseUnit`).
 
 HD95 has three definitions (``definition``): MONAI's (the larger of the two one-way 95th percentiles), the pooled one
 (95th percentile of both directions' distances together, with BraTS's 374 mm for an empty mask) and BraTS 2023's

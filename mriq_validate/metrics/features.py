@@ -37,7 +37,8 @@ import torch
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
 from .. import arrays
-from ..segmenter import PRECISIONS, SegmenterConfig, autocast, divisible_pad, divisor
+from ..segmenter import SegmenterConfig
+from ..segnets import PRECISIONS, autocast, divisible_pad, divisor
 
 if TYPE_CHECKING:
     from ..session import RunContext
@@ -66,9 +67,9 @@ def pooled_activations(net: torch.nn.Module, blocks: list[torch.nn.Module], imag
                        batch_size: int | None = None, divisible_by: int = 1, precision: str = "fp32") -> np.ndarray:
     """Concatenated global-average-pooled outputs of ``blocks`` (over every spatial axis: H×W, or D×H×W for volumes)
     while ``net`` runs on ``images``, ``batch_size`` at a time (default 64 slices or 4 volumes). Images whose sizes are
-    not multiples of ``divisible_by`` are zero-padded to them first (:func:`~mriq_validate.segmenter.divisible_pad`, as
+    not multiples of ``divisible_by`` are zero-padded to them first (:func:`~mriq_validate.segnets.divisible_pad`, as
     the segmenter predicts), so the padding's background enters the averages. ``precision`` ``bf16`` runs the network
-    under bfloat16 autocast (:func:`~mriq_validate.segmenter.autocast`); the averages are taken in float32 and returned
+    under bfloat16 autocast (:func:`~mriq_validate.segnets.autocast`); the averages are taken in float32 and returned
     as float64 either way. ``images`` may be memory-mapped: their pages are released after each batch."""
     batch_size = batch_size or (64 if images.ndim == 4 else 4)
     outs: list[torch.Tensor] = []

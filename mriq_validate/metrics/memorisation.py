@@ -14,7 +14,7 @@ from ..errors import MetricError
 from ..seeding import derive_seed
 from .base import PerImageMetric, Sample, check_int, check_number, register_metric
 from .features import FEATURES_VERSION, Extractor, check_features, features, make_extractor
-from .functional.distribution import capped_rows
+from .functional.pairwise import capped_rows
 from .functional.memorisation import CopyInvariance, _null_size, conformal_flags, copy_distances, copy_embedding, copy_flags
 
 if TYPE_CHECKING:
@@ -71,10 +71,11 @@ class CopyFraction(PerImageMetric):
     )
 
     def __init__(self, alpha: float = 0.01, features: dict[str, Any] | None = None, flips: bool | None = None,
-                 max_shift: int | None = None, max_items: int = 256) -> None:
+                 max_shift: int | None = None, max_items: int | None = None) -> None:
         self.alpha = check_number(self.name, "alpha", alpha, lambda a: 0 < a < 0.5, "in (0, 0.5)")
         fewest = int(np.ceil(1 / self.alpha - 1 - 1e-9))  # the conformal threshold's α(m+1) ≥ 1 on max_items held-out images
-        self.max_items = check_int(self.name, "max_items", max_items, max(fewest, 2))
+        # a max_items given below what alpha needs is refused here; the default is checked with the held-out data (scores)
+        self.max_items = 256 if max_items is None else check_int(self.name, "max_items", max_items, max(fewest, 2))
         self.features = dict(features or {"extractor": "pixels"})
         self._size = check_features(self.features, "metric 'copy_fraction': features: ").get("size", 32)
         pixels = self.features.get("extractor", "segmenter") == "pixels"
@@ -119,8 +120,12 @@ class CopyFraction(PerImageMetric):
 
     def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
         train = Sample(sample.same_contrasts(ctx.data.train.images), ctx.data.train.masks, "")
-        test = self.capped(Sample(sample.same_contrasts(ctx.data.test.images), ctx.data.test.masks, ""), ctx.seed, "held-out")
-        _null_size(self.alpha, len(test))  # too few held-out items for alpha: said before any distance is computed
+        held_out = Sample(sample.same_contrasts(ctx.data.test.images), ctx.data.test.masks, "")
+        test = self.capped(held_out, ctx.seed, "held-out")
+        try:  # too few held-out items for alpha: said before any distance is computed
+            _null_size(self.alpha, len(test), len(held_out))
+        except MetricError as exc:
+            raise MetricError(f"metric 'copy_fraction': {str(exc).removeprefix('null_feats: ')}") from None
         ext = make_extractor(ctx, self.features)  # also validates the pixels options
         if self.invariance is None:
             gen, ref, null = (features(ctx, ext, x.images, None) for x in (sample, train, test))

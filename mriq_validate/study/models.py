@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MriqError
-from ..report import REPORT_FILE, UnusableReport, read_finished_report
+from ..integrity import REPORT_FILE, UnusableReport, read_finished_report
 from ..seeding import rng_for
 
 UTILITIES = {"tstr": "DICE-TSTR-WT", "protocol_a": "DICE-WT"}  # utility name → the shipped suite's criterion id

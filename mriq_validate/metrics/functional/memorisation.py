@@ -37,7 +37,6 @@ training set, and it needs no training-set leave-one-out (adjacent slices of one
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import MetricError
+from .copy_search import flips_of, shift_search
 
 __all__ = ["CopyInvariance", "conformal_flags", "copy_distances", "copy_embedding", "copy_flags", "image_embedding",
            "nn_distances", "EMBEDDING_CONFIG"]
@@ -213,48 +213,6 @@ def copy_embedding(images: np.ndarray | torch.Tensor, size: int = 32, invariance
     return np.concatenate([pose, fine], axis=1)
 
 
-def _unit_rows(a: np.ndarray) -> np.ndarray:
-    """Each row minus its mean, divided by its norm (a constant row becomes 0): the z-normalisation of ``image_embedding``."""
-    a = a - a.mean(1, keepdims=True)
-    norm = np.linalg.norm(a, axis=1, keepdims=True)
-    return np.where(norm > 1e-12 * np.sqrt(a.shape[1]), a / np.maximum(norm, 1e-300), 0.0)
-
-
-def _flips(x: np.ndarray, flips: bool) -> list[np.ndarray]:
-    """``x`` (n × s × s, or n × s × s × s) and, with ``flips``, its in-plane left-right, up-down and double flips."""
-    return [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]] if flips else [x]
-
-
-def _overlap(shift: int, length: int) -> tuple[int, int, int]:
-    """Where the query's and the reference's pixels face each other when the query's content lies ``shift`` pixels
-    further along an axis of ``length`` pixels: their first pixels and the shared count, cut to an even number."""
-    lo = max(shift, 0)
-    return lo, lo - shift, (length - abs(shift)) // 2 * 2
-
-
-def _phases(x: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
-    """n × 2s × 2s (× 2s) → its 2 × 2 (× 2) average pools starting at pixel offset p ∈ {0, 1}^d (the half-pixel phases of
-    the thumbnail grid; an odd phase has one cell fewer)."""
-    nd = x.ndim - 1
-    cells = [o[::-1] for o in itertools.product((0, 1), repeat=nd)]  # the first axis varies fastest (2D: 00, 10, 01, 11)
-    out = {}
-    for phase in itertools.product((0, 1), repeat=nd):
-        y = x[(slice(None),) + tuple(slice(p, n - p) for p, n in zip(phase, x.shape[1:]))]
-        parts = [y[(slice(None),) + tuple(slice(o, None, 2) for o in c)] for c in cells]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        out[phase] = total / len(cells)
-    return out
-
-
-def _cells(phases: dict[tuple[int, ...], np.ndarray], starts: tuple[int, ...], counts: tuple[int, ...]) -> np.ndarray:
-    """The 2 × 2 (× 2) pools of the pixels [start, start + count) along each axis (counts even), unit-normalised rows."""
-    g = phases[tuple(a % 2 for a in starts)]
-    window = g[(slice(None),) + tuple(slice(a // 2, a // 2 + c // 2) for a, c in zip(starts, counts))]
-    return _unit_rows(window.reshape(g.shape[0], -1))
-
-
 def _side(values: int, nd: int) -> int:
     """The s with s^nd == values, or 0 when there is none."""
     s = int(round(values ** (1 / nd)))
@@ -272,8 +230,11 @@ def copy_distances(query: np.ndarray, reference: np.ndarray, invariance: CopyInv
     pixels), each flip of the query against the reference, both cut to the pixels they share after the shift, pooled
     2 × 2 (× 2) to thumbnail resolution and unit-normalised there. Nothing is padded, so a copy whose border was cut off
     or filled by the shift matches its source exactly on what remains. Flips are in-plane (left-right, up-down, both).
-    Every distance is between unit vectors: it lies in [0, 2], and an exact copy is at 0. Cost: 4 + 4·(4·max_shift + 1)^d
-    nearest-neighbour searches (with flips) of n × m vectors of up to size^d values.
+    Every distance is between unit vectors: it lies in [0, 2], and an exact copy is at 0. Ties go to the earlier
+    variant (pose flips, then shifts in ``itertools.product`` order, flips within), then to the lower reference index.
+    The shifts are searched by branch and bound on the windows' DCT coefficients (:mod:`.copy_search`), with the same
+    result: on 256 held-out × 2048 training slices, ~0.04 % of the 4·(4·max_shift + 1)^d shifted flips of a pair get
+    past the bounds and about one a query needs the exact distance.
     """
     if spatial_dims not in (2, 3):
         raise MetricError(f"spatial_dims: expected 2 (slices) or 3 (volumes), got {spatial_dims!r}")
@@ -288,28 +249,15 @@ def copy_distances(query: np.ndarray, reference: np.ndarray, invariance: CopyInv
     if invariance.max_shift >= size:
         raise MetricError(f"max_shift: {invariance.max_shift} thumbnail px leaves nothing to compare on a {size}-px thumbnail; "
                           f"expected fewer than {size}")
-    n = q.shape[0]
-    best, best_idx = np.full(n, np.inf), np.zeros(n, dtype=np.int64)
-
-    def keep(dist: np.ndarray, idx: np.ndarray) -> None:
-        dist, idx = dist.reshape(-1, n), idx.reshape(-1, n)  # variants × n
-        k, cols = dist.argmin(0), np.arange(n)
-        better = dist[k, cols] < best
-        best[better], best_idx[better] = dist[k, cols][better], idx[k, cols][better]
-
-    thumb = size**nd
-    pose = q[:, :thumb].reshape(n, *(size,) * nd)
-    keep(*nn_distances(np.concatenate([f.reshape(n, -1) for f in _flips(pose, invariance.flips)]), r[:, :thumb],
-                       batch_size=batch_size))
+    n, thumb = q.shape[0], size**nd
+    views = flips_of(q[:, :thumb].reshape(n, *(size,) * nd), invariance.flips)
+    dist, idx = nn_distances(np.concatenate([f.reshape(n, -1) for f in views]), r[:, :thumb], batch_size=batch_size)
+    dist, idx = dist.reshape(-1, n), idx.reshape(-1, n)  # flips × n
+    variant, cols = dist.argmin(0), np.arange(n)  # ties: the first flip
+    best = (dist[variant, cols], variant, idx[variant, cols])
     if invariance.max_shift:
-        fine_q = [_phases(f) for f in _flips(q[:, thumb:].reshape(n, *(2 * size,) * nd), invariance.flips)]
-        fine_r = _phases(r[:, thumb:].reshape(-1, *(2 * size,) * nd))
-        reach = 2 * invariance.max_shift
-        for shift in itertools.product(range(-reach, reach + 1), repeat=nd):
-            qs, rs, counts = zip(*(_overlap(a, 2 * size) for a in shift))
-            keep(*nn_distances(np.concatenate([_cells(f, qs, counts) for f in fine_q]), _cells(fine_r, rs, counts),
-                               batch_size=batch_size))
-    return best, best_idx
+        best = shift_search(q[:, thumb:], r[:, thumb:], size, nd, invariance.max_shift, invariance.flips, best)
+    return best[0], best[2]
 
 
 def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | torch.Tensor,
@@ -360,14 +308,20 @@ def copy_flags(gen_feats: np.ndarray | torch.Tensor, train_feats: np.ndarray | t
                            f"copy distances (flips: {invariance.flips}, shifts up to ±{invariance.max_shift} thumbnail px)")
 
 
-def _null_size(alpha: float, m: int) -> int:
-    """``k = ⌊α(m+1)⌋``; MetricError when ``alpha`` is not in (0, 1) or the ``m`` held-out images are too few for it."""
+def _null_size(alpha: float, m: int, available: int | None = None) -> int:
+    """``k = ⌊α(m+1)⌋``; MetricError when ``alpha`` is not in (0, 1) or the ``m`` held-out images are too few for it
+    (``available``: how many there were before a cap cut them to ``m``, for the message)."""
     if not (isinstance(alpha, (float, int)) and 0 < alpha < 1):
         raise MetricError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     k = int(math.floor(alpha * (m + 1) + 1e-9))
     if k < 1:
-        raise MetricError(f"null_feats: alpha={alpha} needs at least {math.ceil(1 / alpha - 1 - 1e-9)} held-out images (α(m+1) ≥ 1), "
-                          f"got {m}; with {m} held-out images alpha must be at least 1/{m + 1} = {1 / (m + 1):.4g}")
+        need = math.ceil(1 / alpha - 1 - 1e-9)
+        fix = (f"the {available} held-out images available are cut to {m} (copy_fraction's max_items): raise max_items to "
+               f"at least {need}, or use a larger alpha" if available is not None and available > m else
+               f"use a larger alpha, or more held-out real images (at least {need})")
+        raise MetricError(f"null_feats: alpha={alpha} needs at least {need} held-out images (α(m+1) ≥ 1: the threshold is the "
+                          f"⌊α(m+1)⌋-th smallest of the m held-out distances, so m ≥ 1/α − 1), got {m}; with {m} held-out images "
+                          f"alpha must be at least 1/{m + 1} = {1 / (m + 1):.4g}. Fix: {fix}")
     return k
 
 
