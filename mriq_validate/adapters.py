@@ -48,7 +48,7 @@ import torch
 from .errors import MissingFileError, ModelError
 
 if TYPE_CHECKING:
-    from .models import ModelContext
+    from .contract import ModelContext
 
 SETTINGS_FILE = "mriq.json"
 #: mriq.json keys → (type check, what is expected)

@@ -11,15 +11,23 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import MetricError
 from .stats import Estimate
 
-if TYPE_CHECKING:
-    from .suite import Threshold
+
+class Threshold(Protocol):
+    """What the bounds are made from: a suite's threshold (:class:`mriq_validate.suite.Threshold` has these fields;
+    ``tolerance`` is None or has ``min`` and ``max``)."""
+
+    min: float | None
+    max: float | None
+    on: str
+    unit: str
+    tolerance: Any
 
 
 def check_threshold(th: Threshold, compared: Estimate, scale: float | NoiseUnit) -> tuple[bool, float, dict[str, float | None]]:

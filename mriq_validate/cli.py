@@ -83,6 +83,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from .selftest import run_selftest
+
+    return 0 if run_selftest() else 1
+
+
 def _export_masks(args: argparse.Namespace) -> int:
     from .cache import DiskCache, default_cache_dir
     from .data import load_data
@@ -305,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     demo.set_defaults(fn=_demo)
     sub.add_parser("list", help="list builtin models, data, metrics and perturbations").set_defaults(fn=_list)
+    sub.add_parser("selftest", help="known-answer checks of the measures, perturbations, statistics and report, from the "
+                   "installed package; exit 1 when one fails").set_defaults(fn=_selftest)
     exp = sub.add_parser("export-masks", help="write the test and train masks (and a manifest) so a model can generate images for "
                          "them offline; the folder is then a --mriq-model")
     exp.add_argument("out", help="a new or empty folder")

@@ -54,7 +54,7 @@ from .errors import ModelError
 from .signals import deferred
 
 if TYPE_CHECKING:
-    from .models import ModelContext
+    from .contract import ModelContext
 
 DEFAULT_TIMEOUT_S = 1800.0
 STARTUP_S = 120.0  # the child's own start-up (interpreter, torch import): the tool's code, bounded separately

@@ -22,7 +22,7 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,42 +33,11 @@ from .adapters import DiffusersPipeline, MonaiBundle, describe_folder, folder_ki
 from .axis_order import FIX, axis_order_message, axis_order_scores, mean_volume
 from .builtin_models import BUILTIN_MODELS
 from .cache import content_hash
+from .contract import ModelContext
 from .data.core import ReferenceData
 from .errors import ModelError
 from .isolation import DEFAULT_TIMEOUT_S, IsolatedModel
-
-
-@dataclass(frozen=True)
-class ModelContext:
-    """What a model factory receives: the real training split, the item shape, device, seed, labels and contrasts.
-
-    ``train_images`` is N×C×H×W slices or N×C×D×H×W volumes (one channel per contrast), ``train_masks`` N×1×H×W
-    (N×1×D×H×W); ``image_shape`` is (C, H, W) or (C, D, H, W), the shape of one item a model must return;
-    ``contrasts`` names the C channels in order (canonical names such as
-    ``("t1", "t1c", "t2", "flair")``, :mod:`mriq_validate.data.contrasts`). Left empty, :func:`load_model` fills it
-    from the reference data. ``spacing_mm`` is the voxel size of an item, one entry per spatial axis ((row, column)
-    or (D, H, W), in mm; empty when not known). Build it from the data with :meth:`for_data`.
-    """
-
-    train_images: torch.Tensor
-    train_masks: torch.Tensor
-    image_shape: tuple[int, ...]
-    device: torch.device
-    seed: int
-    labels: dict[str, int] = field(default_factory=dict)
-    contrasts: tuple[str, ...] = ()
-    spacing_mm: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.contrasts and len(self.contrasts) != self.image_shape[0]:
-            raise ModelError(f"model context: contrasts {list(self.contrasts)} but image_shape {tuple(self.image_shape)}; "
-                             f"expected one contrast per channel (image_shape[0] = {len(self.contrasts)})")
-
-    @classmethod
-    def for_data(cls, data: ReferenceData, device: torch.device, seed: int) -> "ModelContext":
-        """The context for a model of ``data``: its training split, item shape, labels and contrasts."""
-        return cls(data.train.images, data.train.masks, data.image_shape, device, seed, dict(data.labels), tuple(data.contrasts),
-                   tuple(float(v) for v in data.spacing_mm))
+from .model_spec import ModelSpec, parse_model_spec
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -325,43 +294,49 @@ def _isolated(kind: str, target: str, name: str, spec: str, ctx: ModelContext, t
         raise
 
 
-def load_model(spec: str, ctx: ModelContext, data: ReferenceData, *, timeout: float = DEFAULT_TIMEOUT_S) -> ModelAdapter:
-    """Resolve ``--mriq-model`` ``spec`` into a checked :class:`ModelAdapter`; user code runs in a child process whose
-    every call (loading included) must return within ``timeout`` seconds. A context without contrasts gets the data's."""
+def _builtin(spec: ModelSpec, ctx: ModelContext, data: ReferenceData, timeout: float) -> ModelAdapter:
+    if spec.target not in BUILTIN_MODELS:
+        raise ModelError(f"--mriq-model {spec.text}: unknown builtin; expected one of {sorted('builtin:' + n for n in BUILTIN_MODELS)}")
+    b = BUILTIN_MODELS[spec.target]
+    dims = len(ctx.image_shape) - 1
+    return ModelAdapter(b.factory(data), spec.text, ctx, {"kind": "builtin", "behaviour": b.describe(dims), "isolation": "in-process"})
+
+
+def _file_model(spec: ModelSpec, ctx: ModelContext, data: ReferenceData, timeout: float) -> ModelAdapter:
+    path = Path(spec.target)
+    if not path.is_file():
+        what = "TorchScript file" if spec.kind == "torchscript" else "file"
+        raise ModelError(f"--mriq-model {spec.text}: {what} {path} does not exist")
+    return _isolated(spec.kind, str(path.resolve()), spec.name, spec.text, ctx, timeout, {"sha256": spec.sha256()})
+
+
+def _folder(spec: ModelSpec, ctx: ModelContext, data: ReferenceData, timeout: float) -> ModelAdapter:
     from .data.contrasts import contrast_name
     from .folder_model import VolumeGrid, open_folder_model
 
+    path = Path(spec.target)
+    if (kind := folder_kind(path)) is not None:  # layout checked here, built in the child
+        return _isolated(kind, str(path.resolve()), FOLDER_MODEL_NAMES[kind], spec.text, ctx, timeout, describe_folder(path, kind))
+    grid = VolumeGrid(tuple(data.spacing_mm), nifti_to_grid) if len(ctx.image_shape) == 4 and data is not None else None
+    folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name, grid)
+    return ModelAdapter(folder, spec.text, ctx, {"kind": "folder", **folder.describe(), "isolation": "in-process"})
+
+
+def _module(spec: ModelSpec, ctx: ModelContext, data: ReferenceData, timeout: float) -> ModelAdapter:
+    return _isolated("module", spec.target, spec.name, spec.text, ctx, timeout, {})
+
+
+#: model kind (:data:`mriq_validate.model_spec.KINDS`) → what builds its checked adapter
+LOADERS: dict[str, Callable[[ModelSpec, ModelContext, ReferenceData, float], ModelAdapter]] = {
+    "builtin": _builtin, "torchscript": _file_model, "folder": _folder, "python-file": _file_model, "module": _module,
+}
+
+
+def load_model(spec: str | ModelSpec, ctx: ModelContext, data: ReferenceData, *, timeout: float = DEFAULT_TIMEOUT_S) -> ModelAdapter:
+    """Resolve ``--mriq-model`` ``spec`` (:func:`~mriq_validate.model_spec.parse_model_spec`) into a checked
+    :class:`ModelAdapter`; user code runs in a child process whose every call (loading included) must return within
+    ``timeout`` seconds. A context without contrasts gets the data's."""
+    parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     if not ctx.contrasts and data is not None and len(data.contrasts) == ctx.image_shape[0]:
         ctx = replace(ctx, contrasts=tuple(data.contrasts))
-
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        if name not in BUILTIN_MODELS:
-            raise ModelError(f"--mriq-model {spec}: unknown builtin; expected one of {sorted('builtin:' + n for n in BUILTIN_MODELS)}")
-        b = BUILTIN_MODELS[name]
-        dims = len(ctx.image_shape) - 1
-        return ModelAdapter(b.factory(data), spec, ctx, {"kind": "builtin", "behaviour": b.describe(dims), "isolation": "in-process"})
-    path = Path(spec)
-    if path.suffix in {".pt", ".pth", ".ts", ".torchscript"}:
-        if not path.is_file():
-            raise ModelError(f"--mriq-model {spec}: TorchScript file {path} does not exist")
-        return _isolated("torchscript", str(path.resolve()), "", spec, ctx, timeout, {"sha256_16": content_hash(path.read_bytes())})
-    if path.is_dir() and (kind := folder_kind(path)) is not None:  # layout checked here, built in the child
-        return _isolated(kind, str(path.resolve()), FOLDER_MODEL_NAMES[kind], spec, ctx, timeout, describe_folder(path, kind))
-    if path.is_dir():
-        grid = VolumeGrid(tuple(data.spacing_mm), nifti_to_grid) if len(ctx.image_shape) == 4 and data is not None else None
-        folder = open_folder_model(path, ctx.image_shape, set(ctx.labels.values()), ctx.contrasts, contrast_name, grid)
-        return ModelAdapter(folder, spec, ctx, {"kind": "folder", **folder.describe(), "isolation": "in-process"})
-    if ":" in spec:
-        target, name = spec.rsplit(":", 1)
-        if target.endswith(".py"):
-            p = Path(target)
-            if not p.is_file():
-                raise ModelError(f"--mriq-model {spec}: file {p} does not exist")
-            return _isolated("python-file", str(p.resolve()), name, spec, ctx, timeout, {"sha256_16": content_hash(p.read_bytes())})
-        return _isolated("module", target, name, spec, ctx, timeout, {})
-    raise ModelError(
-        f"--mriq-model {spec!r}: not understood (or the folder does not exist); expected builtin:NAME "
-        f"({', '.join(sorted(BUILTIN_MODELS))}), path/file.py:NAME, package.module:NAME, a folder of images, a MONAI bundle folder, "
-        f"a diffusers pipeline folder, or a TorchScript .pt file"
-    )
+    return LOADERS[parsed.kind](parsed, ctx, data, timeout)

@@ -19,7 +19,6 @@ Everything but the fields in :data:`VOLATILE_FIELDS` is a function of the comman
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -55,6 +54,10 @@ VOLATILE_FIELDS: tuple[str, ...] = (
     "integrity",  # its digest covers the fields above
 )
 
+#: What reruns known answers where only the package is installed (:mod:`mriq_validate.selftest`; the tests below need
+#: the source tree).
+SELFTEST = ("mriq-validate selftest: Dice, FID, perturbation replay, seed-SD bounds and the report's seal and re-derived "
+            "verdicts, from the installed package")
 #: The known-answer and self-tests that ship with the tool's source (run ``make test``), summarised for the report.
 KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
     {"where": "tests/test_downstream.py", "checks": "Dice known answers (identical masks 1, disjoint 0, empty vs empty 1); "
@@ -96,9 +99,11 @@ def now_iso() -> str:
 
 
 def file_sha256(path: str | Path) -> str | None:
-    """SHA-256 (hex) of a file's bytes; None when it cannot be read."""
+    """SHA-256 (hex) of a file's bytes (:func:`mriq_validate.cache.file_sha256`); None when it cannot be read."""
+    from .cache import file_sha256 as sha256_and_size
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_and_size(Path(path))[0]
     except OSError:
         return None
 
@@ -242,6 +247,7 @@ def _self_check(results: list[dict[str, Any]], not_run: list[dict[str, Any]]) ->
                  "model. A failed gating self-check makes the decision INCOMPLETE: the gate cannot judge on this data. "
                  "Advisory sensitivity FAILs characterise a measure (what it does not detect); they are listed under limitations."),
         "known_answer_tests": [dict(t) for t in KNOWN_ANSWER_TESTS],
+        "selftest": SELFTEST,
     }
 
 

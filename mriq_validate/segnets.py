@@ -8,24 +8,31 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .errors import MetricError
 
-if TYPE_CHECKING:
-    from .segmenter import SegmenterConfig
+
+class NetConfig(Protocol):
+    """What a network builder reads of a configuration (:class:`mriq_validate.segmenter.SegmenterConfig` has it)."""
+
+    network: str
+    spatial_dims: int | None
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    num_res_units: int
 
 
-def _unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
+def _unet(cfg: NetConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=cfg.spatial_dims, in_channels=in_channels, out_channels=n_classes, channels=cfg.channels, strides=cfg.strides,
                 num_res_units=cfg.num_res_units)
 
 
-def _basic_unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
+def _basic_unet(cfg: NetConfig, n_classes: int, in_channels: int) -> torch.nn.Module:
     from monai.networks.nets import BasicUNet
 
     feats = (*cfg.channels, *([cfg.channels[-1]] * (6 - len(cfg.channels))))[:6]
@@ -33,14 +40,14 @@ def _basic_unet(cfg: SegmenterConfig, n_classes: int, in_channels: int) -> torch
 
 
 #: network name → build(config, n_classes, in_channels)
-NETWORKS: dict[str, Callable[[SegmenterConfig, int, int], torch.nn.Module]] = {"unet": _unet, "basic_unet": _basic_unet}
+NETWORKS: dict[str, Callable[[NetConfig, int, int], torch.nn.Module]] = {"unet": _unet, "basic_unet": _basic_unet}
 
 #: network name → the factor every spatial size must be divisible by (its total downsampling): MONAI UNet downsamples
 #: by each stride in turn; BasicUNet by 2 four times.
-DIVISORS: dict[str, Callable[[SegmenterConfig], int]] = {"unet": lambda cfg: math.prod(cfg.strides), "basic_unet": lambda cfg: 16}
+DIVISORS: dict[str, Callable[[NetConfig], int]] = {"unet": lambda cfg: math.prod(cfg.strides), "basic_unet": lambda cfg: 16}
 
 
-def divisor(cfg: SegmenterConfig) -> int:
+def divisor(cfg: NetConfig) -> int:
     """The factor the network of ``cfg`` needs every spatial size to be divisible by."""
     return DIVISORS[cfg.network](cfg)
 

@@ -110,17 +110,23 @@ class _Lazy:
 
 
 class RunContext:
-    """Shared state for the criteria of one (data, model) pair."""
+    """Shared state for the criteria of one (data, model) pair.
 
-    def __init__(self, settings: RunSettings, data_spec: str, progress: Callable[[str], None] | None = None) -> None:
+    The reference data are loaded from ``data_spec`` and the model from ``settings.model`` when first asked for, unless
+    they are given: ``data`` (a :class:`~mriq_validate.data.ReferenceData`) and ``model`` (an object with
+    ``generate(masks, *, seed)`` and/or ``sample(n, *, seed)``, checked like every model; provenance kind
+    ``in-process``), for runs built in code (tests, the study, notebooks)."""
+
+    def __init__(self, settings: RunSettings, data_spec: str, progress: Callable[[str], None] | None = None, *,
+                 data: ReferenceData | None = None, model: Any = None) -> None:
         self.settings = settings
         self.data_spec = data_spec
         self.seed = settings.seed
         self.cache = DiskCache(settings.cache_dir)
         self.progress = progress or (lambda msg: None)
         self._device = _Lazy(lambda: resolve_device(settings.device))
-        self._data = _Lazy(lambda: load_data(data_spec, self.cache, **settings.data_options))
-        self._model = _Lazy(self._load_model)
+        self._data = _Lazy(lambda: data if data is not None else load_data(data_spec, self.cache, **settings.data_options))
+        self._model = _Lazy(self._load_model if model is None else lambda: self._adapt(model))
         self._generated = {split: _Lazy(lambda split=split: self._generate(split)) for split in SPLITS}
         self._segmenters: dict[str, Segmenter] = {}
         self._predictions: dict[tuple[str, str], torch.Tensor] = {}  # mapped scratch arrays, never held in memory
@@ -146,6 +152,12 @@ class RunContext:
     def model(self) -> ModelAdapter:
         return self._model.get()
 
+    def _adapt(self, model: Any) -> ModelAdapter:
+        """A model given in code, behind the checks of every model."""
+        ctx = ModelContext.for_data(self.data, self.device, derive_seed(self.seed, "model"))
+        spec = self.settings.model or f"in-process:{type(model).__name__}"
+        return ModelAdapter(model, spec, ctx, {"kind": "in-process", "class": type(model).__name__, "isolation": "in-process"})
+
     def _load_model(self) -> ModelAdapter:
         if not self.settings.model:
             raise MriqError("no model under test: pass --mriq-model")
@@ -161,6 +173,11 @@ class RunContext:
         if self.settings.batch_size != "auto":
             return int(self.settings.batch_size)
         return auto_batch_size(tuple(self.data.image_shape), self.device)
+
+    @property
+    def scratch_dir(self) -> Path | None:
+        """This run's scratch folder (``<cache>/scratch/<pid>-<random>/``), None until a mapped array needs it."""
+        return self._scratch
 
     def scratch(self, shape: tuple[int, ...], dtype: Any) -> torch.Tensor:
         """A new zero-filled tensor of ``shape`` backed by a file in this run's scratch folder (removed by :meth:`close`)."""

@@ -110,15 +110,16 @@ def empty_shard_problem(shard: Shard, plan: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def model_file_sha256(spec: str | None, where: str | Path = ".") -> str | None:
-    """SHA-256 of the model's file for ``file.py:NAME`` and TorchScript specs (cheap; folders are hashed in the model's
-    provenance when loaded, builtin and module specs have no file of their own); None otherwise."""
-    from .report import file_sha256
+    """SHA-256 of the model's file for ``file.py:NAME`` and TorchScript specs (:meth:`ModelSpec.sha256`; folders are
+    hashed in the model's provenance when loaded, builtin and module specs have no file of their own); None otherwise,
+    and for a spec the gate cannot parse (the gate run reports that itself)."""
+    from .errors import ModelError
+    from .model_spec import parse_model_spec
 
-    if not spec or spec.startswith("builtin:"):
+    try:
+        return parse_model_spec(spec).sha256(where) if spec else None
+    except ModelError:
         return None
-    target = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[0].endswith(".py") else spec
-    path = Path(where) / target
-    return file_sha256(path) if path.is_file() else None
 
 
 def shard_record(shard: Shard, collected: Mapping[str, Mapping[str, Any]], planned: Mapping[str, Mapping[str, Any]],

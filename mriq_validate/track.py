@@ -27,6 +27,7 @@ from .errors import MissingFileError, MriqError
 from .figures import ADVISORY_FAIL, FONT, VERDICT_COLOURS, new_figure, png_bytes
 from .figures import quantity_label  # "dice (whole_tumour): generated − real", as the report figures say it
 from .integrity import REPORT_FILE, UnusableReport, read_finished_report
+from .model_spec import parse_model_spec
 from .report import package_versions
 from .signals import run_child
 from .study.models import checkpoint_step  # the training step in a checkpoint's name, shared with the model study
@@ -201,7 +202,7 @@ def run_record(checkpoint: Path, *, suite: Sequence[str], model: str, env_var: s
                pytest_args: Sequence[str] = ()) -> dict[str, Any]:
     """What one checkpoint's gate run depends on besides the cache (whose entries are content-keyed and checked on
     read): the checkpoint's SHA-256, each suite file's SHA-256 (a folder: its ``*.yaml`` files), the model spec with
-    its file's SHA-256 when it names a ``.py`` file, the environment variable, the extra pytest arguments and the
+    its file's SHA-256 when it names a ``.py`` or TorchScript file, the environment variable, the extra pytest arguments and the
     versions of the packages that change the numbers (:func:`~mriq_validate.report.package_versions`). Code that the
     model file imports, and a data folder named in ``pytest_args``, are not hashed: after changing them, leave
     ``reuse`` off."""
@@ -213,10 +214,8 @@ def run_record(checkpoint: Path, *, suite: Sequence[str], model: str, env_var: s
         p = Path(s)
         files = sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
         suites.update({str(f): sha(f) if f.is_file() else None for f in files})
-    target = model.rsplit(":", 1)[0]
-    model_file = Path(target) if target.endswith(".py") else None
     return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha(Path(checkpoint)), "suites": suites,
-            "model": model, "model_file_sha256": sha(model_file) if model_file is not None and model_file.is_file() else None,
+            "model": model, "model_file_sha256": parse_model_spec(model).sha256(),
             "env_var": env_var, "pytest_args": list(pytest_args), "packages": package_versions()}
 
 

@@ -6,29 +6,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from mriq_validate.builtin_models import BUILTIN_MODELS
+from mriq_validate.cache import DiskCache
 from mriq_validate.criteria import evaluate
-from mriq_validate.metrics import Sample
+from mriq_validate.data import ReferenceData, load_data
 from mriq_validate.session import RunContext, RunSettings
 from mriq_validate.suite import load_suite
 
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "brain_tumour.yaml"
 
 
-class OneContrastScaled(RunContext):
-    """The real test images as the 'generated' ones, with channel ``channel`` multiplied by ``factor``."""
+class ScaledReal:
+    """The real test images for the requested masks (the stand-in ``builtin:real``), with channel ``channel`` multiplied
+    by ``factor``."""
 
-    def __init__(self, cache_dir: Path, channel: int | None, factor: float) -> None:
-        super().__init__(RunSettings(model="constructed", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
-                         "builtin:mni-tumour")
-        self.channel, self.factor = channel, factor
+    def __init__(self, data: ReferenceData, channel: int | None, factor: float) -> None:
+        self.real, self.channel, self.factor = BUILTIN_MODELS["real"].factory(data), channel, factor
 
-    def generated(self, split: str = "test") -> tuple[Sample, bool]:
-        real = self.real(split)
-        images = real.images.clone()
+    def generate(self, masks: torch.Tensor, *, seed: int) -> torch.Tensor:
+        images = self.real.generate(masks, seed=seed).clone()
         if self.channel is not None:
             images[:, self.channel] *= self.factor
-        return Sample(images, real.masks, f"generated ({split} masks)"), True
+        return images
+
+
+def OneContrastScaled(cache_dir: Path, channel: int | None, factor: float) -> RunContext:  # noqa: N802
+    """A run whose model is :class:`ScaledReal` on the embedded data."""
+    data = load_data("builtin:mni-tumour", DiskCache(cache_dir))
+    return RunContext(RunSettings(model="constructed", data="builtin:mni-tumour", device="cpu", seed=0, cache_dir=str(cache_dir)),
+                      "builtin:mni-tumour", data=data, model=ScaledReal(data, channel, factor))
 
 
 @pytest.fixture(scope="module")

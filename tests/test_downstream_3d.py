@@ -64,16 +64,9 @@ def volume_data(spacing_mm: float = 6.0, n_train: int = 8) -> ReferenceData:
                          CONTRASTS, {"source": "mni3d.synthesise_volume, 6 mm"})
 
 
-class VolumeContext(RunContext):
+def VolumeContext(data: ReferenceData, cache_dir: Path) -> RunContext:  # noqa: N802 (a constructor, as the tests use it)
     """A run context over given reference data (no model)."""
-
-    def __init__(self, data: ReferenceData, cache_dir: Path) -> None:
-        super().__init__(RunSettings(model=None, data=None, device="cpu", cache_dir=str(cache_dir)), "test-volumes")
-        self._given = data
-
-    @property
-    def data(self) -> ReferenceData:
-        return self._given
+    return RunContext(RunSettings(model=None, data=None, device="cpu", cache_dir=str(cache_dir)), "test-volumes", data=data)
 
 
 def erase_lesions(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

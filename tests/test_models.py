@@ -112,7 +112,7 @@ def test_python_file_factory_gets_the_context(tmp_path: Path, data, ctx) -> None
         "def build(ctx): return M(ctx)\n"
     )
     model = load_model(f"{f}:build", ctx, data)
-    assert model.provenance["kind"] == "python-file" and len(model.provenance["sha256_16"]) == 16
+    assert model.provenance["kind"] == "python-file" and len(model.provenance["sha256"]) == 64
     images, masks = model.sample(4, seed=0)
     assert images.shape == (4, *data.image_shape) and masks.shape == (4, 1, 128, 128)
     assert torch.equal(images, model.sample(4, seed=0)[0])

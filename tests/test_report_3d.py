@@ -13,7 +13,7 @@ from test_models_3d import SHAPE, volume_data
 from mriq_validate.figures import axial_sample, lesion_slice, sample_grid_figure
 from mriq_validate.integrity import validate_report
 from mriq_validate.report import build_report, write_report
-from mriq_validate.session import RunContext, RunSettings, _Lazy
+from mriq_validate.session import RunContext, RunSettings
 
 
 def test_lesion_slice_is_the_centroid_and_the_mid_slice_without_lesion() -> None:
@@ -48,8 +48,8 @@ def test_the_report_of_a_volume_run_records_the_item_kind_and_draws_the_sample(t
     """A run context on volumes (builtin:real): its provenance says spatial_dims 3 and volumes, its sample grid travels as
     the centroid slices; the report validates and its page shows the samples and the data section's item kind."""
     data = volume_data()
-    ctx = RunContext(RunSettings(model="builtin:real", data=None, device="cpu", cache_dir=str(tmp_path / "cache")), "test-volumes")
-    ctx._data = _Lazy(lambda: data)  # the data as a loader would give it
+    ctx = RunContext(RunSettings(model="builtin:real", data=None, device="cpu", cache_dir=str(tmp_path / "cache")), "test-volumes",
+                     data=data)  # the data as a loader would give it
     sample, paired = ctx.generated("test")
     assert paired and sample.images.shape == (4, 2, *SHAPE) and ctx.item_kind == "volumes"
     samples = ctx.sample_images(k=3)

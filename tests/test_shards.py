@@ -304,7 +304,7 @@ REFUSALS = {
     "suite hash": (lambda r: r["run"]["shard"]["suites"].update({"s.yaml": "0" * 64}), "run.shard.suites"),
     "model spec": (lambda r: r["run"]["settings"].update(model="builtin:noisy"), "run.settings.model"),
     "model file hash": (lambda r: r["run"]["shard"]["model"].update(sha256="1" * 64), "run.shard.model.sha256"),
-    "model provenance": (lambda r: r["provenance"]["contexts"][0]["model"].update(sha256_16="2" * 16), "model (model provenance"),
+    "model provenance": (lambda r: r["provenance"]["contexts"][0]["model"].update(sha256="2" * 64), "model (model provenance"),
     "data spec": (lambda r: r["run"]["settings"].update(data="/data/BraTS"), "run.settings.data"),
     "N": (lambda r: r["run"]["shard"].update(count=3), "run.shard.count"),
     "tool version": (lambda r: r["tool"].update(version="0.0.1"), "tool.version"),

@@ -19,10 +19,9 @@ from mriq_validate.cache_admin import verify
 from mriq_validate.data.core import ReferenceData, Split
 from mriq_validate.errors import ModelError
 from mriq_validate.metrics import create_metric
-from mriq_validate.models import ModelAdapter, ModelContext
 from mriq_validate.options import parse_batch_size
 from mriq_validate.seeding import derive_seed
-from mriq_validate.session import SCRATCH_KIND, RunContext, RunSettings, _Lazy, auto_batch_size
+from mriq_validate.session import SCRATCH_KIND, RunContext, RunSettings, auto_batch_size
 
 N_TEST, SIZE = 7, 32
 
@@ -74,11 +73,8 @@ class PerItemNoise:
 def context(tmp_path: Path, model: object, batch_size: int | str, data: ReferenceData | None = None) -> RunContext:
     """A run context on ``data`` (default: the tiny data) with ``model`` in-process, the cache under ``tmp_path``."""
     data = data or tiny_data()
-    ctx = RunContext(RunSettings(model="test:per-item", data="test:tiny", device="cpu", seed=3, cache_dir=str(tmp_path / "cache"),
-                                 batch_size=batch_size), "test:tiny")
-    ctx._data = _Lazy(lambda: data)
-    ctx._model = _Lazy(lambda: ModelAdapter(model, "test:per-item", ModelContext.for_data(data, torch.device("cpu"), 0), {"kind": "test"}))
-    return ctx
+    return RunContext(RunSettings(model="test:per-item", data="test:tiny", device="cpu", seed=3, cache_dir=str(tmp_path / "cache"),
+                                  batch_size=batch_size), "test:tiny", data=data, model=model)
 
 
 def _mapped_file(t: torch.Tensor) -> str | None:
@@ -130,7 +126,7 @@ def test_generated_images_are_mapped_from_the_scratch_folder_which_close_removes
     (stale / "1.bin").write_bytes(b"left by a killed run")
     ctx = context(tmp_path, PerItemNoise(), 3)
     sample, _ = ctx.generated("test")
-    folder = ctx._scratch
+    folder = ctx.scratch_dir
     assert folder is not None and folder.parent == tmp_path / "cache" / SCRATCH_KIND and folder.name.startswith(f"{os.getpid()}-")
     assert (_mapped_file(sample.images) or "").startswith(str(folder))
     assert not stale.exists()
@@ -181,8 +177,7 @@ RSS_SCRIPT = textwrap.dedent("""
     from mriq_validate.arrays import as_tensor, read_bundle, write_bundle
     from mriq_validate.data.core import ReferenceData, Split
     from mriq_validate.metrics import create_metric
-    from mriq_validate.models import ModelAdapter, ModelContext
-    from mriq_validate.session import RunContext, RunSettings, _Lazy
+        from mriq_validate.session import RunContext, RunSettings
 
     def hwm():
         return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
@@ -211,9 +206,8 @@ RSS_SCRIPT = textwrap.dedent("""
         def generate(self, masks, *, seed):
             return 0.5 * (masks > 0).float() + 0.25
 
-    ctx = RunContext(RunSettings(model="test", data="test", device="cpu", cache_dir=str(tmp / "cache"), batch_size=bs), "test")
-    ctx._data = _Lazy(lambda: data)
-    ctx._model = _Lazy(lambda: ModelAdapter(Scaled(), "test", ModelContext.for_data(data, torch.device("cpu"), 0), {"kind": "test"}))
+    ctx = RunContext(RunSettings(model="test", data="test", device="cpu", cache_dir=str(tmp / "cache"), batch_size=bs), "test",
+                     data=data, model=Scaled())
     metric = create_metric("brain_intensity", {"percentile": 90})
     out = {}
     reset(); base = hwm()
@@ -268,7 +262,7 @@ def test_an_unconditional_model_is_asked_batch_by_batch(tmp_path: Path) -> None:
     sample, paired = ctx.generated("test")
     assert not paired and model.sizes == [3, 3, 1] and sample.masks is not None
     assert torch.equal(sample.images, 0.2 + 0.5 * sample.masks.float())
-    assert (_mapped_file(sample.masks) or "").startswith(str(ctx._scratch))
+    assert (_mapped_file(sample.masks) or "").startswith(str(ctx.scratch_dir))
     ctx.close()
     ctx = context(tmp_path / "b", Unconditional(masks_until=1), 3)
     with pytest.raises(ModelError, match=r"masks for some batches and none for others \(items 3-5 of 7: none\)"):

@@ -60,6 +60,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_gates_from_outside_the_checkou
     assert where.startswith(str(purelib)), where  # the installed copy, not the checkout
     cli = str(venv / "bin" / "mriq-validate")
     assert "--suites" in _run([cli, "demo", "--help"], outside).stdout
+    assert _run([cli, "selftest"], outside).stdout.count("PASS ") == 5  # the known answers, from the installed package
     listed = _run([cli, "list"], outside).stdout
     shipped = purelib / "mriq_validate" / "suites"
     for name in ("brain_tumour.yaml", "brain_tumour_3d.yaml", "vessels.yaml"):

@@ -10,12 +10,10 @@ layout (:mod:`mriq_validate.data.layouts`) offers.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from .cases import Case, ContrastEntry, Layout
 
-if TYPE_CHECKING:
-    from .layouts import Case, ContrastEntry, Layout
 
 #: The canonical contrasts of structural brain MRI, in the order BraTS 2021 lists them.
 CANONICAL = ("t1", "t1c", "t2", "flair")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from .cases import Layout
 
-if TYPE_CHECKING:
-    from .layouts import Layout
 
 #: Canonical mask value of each tumour meaning (BraTS 2023 numbering, plus the 2024 resection cavity).
 LABEL_VALUES: dict[str, int] = {"necrotic_core": 1, "oedema": 2, "enhancing": 3, "resection_cavity": 4}

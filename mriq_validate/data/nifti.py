@@ -31,11 +31,12 @@ import torch
 
 from ..cache import DiskCache, content_hash
 from ..errors import DataError
+from .cases import Case, ContrastEntry
 from .contrasts import cases_with, pick_contrasts
 from .core import ReferenceData, Split
 from .filememo import file_digest
 from .label_meanings import LabelMeaning, finish_meanings, plan_meanings, unknown_meaning_error
-from .layouts import Case, ContrastEntry, detect_layout
+from .layouts import detect_layout
 from .preprocess import PREPROCESSING, case_slices, to_ras, voxel_sizes
 from .volumes import VOLUME_PREPROCESSING, case_volume, check_volume_geometry
 

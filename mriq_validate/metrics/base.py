@@ -21,41 +21,17 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from ..arrays import batches
+from ..contract import MeasureContext, Sample
 from ..data.preprocess import BRAIN_FRACTION
 from ..errors import MetricError
 from .functional.intensity import axial_brain_slices
 
-if TYPE_CHECKING:
-    from ..session import RunContext
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A set of images to measure: N×C×H×W slices or N×C×D×H×W volumes, float in [0, 1] (one channel per contrast),
-    optional N×1×H×W or N×1×D×H×W label masks, and where it came from."""
-
-    images: torch.Tensor
-    masks: torch.Tensor | None
-    origin: str
-    channel: int | None = None  # the data's channel this one-contrast sample holds (see ``contrast``); None: all of them
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def contrast(self, channel: int, name: str) -> "Sample":
-        """The one-contrast sample of ``channel`` (named ``name`` in its origin)."""
-        return Sample(self.images[:, channel:channel + 1], self.masks, f"{self.origin} [{name}]", channel)
-
-    def same_contrasts(self, images: torch.Tensor) -> torch.Tensor:
-        """``images`` of the data (e.g. the real training split) restricted to the contrast this sample holds."""
-        return images if self.channel is None else images[:, self.channel:self.channel + 1]
 
 
 #: What a metric may declare in ``needs``, each checked by :meth:`Metric.check_sample`.
@@ -99,7 +75,7 @@ class Metric(ABC):
         return {"name": self.name}
 
     @abstractmethod
-    def prepare(self, ctx: "RunContext", sample: Sample) -> Any:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> Any:
         """Expensive, once per sample."""
 
     def value(self, prepared: Any, index: np.ndarray) -> float:
@@ -128,7 +104,7 @@ class Metric(ABC):
         """Whether this metric needs the data's label masks (a cohort without annotations cannot run it)."""
         return "masks" in self.needs or bool(self.regions())
 
-    def noise_floor(self, ctx: "RunContext") -> float | None:
+    def noise_floor(self, ctx: MeasureContext) -> float | None:
         """The seed-to-seed standard deviation of this metric's value on real data (training noise), if it has one."""
         return None
 
@@ -168,7 +144,7 @@ class PerImageMetric(Metric):
     volume_aggregation: str = "mean"  # set per instance by check_volume_aggregation
 
     @abstractmethod
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         """One score per image (length N)."""
 
     def check_volume_aggregation(self, value: Any) -> str:
@@ -185,7 +161,7 @@ class PerImageMetric(Metric):
         return {"volume_aggregation": f"{self.volume_aggregation} over axial slices with brain (> {BRAIN_FRACTION:g} of the "
                                       "slice in the volume's log-Otsu brain mask; all slices of a volume without brain)"}
 
-    def volume_scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def volume_scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         """One score per volume of ``sample`` (N×C×D×H×W) for a measure of 2D images: ``scores`` of all the volumes' axial
         slices with brain (:func:`~.functional.intensity.axial_brain_slices`) in one call, aggregated per volume."""
         slices, owner, depth = axial_brain_slices(sample.images)
@@ -196,7 +172,7 @@ class PerImageMetric(Metric):
         aggregate = VOLUME_AGGREGATIONS[self.volume_aggregation]
         return np.array([aggregate(s[owner == i], self.higher_is_better) for i in range(len(sample))])
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         self.check_sample(sample)
         if self.channels == "each" and sample.channel is None and sample.images.shape[1] > 1:
             # a measure of one grey image given several contrasts: each image scores the mean over its contrasts (the
@@ -214,7 +190,7 @@ class PerImageMetric(Metric):
                               f"{outside[:10].tolist()} lie outside its valid range {_range_text(self.valid_range)}")
         return s
 
-    def batch_scores(self, ctx: "RunContext", sample: Sample, items: slice) -> np.ndarray:
+    def batch_scores(self, ctx: MeasureContext, sample: Sample, items: slice) -> np.ndarray:
         """The scores of ``sample``'s ``items`` (one batch: a mapped sample is never read whole)."""
         part = Sample(sample.images[items], None if sample.masks is None else sample.masks[items], sample.origin, sample.channel)
         if self.native_dims == 2 and part.images.ndim == 5:

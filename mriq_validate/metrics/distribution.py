@@ -15,18 +15,17 @@ from the run seed and the measure's name, so that their time (and the CI's, whic
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from ..contract import MeasureContext
 from ..errors import MetricError
 from ..seeding import derive_seed
 from .base import Metric, Sample, check_bool, check_int, register_metric
 from .features import RADIOMIC_3D, check_features, features, make_extractor
 from .functional import distribution as D
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 
 class FeatureSetMetric(Metric):
@@ -69,7 +68,7 @@ class FeatureSetMetric(Metric):
     def uses_annotations(self) -> bool:
         return self.config()["features"]["extractor"] == "segmenter"  # the default extractor is trained on the labels
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         self.check_sample(sample)
         ext = make_extractor(ctx, self.features, f"metric {self.name!r}: features: ")
         split = getattr(ctx.data, self.reference)
@@ -150,7 +149,7 @@ class Kid(FeatureSetMetric):
         "feature-extractor caveats as FID, and blind to memorisation.",
     )
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> tuple[np.ndarray, np.ndarray, int]:  # type: ignore[override]
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> tuple[np.ndarray, np.ndarray, int]:  # type: ignore[override]
         """The features, and the seed of the subset draws: derived from the run seed and this measure's configuration,
         so a run is replayable and another run seed draws other subsets."""
         import json

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..contract import MeasureContext
 from ..errors import MetricError
 from ..segmenter import SegmenterConfig
 from .base import PerImageMetric, Sample, check_int, check_region, register_metric
 from .functional import diversity as F
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 
 @register_metric
@@ -46,12 +45,12 @@ class MsSsimDiversity(PerImageMetric):
                 "data_range": 1.0, "scales": "as many of 5 as fit the slice (see ms_ssim_setup)",
                 "volumes": "compared in 3D (3D windows and pooling, MONAI spatial_dims=3), scales fitted to the shortest axis"}
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         if len(sample) < 3:
             raise MetricError(f"metric {self.name!r} needs at least 3 images, got {len(sample)}")
         return self.scores(ctx, sample)  # one score per pair
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         return F.ms_ssim_pairs(sample.images, self.n_pairs, self.kernel_size)
 
 
@@ -79,5 +78,5 @@ class RegionPresence(PerImageMetric):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "region": self.region, "min_px": self.min_px, "segmenter": asdict(self.segmenter)}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         return F.region_presence(ctx.data.region_mask(ctx.predict(self.segmenter.resolve(ctx.data.spatial_dims, "metric 'region_presence': "), sample.images), self.region), self.min_px)

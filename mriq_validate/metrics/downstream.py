@@ -38,11 +38,12 @@ The segmenter (training, cache) is :mod:`mriq_validate.segmenter`; Dice and HD95
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..contract import MeasureContext
 from ..cache import content_hash
 from ..errors import MetricError
 from ..segmenter import SegmenterConfig, check_labels, get_segmenter
@@ -50,8 +51,6 @@ from .base import Metric, PerImageMetric, Sample, check_int, check_number, check
 from .functional import downstream as F
 from .functional import lesionwise as LW
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 # Training seeds the noise floor is measured over. 5, not 3: three seeds estimate an SD only to within a factor of about
 # 6 (95% chi-square interval), and the seed_sd bound widens to keep its false-alarm rate by x2.09 with 3 seeds against
@@ -66,13 +65,13 @@ def _segmenter_params(name: str, region: Any, segmenter: Any, min_real_dice: Any
             SegmenterConfig.from_params(segmenter, f"metric {name!r}: "))
 
 
-def _for_data(ctx: "RunContext", name: str, segmenter: SegmenterConfig) -> SegmenterConfig:
+def _for_data(ctx: MeasureContext, name: str, segmenter: SegmenterConfig) -> SegmenterConfig:
     """``segmenter`` resolved for the data's dimensionality (2D slices or 3D volumes) and its default budget; MetricError
     naming the metric when the suite set ``segmenter.spatial_dims`` (or ``roi_size``) against the data."""
     return segmenter.resolve(ctx.data.spatial_dims, f"metric {name!r}: ")
 
 
-def _region_masks(ctx: "RunContext", name: str, segmenter: SegmenterConfig, region: str,
+def _region_masks(ctx: MeasureContext, name: str, segmenter: SegmenterConfig, region: str,
                   sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """Protocol A's pair: ``region`` in the real-data segmenter's prediction on the sample's images, and in the sample's
     own masks (boolean N×1×H×W or N×1×D×H×W)."""
@@ -81,7 +80,7 @@ def _region_masks(ctx: "RunContext", name: str, segmenter: SegmenterConfig, regi
     return ctx.data.region_mask(pred, region), ctx.data.region_mask(sample.masks, region)
 
 
-def _check_competence(ctx: "RunContext", name: str, region: str, segmenter: SegmenterConfig, min_real_dice: float) -> None:
+def _check_competence(ctx: MeasureContext, name: str, region: str, segmenter: SegmenterConfig, min_real_dice: float) -> None:
     """MetricError unless the real-data segmenter reaches ``min_real_dice`` on the real test images, decided on Dice
     exactly as protocol A's ``dice`` decides it (the same computation, memoised by the run); first, MetricError naming
     metric ``name`` when its segmenter does not fit the data's dimensionality."""
@@ -95,7 +94,7 @@ def _is_split(sample: Sample, split: Any) -> bool:
             and content_hash(sample.images, sample.masks) == split.digest())
 
 
-def _seed_means(ctx: "RunContext", copies: list[Any], sample: Sample) -> list[float]:
+def _seed_means(ctx: MeasureContext, copies: list[Any], sample: Sample) -> list[float]:
     """The mean of ``ctx.prepare(copy, sample)`` for each metric copy (one per training seed; memoised by the run)."""
     return [float(np.mean(ctx.prepare(m, sample))) for m in copies]
 
@@ -138,10 +137,10 @@ class Dice(PerImageMetric):
                 "min_real_dice": self.min_real_dice, "noise_seeds": self.noise_seeds,
                 "dice": "MONAI compute_dice per image (slice or volume), empty-vs-empty = 1"}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         return F.dice_per_image(*_region_masks(ctx, self.name, self.segmenter, self.region, sample))
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         """Per-image Dice, batch by batch; then the segmenter's competence on the real test images (this sample's scores
         when it is the real test split)."""
         scores = super().prepare(ctx, sample)
@@ -154,7 +153,7 @@ class Dice(PerImageMetric):
             )
         return scores
 
-    def seed_means(self, ctx: "RunContext") -> list[float]:
+    def seed_means(self, ctx: MeasureContext) -> list[float]:
         """Mean real-test Dice of the real-data (TRTR) segmenter trained with seeds ``seed .. seed+noise_seeds-1`` (each
         trained once and cached on disk; the first is the segmenter this metric uses)."""
         copies = [Dice(self.region, {**asdict(self.segmenter), "seed": self.segmenter.seed + k}, self.min_real_dice, self.noise_seeds)
@@ -162,7 +161,7 @@ class Dice(PerImageMetric):
         ctx.progress(f"dice ({self.region}): training noise over {self.noise_seeds} segmenter seeds (trained once, then cached)")
         return _seed_means(ctx, copies, ctx.real("test"))
 
-    def noise_floor(self, ctx: "RunContext") -> float:
+    def noise_floor(self, ctx: MeasureContext) -> float:
         """Seed-to-seed SD (ddof 1) of :meth:`seed_means`: the training noise of the real-data segmenter's Dice. Protocol
         A's comparisons use one segmenter on both sides, so this is a scale, not the noise of their difference."""
         return float(np.std(self.seed_means(ctx), ddof=1))
@@ -205,13 +204,13 @@ class Hd95(PerImageMetric):
         return {"name": self.name, "region": self.region, "protocol": "A", "segmenter": asdict(self.segmenter),
                 "min_real_dice": self.min_real_dice, "definition": self.definition, "hd95": F.HD95_DEFINITIONS[self.definition][1]}
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         """The segmenter's competence first (once per sample), then per-image scores batch by batch."""
         self.check_sample(sample)
         _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
         return super().prepare(ctx, sample)
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         return F.hd95_per_image(pred, true, tuple(ctx.data.spacing_mm), self.definition)
 
@@ -261,13 +260,13 @@ class _Lesionwise(PerImageMetric):
                               "on slices) ignored, missed lesion and false positive = Dice 0 / HD95 374 mm, HD95 of DeepMind "
                               "surface-distance"}
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         """The segmenter's competence first (once per sample), then per-image scores batch by batch."""
         self.check_sample(sample)
         _check_competence(ctx, self.name, self.region, self.segmenter, self.min_real_dice)
         return super().prepare(ctx, sample)
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         pred, true = _region_masks(ctx, self.name, self.segmenter, self.region, sample)
         dice, hd95 = LW.lesionwise_dice_hd95(pred, true, tuple(ctx.data.spacing_mm), dilation=self.dilation,
                                              volume_threshold=self.volume_threshold)
@@ -342,7 +341,7 @@ class _TrainOnSample(Metric):
                 "min_real_dice": self.min_real_dice, "noise_seeds": self.noise_seeds, "evaluated_on": "real test",
                 "dice": "MONAI compute_dice per real test image (slice or volume), empty-vs-empty = 1"}
 
-    def training_set(self, ctx: "RunContext", sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_set(self, ctx: MeasureContext, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The (images, masks) to train on, for a sample that is not the real training split itself."""
         raise NotImplementedError
 
@@ -353,7 +352,7 @@ class _TrainOnSample(Metric):
                               f"one whose sample() returns (images, masks), or protocol A's metric 'dice')")
         super().check_sample(sample)
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         self.check_sample(sample)
         assert sample.masks is not None
         check_labels(sample.masks, ctx.n_classes, f"metric {self.name!r}: the {sample.origin} ")
@@ -390,7 +389,7 @@ class _TrainOnSample(Metric):
     def size(self, prepared: np.ndarray) -> int:
         return len(prepared)
 
-    def seed_means(self, ctx: "RunContext") -> list[float]:
+    def seed_means(self, ctx: MeasureContext) -> list[float]:
         """Mean real-test Dice of the TRTR segmenter trained with seeds ``seed .. seed+noise_seeds-1`` (each trained once and
         cached on disk; the first is the TRTR baseline itself)."""
         cls = type(self)
@@ -399,7 +398,7 @@ class _TrainOnSample(Metric):
         ctx.progress(f"{self.name} ({self.region}): training noise over {self.noise_seeds} TRTR segmenter seeds (trained once, then cached)")
         return _seed_means(ctx, copies, ctx.real("train"))
 
-    def noise_floor(self, ctx: "RunContext") -> float:
+    def noise_floor(self, ctx: MeasureContext) -> float:
         """Seed-to-seed SD (ddof 1) of :meth:`seed_means`. A difference between two independently trained segmenters (TSTR
         minus TRTR) has about sqrt(2) times this SD from training noise alone."""
         return float(np.std(self.seed_means(ctx), ddof=1))
@@ -414,7 +413,7 @@ class DiceTSTR(_TrainOnSample):
     protocol = "B (TSTR: train on the sample, test on real)"
     summary = "Dice on the real test split of a segmenter trained on the images and their masks (protocol B, TSTR)"
 
-    def training_set(self, ctx: "RunContext", sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_set(self, ctx: MeasureContext, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         assert sample.masks is not None
         return sample.images, sample.masks
 
@@ -434,7 +433,7 @@ class DiceAugmented(_TrainOnSample):
         *_TrainOnSample.limitations,
     )
 
-    def training_set(self, ctx: "RunContext", sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_set(self, ctx: MeasureContext, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         assert sample.masks is not None
         train = ctx.data.train
         if sample.images.shape[1:] != train.images.shape[1:]:

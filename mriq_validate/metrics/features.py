@@ -29,19 +29,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..contract import MeasureContext
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
 from .. import arrays
 from ..segmenter import SegmenterConfig
 from ..segnets import PRECISIONS, autocast, divisible_pad, divisor
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 FEATURES_VERSION = "features/1"
 
@@ -200,7 +199,7 @@ JOINT = "joint: the network's input channels are the C contrasts, its encoder se
 EACH = "each contrast alone, features concatenated in contrast order"
 
 
-def make_extractor(ctx: "RunContext", params: dict[str, Any] | None, where: str = "features: ") -> Extractor:
+def make_extractor(ctx: MeasureContext, params: dict[str, Any] | None, where: str = "features: ") -> Extractor:
     """The extractor described by a metric's ``features:`` params (``extractor`` plus its options, see
     :func:`check_features`), for the data's dimensionality (slices or volumes); errors name ``where``."""
     opts = check_features(params, where)
@@ -275,7 +274,7 @@ def _user_features(net: torch.nn.Module, batch: torch.Tensor, where: str) -> tor
     return out.flatten(1).cpu()
 
 
-def features(ctx: "RunContext", extractor: Extractor, images: torch.Tensor, masks: torch.Tensor | None) -> np.ndarray:
+def features(ctx: MeasureContext, extractor: Extractor, images: torch.Tensor, masks: torch.Tensor | None) -> np.ndarray:
     """Features of ``images`` by ``extractor``, cached on disk by content hash of extractor and images."""
     key = content_hash(FEATURES_VERSION, extractor.identity, images, masks if masks is not None else b"")
     out = ctx.cache.get_or_create("features", key, ".npy", lambda: np.asarray(extractor(images, masks), dtype=np.float64),

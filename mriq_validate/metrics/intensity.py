@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..contract import MeasureContext
 from ..errors import MetricError
 from .base import PerImageMetric, Sample, register_metric
 from .functional import intensity as F
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 
 @register_metric
@@ -49,5 +48,5 @@ class BrainIntensity(PerImageMetric):
                 "brain_mask": f"Otsu ({F.OTSU_BINS} bins) on log(x + {F.LOG_EPS}·max), largest component, holes filled",
                 "volumes": "one image each: brain mask in 3D, percentile over all its brain voxels"}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         return F.brain_percentile(sample.images, self.percentile)

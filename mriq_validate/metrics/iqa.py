@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..contract import MeasureContext
 from ..cache import content_hash
 from ..errors import MetricError, MissingFileError
 from .base import PerImageMetric, Sample, check_int, check_number, register_metric
@@ -21,7 +22,6 @@ from .functional.niqe import NiqeModel, fit_niqe, niqe_mri, niqe_scores
 
 if TYPE_CHECKING:
     from ..cache import DiskCache
-    from ..session import RunContext
 
 
 def cached_fit_niqe(pristine_images: np.ndarray | torch.Tensor, cache: "DiskCache", block_size: int = 32,
@@ -58,7 +58,7 @@ class Piqe(PerImageMetric):
         return {"name": self.name, "library": "pyiqa 0.1.16 'piqe'", "channels": "grey, 1 channel as given",
                 "data_range": "[0, 1]", "resize": "none (native slice size)", **self.volume_config()}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         return F.piqe(sample.images, ctx.device)
 
 
@@ -95,7 +95,7 @@ class NiqeMri(PerImageMetric):
         return {"name": self.name, "pristine": "real train split", "block_size": self.block_size,
                 "sharpness_threshold": self.sharpness_threshold, "library": "pyiqa 0.1.16 niqe_arch features", **self.volume_config()}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         pristine = sample.same_contrasts(ctx.data.train.images)
         if pristine.ndim == 5:  # training volumes: the pristine slices are their axial slices with brain, as scored
             pristine = axial_brain_slices(pristine)[0]
@@ -149,7 +149,7 @@ class PyiqaWeighted(PerImageMetric):
                 "weights_sha256_16": content_hash(self.weights.read_bytes()), "channels": "grey repeated to 3", "data_range": "[0, 1]",
                 "higher_is_better": self.higher_is_better, **self.volume_config()}
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         m = F.pyiqa_metric(self.metric, str(ctx.device), pretrained_model_path=str(self.weights))
         if bool(m.lower_better) == self.higher_is_better:
             raise MetricError(f"metric 'pyiqa' ({self.metric}): the loaded model says lower_better={m.lower_better}, "

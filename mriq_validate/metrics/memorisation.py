@@ -3,11 +3,12 @@ in :mod:`.functional.memorisation`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..contract import MeasureContext
 from ..arrays import batches, gather
 from ..cache import content_hash
 from ..errors import MetricError
@@ -17,8 +18,6 @@ from .features import FEATURES_VERSION, Extractor, check_features, features, mak
 from .functional.pairwise import capped_rows
 from .functional.memorisation import CopyInvariance, _null_size, conformal_flags, copy_distances, copy_embedding, copy_flags
 
-if TYPE_CHECKING:
-    from ..session import RunContext
 
 COPY_VERSION = "copy/1"  # bump when copy_embedding or copy_distances change what they compute (keys the cache)
 # Volumes: a 16³ thumbnail (4096 values, 4× a slice's 32²) and shifts of up to ±1 of its voxels (1/16 of the field of
@@ -113,12 +112,12 @@ class CopyFraction(PerImageMetric):
         return Sample(gather(sample.images, rows), None if sample.masks is None else gather(sample.masks, rows),
                       f"{sample.origin} (random {self.max_items} of {len(sample)})", sample.channel)
 
-    def prepare(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         if self.channels == "each" and sample.channel is None and sample.images.shape[1] > 1:
             return super().prepare(ctx, sample)  # comes back here for each contrast, which is cut there (one channel)
         return super().prepare(ctx, self.capped(sample, ctx.seed, "evaluated"))
 
-    def scores(self, ctx: "RunContext", sample: Sample) -> np.ndarray:
+    def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         train = Sample(sample.same_contrasts(ctx.data.train.images), ctx.data.train.masks, "")
         held_out = Sample(sample.same_contrasts(ctx.data.test.images), ctx.data.test.masks, "")
         test = self.capped(held_out, ctx.seed, "held-out")
