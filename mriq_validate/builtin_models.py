@@ -14,6 +14,7 @@ import torch
 
 from .arrays import batches, gather
 from .data.core import ReferenceData
+from .errors import ModelError
 
 
 def _mask_key(mask: torch.Tensor) -> bytes:
@@ -37,7 +38,7 @@ class RealLookup:
         for i, m in enumerate(masks):
             img = self.table.get(_mask_key(m))
             if img is None:
-                raise ValueError(f"builtin:real holds real images only for the reference data's masks; mask {i} is not one of them")
+                raise ModelError(f"builtin:real holds real images only for the reference data's masks; mask {i} is not one of them")
             out.append(img)
         return torch.stack(out)
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import ModelError, SuiteError
 from .stats import Estimate, bootstrap, estimate_from, resample_rows
 from .suite import shipped_suites
 
@@ -250,7 +251,7 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     names = list(models) if models is not None else list(BUILTIN_MODELS)
     unknown = sorted(set(names) - set(BUILTIN_MODELS)) + sorted(set(tstr_models) - set(BUILTIN_MODELS))
     if unknown:
-        raise ValueError(f"unknown builtin model(s) {unknown}; expected some of {sorted(BUILTIN_MODELS)}")
+        raise ModelError(f"unknown builtin model(s) {unknown}; expected some of {sorted(BUILTIN_MODELS)}")
     criteria = flag_criteria(suite)
     overrides = {k: v for k, v in (("region", region), ("segmenter", segmenter), ("noise_seeds", noise_seeds)) if v is not None}
 
@@ -264,7 +265,7 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     dice_a, tstr, piqe = metric_for("Dice A", overrides), metric_for("TSTR", overrides), metric_for("PIQE", {})
     assert isinstance(dice_a, Dice) and isinstance(tstr, DiceTSTR)
     if dice_a.segmenter != tstr.segmenter or dice_a.region != tstr.region:
-        raise ValueError(f"the downstream table needs one segmenter and region for protocols A and B; the suite's criteria "
+        raise SuiteError(f"the downstream table needs one segmenter and region for protocols A and B; the suite's criteria "
                          f"{criteria['Dice A'].id} and {criteria['TSTR'].id} differ (region {dice_a.region} vs {tstr.region})")
     region = tstr.region
     real_test, real_train = ctx.real("test"), ctx.real("train")

@@ -240,7 +240,7 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator(report_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(report)
 
 
-class UnusableReport(ValueError):
+class UnusableReport(MriqError):
     """A report folder holds no finished, valid report; ``reason`` says why, in words that follow the file's path."""
 
     def __init__(self, path: Path, reason: str) -> None:

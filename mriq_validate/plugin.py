@@ -263,12 +263,9 @@ class CriterionItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
         if isinstance(excinfo.value, CriterionFailed):
             return str(excinfo.value)
-        return self._error_text(excinfo) or super().repr_failure(excinfo)
+        return self.error_text(excinfo) or super().repr_failure(excinfo)
 
-    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # setup errors
-        return self._error_text(excinfo) or super()._repr_failure_py(excinfo, style)
-
-    def _error_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+    def error_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
         from .errors import MriqError
 
         if isinstance(excinfo.value, MriqError):
@@ -367,6 +364,8 @@ class MriqPlugin:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         rep = yield
         if isinstance(item, CriterionItem):
+            if rep.when == "setup" and call.excinfo is not None and (text := item.error_text(call.excinfo)):
+                rep.longrepr = text  # a criterion that could not be evaluated (setup): the cause, not a traceback
             record = item.record(rep)
             if record is not None:
                 rep.mriq_record = record  # travels with the report (also from pytest-xdist workers)
