@@ -177,7 +177,7 @@ RSS_SCRIPT = textwrap.dedent("""
     from mriq_validate.arrays import as_tensor, read_bundle, write_bundle
     from mriq_validate.data.core import ReferenceData, Split
     from mriq_validate.metrics import create_metric
-        from mriq_validate.session import RunContext, RunSettings
+    from mriq_validate.session import RunContext, RunSettings
 
     def hwm():
         return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
