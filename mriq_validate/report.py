@@ -380,12 +380,12 @@ def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[st
     path = folder / REPORT_FILE
     _write_text(path, text)
     if html:
-        from .report_html import render_html
+        from .report_html import notice_page, render_html
 
         try:
             page = render_html(json.loads(text), sample_images=sample_images)
         except Exception as exc:
-            _write_text(folder / HTML_FILE, _html_page("report.html could not be drawn", repr(exc)))
+            _write_text(folder / HTML_FILE, notice_page("report.html could not be drawn", repr(exc)))
             raise
         _write_text(folder / HTML_FILE, page)
     return path
@@ -396,13 +396,6 @@ def _write_text(path: Path, text: str) -> None:
     from .cache import write_atomic
 
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _html_page(title: str, text: str) -> str:
-    import html
-
-    return (f"<!doctype html><meta charset='utf-8'><title>mriq-validate report</title><h1>{html.escape(title)}</h1>"
-            f"<pre>{html.escape(text)}</pre><p>See {REPORT_FILE}.</p>")
 
 
 #: Figures of an earlier run, removed at the start of a run (report.json and report.html are replaced).
@@ -424,7 +417,9 @@ def mark_in_progress(folder: Path, run: dict[str, Any]) -> Path:
     placeholder = build_report([], {**run, "interruption": note, "finished": None})
     path = folder / REPORT_FILE
     _write_text(path, _json_text(placeholder))
-    _write_text(folder / HTML_FILE, _html_page("INCOMPLETE: run in progress", note))
+    from .report_html import notice_page
+
+    _write_text(folder / HTML_FILE, notice_page("INCOMPLETE: run in progress", note))
     return path
 
 

@@ -158,6 +158,12 @@ def _threshold(r: dict[str, Any]) -> str:
     return f"{esc(text)}<br><span class='tag'>{esc(what)}</span>{checked}{sources}"
 
 
+def notice_page(title: str, text: str) -> str:
+    """A one-message page standing in for report.html: a run in progress, or a page that could not be drawn."""
+    return (f"<!doctype html><meta charset='utf-8'><title>mriq-validate report</title><h1>{html.escape(title)}</h1>"
+            f"<pre>{html.escape(text)}</pre><p>See report.json.</p>")
+
+
 def _integrity_text(integrity: dict[str, Any] | None) -> str:
     """The footer's line on how report.json is sealed (mriq_validate.integrity)."""
     if not integrity:
