@@ -112,6 +112,11 @@ def shard_decision(own: dict[str, Any], index: int, count: int, n_items: int, n_
     return {**own, "status": "INCOMPLETE", "complete": False, "summary": summary, "incomplete_reasons": reasons}
 
 
+def shard_record_decision(own: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """:func:`shard_decision` for the shard that ``record`` (a report's ``run.shard``: index, count, items, plan) describes."""
+    return shard_decision(own, record["index"], record["count"], len(record["items"]), len(record["plan"]))
+
+
 def _ids(item_ids: Iterable[str]) -> str:
     """Item ids as a reader knows them (the criterion part of the node id), comma-separated."""
     return ", ".join(str(i).split("::")[-1] for i in item_ids)

@@ -198,14 +198,14 @@ def result_problems(rec: dict[str, Any]) -> list[str]:
 def rederived_decision(report: dict[str, Any]) -> dict[str, Any]:
     """The decision of ``report`` re-derived from its results, deviations and interruption (a shard's partial decision
     for the report of one shard), with the gate's own functions."""
-    from .decision import decision, shard_decision
+    from .decision import decision, shard_record_decision
 
     dev, run = report.get("deviations") or {}, report.get("run") or {}
     again = decision(report.get("results") or [], not_run=dev.get("not_run") or [], interruption=run.get("interruption"),
                      collection_errors=dev.get("collection_errors") or [], deselected=dev.get("deselected") or [])
     shard = run.get("shard") or {}
     if shard.get("index") is not None:
-        again = shard_decision(again, shard["index"], shard["count"], len(shard["items"]), len(shard["plan"]))
+        again = shard_record_decision(again, shard)
     return again
 
 

@@ -213,12 +213,10 @@ class MriqRun:
             report = report_module.build_report([], {**info, "interruption": f"the report could not be assembled ({type(exc).__name__}: {exc})"})
         ok = report["decision"]["status"] == "CLEARED"  # a gate run that did not check everything is not a pass
         if self.shard is not None:  # one part of a run: never CLEARED alone; the job passes when its own items leave nothing open
-            from .decision import shard_decision, shard_ok
+            from .decision import shard_ok, shard_record_decision
 
             ok = shard_ok(report["decision"])
-            record = info["shard"]
-            report["decision"] = shard_decision(report["decision"], self.shard.index, self.shard.count, len(record["items"]),
-                                                len(record["plan"]))
+            report["decision"] = shard_record_decision(report["decision"], info["shard"])
         self.report_decision = report["decision"]
         if self.report_dir is None:
             return ok
