@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +229,7 @@ def downstream_table(data_spec: str = "builtin:mni-tumour", *, cache_dir: str | 
     :func:`mriq_validate.segnets.cpu_threads`), which on shared CPUs is many times faster than torch's default.
     """
     from .segnets import torch_threads
-    from .session import resolve_device
+    from .devices import resolve_device
 
     with torch_threads(resolve_device(device)):
         return _downstream_table(data_spec, cache_dir=cache_dir, device=device, seed=seed, suite=suite, region=region, segmenter=segmenter,
@@ -240,10 +240,10 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
                       region: str | None, segmenter: dict[str, Any] | None, noise_seeds: int | None, n_boot: int,
                       models: Sequence[str] | None, tstr_models: Sequence[str], progress: Callable[[str], None] | None) -> DownstreamTable:
     from .cache import default_cache_dir
-    from .metrics import Sample, create_metric
+    from .metrics import create_metric
     from .metrics.downstream import Dice, DiceTSTR
-    from .models import BUILTIN_MODELS, ModelContext, load_model
-    from .seeding import derive_seed, rng_for
+    from .models import BUILTIN_MODELS
+    from .seeding import rng_for
     from .session import RunContext, RunSettings
 
     start = time.perf_counter()
@@ -291,18 +291,20 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
     rows = []
     for name in names:
         b = BUILTIN_MODELS[name]
-        mctx = ModelContext.for_data(data, ctx.device, derive_seed(seed, "model"))
-        model = load_model(f"builtin:{name}", mctx, data)
-        say(f"downstream table: builtin:{name}: generating for the test masks, PIQE and protocol A Dice")
-        gen_test = Sample(model.generate(real_test.masks, seed=derive_seed(seed, "generated", "test")), real_test.masks, "generated (test masks)")
-        rng = rng_for(seed, "downstream-table", name)
-        row = ModelRow(name, b.behaviour, paired_estimates(ctx.prepare(piqe, gen_test), real_piqe, rng, n_boot),
-                       paired_estimates(ctx.prepare(dice_a, gen_test), real_dice, rng, n_boot))
-        if name in tstr_models:
-            say(f"downstream table: builtin:{name}: generating for the training masks and training the TSTR segmenter")
-            gen_train = Sample(model.generate(real_train.masks, seed=derive_seed(seed, "generated", "train")), real_train.masks,
-                               "generated (train masks)")
-            row.tstr = paired_estimates(ctx.prepare(tstr, gen_train), trtr, rng, n_boot)
+        # the model's side of a run sharing this reference side: the gate's own batched, seeded generation
+        mctx = RunContext(replace(settings, model=f"builtin:{name}"), data_spec, say, reference=ctx.reference)
+        try:
+            say(f"downstream table: builtin:{name}: generating for the test masks, PIQE and protocol A Dice")
+            gen_test, _ = mctx.generated("test")
+            rng = rng_for(seed, "downstream-table", name)
+            row = ModelRow(name, b.behaviour, paired_estimates(ctx.prepare(piqe, gen_test), real_piqe, rng, n_boot),
+                           paired_estimates(ctx.prepare(dice_a, gen_test), real_dice, rng, n_boot))
+            if name in tstr_models:
+                say(f"downstream table: builtin:{name}: generating for the training masks and training the TSTR segmenter")
+                gen_train, _ = mctx.generated("train")
+                row.tstr = paired_estimates(ctx.prepare(tstr, gen_train), trtr, rng, n_boot)
+        finally:
+            mctx.close()
         rows.append(row)
 
     for row in rows:

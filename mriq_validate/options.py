@@ -59,3 +59,16 @@ def parse_batch_size(value: str) -> int | str:
     if size < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer (items per batch) or auto")
     return size
+
+
+def parse_workers(value: str) -> int | str:
+    """``auto`` or a positive integer (CPU processes for independent segmenter trainings)."""
+    if value.strip() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer (training processes) or auto")
+    return n

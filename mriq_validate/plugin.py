@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .options import parse_batch_size, parse_device, parse_seed, parse_spec, parse_timeout
+from .options import parse_batch_size, parse_device, parse_seed, parse_spec, parse_timeout, parse_workers
 from .shards import parse_shard
 from .signals import StopSignals
 
@@ -38,6 +38,7 @@ THRESHOLD_OPTION = "--mriq-threshold"
 TIMEOUT_OPTION = "--mriq-timeout"
 SHARD_OPTION = "--mriq-shard"
 BATCH_SIZE_OPTION = "--mriq-batch-size"
+WORKERS_OPTION = "--mriq-workers"
 DEFAULT_DATA = "builtin:mni-tumour (or the suite's data.default)"
 PLUGIN_NAME = "mriq-validate-run"
 RUN_KEY = pytest.StashKey["MriqRun"]()
@@ -77,19 +78,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(BATCH_SIZE_OPTION, metavar="N", type=parse_batch_size, help="items (slices or volumes) per call into the model "
                     "and per batch of per-image scoring; generated images are written to a memory-mapped scratch file batch by "
                     "batch. Default: auto (about 256 MB of images per batch on CPU, 1 GB on CUDA). ini: mriq_batch_size")
+    group.addoption(WORKERS_OPTION, metavar="N", type=parse_workers, help="CPU processes that train independent segmenters side by "
+                    "side (the noise floor's seeds), with the same weights as one by one. Default: auto (the usable cores, shared "
+                    "among pytest-xdist workers; 1 on CUDA). ini: mriq_workers")
     group.addoption(SHARD_OPTION, metavar="K/N", type=parse_shard, help="run shard K of N of the collected criterion items (the sweep "
                     "levels of a criterion stay together; the same split on every job) and write a shard report; merge the N "
                     "report folders with `mriq-validate merge-reports` for the release decision. ini: mriq_shard")
-    parser.addini("mriq_model", "default for --mriq-model")
-    parser.addini("mriq_data", "default for --mriq-data")
-    parser.addini("mriq_device", "default for --mriq-device", default="auto")
-    parser.addini("mriq_seed", "default for --mriq-seed", default="0")
-    parser.addini("mriq_cache", "default for --mriq-cache")
-    parser.addini("mriq_report", "default for --mriq-report")
-    parser.addini("mriq_timeout", "default for --mriq-timeout", default=f"{DEFAULT_TIMEOUT_S:g}")
+    ini_defaults = {MODEL_OPTION: None, DATA_OPTION: None, DEVICE_OPTION: "auto", SEED_OPTION: "0", CACHE_OPTION: None, REPORT_OPTION: None,
+                    TIMEOUT_OPTION: f"{DEFAULT_TIMEOUT_S:g}", SHARD_OPTION: None, BATCH_SIZE_OPTION: "auto", WORKERS_OPTION: "auto"}
+    for option, default in ini_defaults.items():  # each option's ini twin: --mriq-batch-size → mriq_batch_size
+        parser.addini(option[2:].replace("-", "_"), f"default for {option}", default=default)
     parser.addini("mriq_thresholds", "threshold overrides ID.FIELD=VALUE, one per line", type="linelist", default=[])
-    parser.addini("mriq_shard", "default for --mriq-shard")
-    parser.addini("mriq_batch_size", "default for --mriq-batch-size", default="auto")
 
 
 def _new_run(config: pytest.Config) -> MriqRun:
@@ -119,6 +118,7 @@ def _new_run(config: pytest.Config) -> MriqRun:
         cache_dir=str(pick(CACHE_OPTION, "mriq_cache") or default_cache_dir()),
         timeout=pick(TIMEOUT_OPTION, "mriq_timeout", parse_timeout) or DEFAULT_TIMEOUT_S,
         batch_size=pick(BATCH_SIZE_OPTION, "mriq_batch_size", parse_batch_size) or "auto",
+        workers=pick(WORKERS_OPTION, "mriq_workers", parse_workers) or "auto",
     )
     overrides = [(*o, THRESHOLD_OPTION) for o in config.getoption(THRESHOLD_OPTION)]
     for line in config.getini("mriq_thresholds"):
@@ -312,7 +312,7 @@ class MriqPlugin:
         run, s = self.run, self.run.settings
         return [
             f"mriq-validate: model={s.model or '(none: criteria will SKIP)'} data={s.data or DEFAULT_DATA} device={s.device} "
-            f"seed={s.seed} timeout={s.timeout:g}s batch-size={s.batch_size} cache={s.cache_dir} report={run.report_dir or '(none)'}"
+            f"seed={s.seed} timeout={s.timeout:g}s batch-size={s.batch_size} workers={s.workers} cache={s.cache_dir} report={run.report_dir or '(none)'}"
             + (f" threshold-overrides={len(run.overrides)}" if run.overrides else "")
             + (f" shard={run.shard}" if run.shard else "")
         ]

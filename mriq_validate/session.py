@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import weakref
@@ -25,6 +24,7 @@ from .arrays import as_tensor, batches, scratch_array
 from .cache import SCRATCH_KIND, DiskCache, content_hash
 from .cache_admin import remove_stale_scratch
 from .data import ReferenceData, load_data
+from .devices import auto_batch_size, resolve_device
 from .errors import ModelError, MriqError
 from .figures import axial_sample
 from .isolation import DEFAULT_TIMEOUT_S
@@ -34,47 +34,12 @@ from .seeding import derive_seed
 from .segmenter import Segmenter, SegmenterConfig, get_segmenter
 
 SPLITS = ("test", "train")
-# --mriq-batch-size auto: the items whose float32 images make about this many bytes (a batch's images, the model's and the
-# measures' working copies stay well under a few GB), rounded down to a multiple of the segmenter's inference batch
-AUTO_BATCH_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
-SEGMENTER_BATCH = {2: 64, 3: 2}  # Segmenter.predict's default batch (slices, volumes): auto batches keep its grouping
 ITEM_KINDS = {2: "slices", 3: "volumes"}  # spatial dimensions → what one item of the data is
 
 
 def item_kind(spatial_dims: int) -> str:
     """``slices`` for 2D data, ``volumes`` for 3D."""
     return ITEM_KINDS[spatial_dims]
-
-
-def auto_batch_size(item_shape: tuple[int, ...], device: torch.device) -> int:
-    """Items per batch for ``--mriq-batch-size auto``: as many float32 items of ``item_shape`` (C, H, W) or (C, D, H, W) as
-    make :data:`AUTO_BATCH_BYTES` on ``device``'s kind, rounded down to a multiple of the segmenter's inference batch when
-    that many fit (at least 1). On CPU: 4×128×128 slices 1024, 4×64×72×64 volumes 56, 4×155×240×240 volumes 1."""
-    n = AUTO_BATCH_BYTES.get(device.type, AUTO_BATCH_BYTES["cpu"]) // (int(np.prod(item_shape)) * 4)
-    unit = SEGMENTER_BATCH.get(len(item_shape) - 1, 1)
-    return max(1, n - n % unit if n >= unit else n)
-
-
-def worker_device(name: str, worker_id: str | None, n_gpus: int) -> str:
-    """The device of one pytest-xdist worker: ``cuda`` becomes ``cuda:{k % n_gpus}`` on worker ``gw{k}``, so that
-    several workers share several GPUs one each; anything else (``cpu``, an explicit ``cuda:1``, no worker, no GPU)
-    is ``name`` unchanged."""
-    match = re.fullmatch(r"gw(\d+)", worker_id or "")
-    if name != "cuda" or match is None or n_gpus < 1:
-        return name
-    return f"cuda:{int(match.group(1)) % n_gpus}"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error. Under pytest-xdist with several GPUs,
-    ``cuda`` is one GPU per worker (:func:`worker_device`)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MriqError(f"--mriq-device {name}: CUDA is not available on this machine (torch {torch.__version__}); use cpu or auto")
-    if name == "cuda":
-        name = worker_device(name, os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
-    return torch.device(name)
 
 
 @dataclass
@@ -89,6 +54,7 @@ class RunSettings:
     data_options: dict[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT_S  # seconds per model call, loading included (--mriq-timeout)
     batch_size: int | str = "auto"  # items per model call and per batch of per-image scoring (--mriq-batch-size)
+    workers: int | str = "auto"  # CPU processes for independent segmenter trainings (--mriq-workers; mriq_validate.parallel)
 
 
 class _Lazy:
@@ -109,31 +75,21 @@ class _Lazy:
         return self.value
 
 
-class RunContext:
-    """Shared state for the criteria of one (data, model) pair.
+class ReferenceSide:
+    """The reference half of a run: the real data, the device, the cache and the segmenters trained on the real data.
 
-    The reference data are loaded from ``data_spec`` and the model from ``settings.model`` when first asked for, unless
-    they are given: ``data`` (a :class:`~mriq_validate.data.ReferenceData`) and ``model`` (an object with
-    ``generate(masks, *, seed)`` and/or ``sample(n, *, seed)``, checked like every model; provenance kind
-    ``in-process``), for runs built in code (tests, the study, notebooks)."""
+    Kept apart from the model under test, so that several runs (one per model: the downstream table, the study) share
+    one reference side and train its segmenters once. ``data`` given: used as is; else loaded from ``data_spec`` when
+    first asked for."""
 
     def __init__(self, settings: RunSettings, data_spec: str, progress: Callable[[str], None] | None = None, *,
-                 data: ReferenceData | None = None, model: Any = None) -> None:
-        self.settings = settings
-        self.data_spec = data_spec
-        self.seed = settings.seed
+                 data: ReferenceData | None = None) -> None:
+        self.settings, self.data_spec, self.seed = settings, data_spec, settings.seed
         self.cache = DiskCache(settings.cache_dir)
         self.progress = progress or (lambda msg: None)
         self._device = _Lazy(lambda: resolve_device(settings.device))
         self._data = _Lazy(lambda: data if data is not None else load_data(data_spec, self.cache, **settings.data_options))
-        self._model = _Lazy(self._load_model if model is None else lambda: self._adapt(model))
-        self._generated = {split: _Lazy(lambda split=split: self._generate(split)) for split in SPLITS}
         self._segmenters: dict[str, Segmenter] = {}
-        self._predictions: dict[tuple[str, str], torch.Tensor] = {}  # mapped scratch arrays, never held in memory
-        self._prepared: dict[tuple[str, ...], Any] = {}
-        self._digests: dict[tuple[Any, ...], tuple[str, torch.Tensor]] = {}
-        self._scratch: Path | None = None
-        self._n_scratch = 0
 
     @property
     def device(self) -> torch.device:
@@ -147,6 +103,114 @@ class RunContext:
     def data_loaded(self) -> bool:
         """Whether the reference data has been loaded without error (nothing is loaded by asking)."""
         return self._data.done and self._data.error is None
+
+    @property
+    def workers(self) -> int:
+        """CPU processes for independent segmenter trainings (:func:`mriq_validate.parallel.resolve_workers`)."""
+        from .parallel import resolve_workers
+
+        return resolve_workers(self.settings.workers, self.device)
+
+    def real(self, split: str = "test") -> Sample:
+        """A real split as a sample."""
+        t = getattr(self.data, split)
+        return Sample(t.images, t.masks, f"real {split}")
+
+    @property
+    def item_kind(self) -> str:
+        """What one item of the data is, in words: ``slices`` (2D) or ``volumes`` (3D)."""
+        return item_kind(self.data.spatial_dims)
+
+    @property
+    def n_classes(self) -> int:
+        return max(self.data.labels.values()) + 1
+
+    def segmenter(self, cfg: SegmenterConfig) -> Segmenter:
+        """The segmenter of config ``cfg`` (resolved for the data's dimensionality) trained on the real training split
+        (cached on disk)."""
+        cfg = cfg.resolve(self.data.spatial_dims)
+        key = json.dumps(asdict(cfg), sort_keys=True)
+        if key not in self._segmenters:
+            tr = self.data.train
+            self.progress(f"segmenter: training or loading from cache ({len(tr)} real training {self.item_kind})")
+            self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress,
+                                                  contrasts=tuple(self.data.contrasts))
+        return self._segmenters[key]
+
+    def segmenters(self, cfgs: list[SegmenterConfig]) -> list[Segmenter]:
+        """The segmenters of ``cfgs`` (as :meth:`segmenter`), those not yet trained trained side by side on
+        :attr:`workers` CPU processes first (:func:`mriq_validate.parallel.train_missing`; same weights as one by one)."""
+        from .parallel import TrainingJob, train_missing
+
+        resolved = [cfg.resolve(self.data.spatial_dims) for cfg in cfgs]
+        todo = [cfg for cfg in resolved if json.dumps(asdict(cfg), sort_keys=True) not in self._segmenters]
+        if len(todo) > 1 and self.workers > 1:
+            tr = self.data.train
+            train_missing([TrainingJob(cfg, tr.images, tr.masks) for cfg in todo], self.n_classes, self.cache, self.workers,
+                          contrasts=tuple(self.data.contrasts), progress=self.progress)
+        return [self.segmenter(cfg) for cfg in resolved]
+
+    def provenance(self) -> dict[str, Any]:
+        """What the report records about the reference side (only what has been loaded), segmenters aside
+        (:meth:`segmenter_provenance`)."""
+        out: dict[str, Any] = {"data_spec": self.data_spec, "data_options": dict(self.settings.data_options), "seed": self.seed,
+                               "device": self.settings.device, "cache_events": list(self.cache.events)}
+        if self.data_loaded:
+            d = self.data
+            out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
+                           "spatial_dims": d.spatial_dims, "item_kind": item_kind(d.spatial_dims),
+                           "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
+                           "contrasts": list(d.contrasts), "has_masks": d.has_masks, "regions": {k: list(v) for k, v in d.regions.items()},
+                           "provenance": d.provenance}
+        if self._device.done and self._device.error is None:
+            out["device"] = str(self.device)
+            out["training_processes"] = self.workers
+        return out
+
+    def segmenter_provenance(self) -> dict[str, Any]:
+        """Each segmenter used: its cache key and training history (losses left out)."""
+        return {k: {"key": s.key, "history": {h: v for h, v in s.history.items() if h != "loss"}} for k, s in self._segmenters.items()}
+
+
+class RunContext:
+    """Shared state for the criteria of one (data, model) pair: a :class:`ReferenceSide` and the model's side.
+
+    The reference data are loaded from ``data_spec`` and the model from ``settings.model`` when first asked for, unless
+    they are given: ``data`` (a :class:`~mriq_validate.data.ReferenceData`), ``reference`` (a :class:`ReferenceSide`
+    shared with other runs, its data and segmenters computed once) and ``model`` (an object with
+    ``generate(masks, *, seed)`` and/or ``sample(n, *, seed)``, checked like every model; provenance kind
+    ``in-process``), for runs built in code (tests, the study, the downstream table, notebooks)."""
+
+    def __init__(self, settings: RunSettings, data_spec: str, progress: Callable[[str], None] | None = None, *,
+                 data: ReferenceData | None = None, model: Any = None, reference: ReferenceSide | None = None) -> None:
+        if reference is not None and data is not None:
+            raise ValueError("RunContext: give the reference side or the data, not both")
+        self.reference = reference or ReferenceSide(settings, data_spec, progress, data=data)
+        self.settings = settings
+        self.data_spec = data_spec
+        self.seed = settings.seed
+        self.cache = self.reference.cache
+        self.progress = progress or (lambda msg: None)
+        self._model = _Lazy(self._load_model if model is None else lambda: self._adapt(model))
+        self._generated = {split: _Lazy(lambda split=split: self._generate(split)) for split in SPLITS}
+        self._predictions: dict[tuple[str, str], torch.Tensor] = {}  # mapped scratch arrays, never held in memory
+        self._prepared: dict[tuple[str, ...], Any] = {}
+        self._digests: dict[tuple[Any, ...], tuple[str, torch.Tensor]] = {}
+        self._scratch: Path | None = None
+        self._n_scratch = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference.device
+
+    @property
+    def data(self) -> ReferenceData:
+        return self.reference.data
+
+    @property
+    def data_loaded(self) -> bool:
+        """Whether the reference data has been loaded without error (nothing is loaded by asking)."""
+        return self.reference.data_loaded
 
     @property
     def model(self) -> ModelAdapter:
@@ -247,29 +311,24 @@ class RunContext:
 
     def real(self, split: str = "test") -> Sample:
         """A real split as a sample."""
-        t = getattr(self.data, split)
-        return Sample(t.images, t.masks, f"real {split}")
+        return self.reference.real(split)
 
     @property
     def item_kind(self) -> str:
         """What one item of the data is, in words: ``slices`` (2D) or ``volumes`` (3D)."""
-        return item_kind(self.data.spatial_dims)
+        return self.reference.item_kind
 
     @property
     def n_classes(self) -> int:
-        return max(self.data.labels.values()) + 1
+        return self.reference.n_classes
 
     def segmenter(self, cfg: SegmenterConfig) -> Segmenter:
-        """The segmenter of config ``cfg`` (resolved for the data's dimensionality) trained on the real training split
-        (cached on disk)."""
-        cfg = cfg.resolve(self.data.spatial_dims)
-        key = json.dumps(asdict(cfg), sort_keys=True)
-        if key not in self._segmenters:
-            tr = self.data.train
-            self.progress(f"segmenter: training or loading from cache ({len(tr)} real training {self.item_kind})")
-            self._segmenters[key] = get_segmenter(tr.images, tr.masks, self.n_classes, cfg, self.device, self.cache, self.progress,
-                                                  contrasts=tuple(self.data.contrasts))
-        return self._segmenters[key]
+        """:meth:`ReferenceSide.segmenter`: the segmenter of ``cfg`` trained on the real training split."""
+        return self.reference.segmenter(cfg)
+
+    def segmenters(self, cfgs: list[SegmenterConfig]) -> list[Segmenter]:
+        """:meth:`ReferenceSide.segmenters`: several, those not yet trained trained side by side."""
+        return self.reference.segmenters(cfgs)
 
     def predict(self, cfg: SegmenterConfig, images: torch.Tensor) -> torch.Tensor:
         """Segmenter labels for ``images``, memoised by content in a scratch mapped array (a large sample's predictions
@@ -314,20 +373,10 @@ class RunContext:
 
     def provenance(self) -> dict[str, Any]:
         """What the report records about this run's data and model (only what has been loaded)."""
-        out: dict[str, Any] = {"data_spec": self.data_spec, "data_options": dict(self.settings.data_options), "seed": self.seed,
-                               "device": self.settings.device, "cache_events": list(self.cache.events)}
-        if self._data.done and self._data.error is None:
-            d = self.data
-            out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
-                           "spatial_dims": d.spatial_dims, "item_kind": item_kind(d.spatial_dims),
-                           "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
-                           "contrasts": list(d.contrasts), "has_masks": d.has_masks, "regions": {k: list(v) for k, v in d.regions.items()},
-                           "provenance": d.provenance}
-        if self._device.done and self._device.error is None:
-            out["device"] = str(self.device)
+        out = self.reference.provenance()
         if self._model.done and self._model.error is None:
             out["model"] = {**self.model.provenance, "batch_size": self.batch_size,
                             "batch_seeding": "one call per batch of batch_size items; batch 0 seeded derive_seed(seed, "
                                              "'generated', split), batch k >= 1 derive_seed(seed, 'generated', split, k)"}
-        out["segmenters"] = {k: {"key": s.key, "history": {h: v for h, v in s.history.items() if h != "loss"}} for k, s in self._segmenters.items()}
+        out["segmenters"] = self.reference.segmenter_provenance()
         return out

@@ -16,7 +16,7 @@ from mriq_validate.errors import MetricError, SuiteError
 from mriq_validate.metrics.features import check_features, pooled_activations, unet_encoder_blocks
 from mriq_validate.metrics.functional.downstream import dice_per_image
 from mriq_validate.segmenter import TRAINER_VERSION, Segmenter, SegmenterConfig, segmenter_key, train_segmenter
-from mriq_validate.session import worker_device
+from mriq_validate.devices import worker_device
 from mriq_validate.suite import load_suite
 from test_suite_schema import VALID  # the minimal valid suite (tests/ is on sys.path)
 

@@ -95,7 +95,10 @@ def _is_split(sample: Sample, split: Any) -> bool:
 
 
 def _seed_means(ctx: MeasureContext, copies: list[Any], sample: Sample) -> list[float]:
-    """The mean of ``ctx.prepare(copy, sample)`` for each metric copy (one per training seed; memoised by the run)."""
+    """The mean of ``ctx.prepare(copy, sample)`` for each metric copy (one per training seed; memoised by the run). The
+    copies' segmenters are asked for together first, so that those not yet trained train side by side on the run's
+    worker processes (:meth:`mriq_validate.session.RunContext.segmenters`)."""
+    ctx.segmenters([_for_data(ctx, m.name, m.segmenter) for m in copies])
     return [float(np.mean(ctx.prepare(m, sample))) for m in copies]
 
 

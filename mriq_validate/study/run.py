@@ -6,6 +6,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,17 +28,20 @@ def floor_rng(seed: int, measure: str) -> np.random.Generator:
     return rng_for(seed, "study", "noise-floor", measure)
 
 
-def _subject(cfg: StudyConfig, cond: Condition, real: Sample, pctx: PerturbContext, say: Callable[[str], None]) -> Sample:
-    """The condition's images: the real test images perturbed, or the stand-in's images for the real test masks."""
+def _subject(cfg: StudyConfig, cond: Condition, real: Sample, pctx: PerturbContext, base: RunContext) -> Sample:
+    """The condition's images: the real test images perturbed, or the stand-in's images for the real test masks (the
+    gate's own generation, in a run sharing ``base``'s reference side)."""
     if cond.kind == "perturbation":
         assert cond.param is not None
         seed = derive_seed(cfg.seed, "study", cond.family, cond.level)
         out = apply(cond.family, real.images, real.masks, seed=seed, ctx=pctx, **{cond.param: cond.level})
         return Sample(out.images, out.masks, f"real test + {cond.id}")
     name = cond.id.split(":", 1)[1]
-    mctx = RunContext(RunSettings(model=f"builtin:{name}", data=cfg.data, device=cfg.device, seed=cfg.seed,
-                                  cache_dir=cfg.cache_dir), cfg.data, progress=say)
-    subject, _ = mctx.generated("test")
+    mctx = RunContext(replace(base.settings, model=f"builtin:{name}"), cfg.data, progress=base.progress, reference=base.reference)
+    try:
+        subject, _ = mctx.generated("test")
+    finally:
+        mctx.close()
     if subject.masks is None:
         raise MriqError(f"stand-in {name} returned no masks")
     return subject
@@ -81,7 +85,7 @@ def run_study(cfg: StudyConfig, progress: Callable[[str], None] | None = None) -
     for k, cond in enumerate(grid, 1):
         t = time.perf_counter()
         try:
-            subject = _subject(cfg, cond, real, pctx, say)
+            subject = _subject(cfg, cond, real, pctx, base)
         except MriqError as exc:
             skipped.append({"what": f"condition {cond.id}", "why": str(exc).splitlines()[0]})
             say(f"study: [{k}/{len(grid)}] {cond.id}: skipped ({str(exc).splitlines()[0][:120]})")
