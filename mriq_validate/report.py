@@ -58,7 +58,7 @@ VOLATILE_FIELDS: tuple[str, ...] = (
 #: the source tree).
 SELFTEST = ("mriq-validate selftest: Dice, FID, perturbation replay, seed-SD bounds and the report's seal and re-derived "
             "verdicts, from the installed package")
-#: The known-answer and self-tests that ship with the tool's source (run ``make test``), summarised for the report.
+#: The known-answer tests of the tool's source tree (``make test`` in a checkout; wheel users rerun :data:`SELFTEST`).
 KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
     {"where": "tests/test_downstream.py", "checks": "Dice known answers (identical masks 1, disjoint 0, empty vs empty 1); "
      "segmenter training is deterministic on CPU"},
@@ -67,7 +67,7 @@ KNOWN_ANSWER_TESTS: tuple[dict[str, str], ...] = (
     {"where": "tests/test_distribution.py", "checks": "FID of identical sets is 0 and matches scipy sqrtm; KID, MMD and "
      "PRDC match reference formulas; mode collapse lowers recall, not precision"},
     {"where": "tests/test_perturb.py", "checks": "perturbations are seeded and replayable; noise variance grows with its "
-     "strength; local edits change nothing outside the lesion"},
+     "strength; local edits change nothing outside their documented region (the lesion and a band each edit states)"},
     {"where": "tests/test_memorisation.py", "checks": "builtin:memoriser is flagged; held-out real images are flagged at "
      "the null rate; 15 % duplication of training images is detected"},
     {"where": "tests/test_niqe.py", "checks": "NIQE wrapper equals bare pyiqa; order clean < blur < noise"},

@@ -316,7 +316,9 @@ def _self_check(rep: dict[str, Any]) -> str:
         out.append("</table>")
     else:
         out.append("<p class='empty'>No SELF- or sensitivity criterion ran in this run.</p>")
-    out.append("<h3>Known-answer tests shipped with the tool</h3><table><tr><th>Where</th><th>Checks</th></tr>")
+    out.append(f"<h3>Known-answer tests</h3><p>With the installed package: <span class='mono'>{esc(sc.get('selftest') or '')}</span>. "
+               "In a source checkout of the tool (<span class='mono'>make test</span>):</p>"
+               "<table><tr><th>Where</th><th>Checks</th></tr>")
     for t in sc.get("known_answer_tests") or []:
         out.append(f"<tr><td class='mono' style='white-space:nowrap'>{esc(t['where'])}</td><td>{esc(t['checks'])}</td></tr>")
     out.append("</table>")
