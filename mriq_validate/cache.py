@@ -212,6 +212,7 @@ class DiskCache:
         self.root = Path(root)
         self.lock_timeout = float(lock_timeout)
         self.events: list[dict[str, str]] = []
+        self.reused = 0  # results read back instead of computed (mriq_validate.memo)
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         """Where the entry ``kind/key.suffix`` lives."""

@@ -17,6 +17,7 @@ from .errors import MetricError
 from .metrics import Metric, Sample, create_metric
 from .perturb import PerturbContext, apply
 from .seeding import derive_seed, rng_for
+from .memo import cached_replicates
 from .session import RunContext
 from .stats import Estimate, compare, resample_metric
 from .suite import Criterion, Threshold
@@ -202,7 +203,8 @@ def _decide(crit: Criterion, metric: Metric, ctx: RunContext, key: tuple[Any, ..
     n_boot = crit.n_boot if crit.n_boot is not None else metric.default_n_boot
     # Every resample is evaluated once; value, baseline and the compared quantity are summarised from the same
     # replicates (paired replicates share their rows). Subsampled set metrics take the mean replicate as value.
-    v_reps, r_reps = resample_metric(metric, prepared, prepared_ref, n_boot, rng_for(ctx.seed, *key, "bootstrap"), paired)
+    v_reps, r_reps = resample_metric(metric, prepared, prepared_ref, n_boot, rng_for(ctx.seed, *key, "bootstrap"), paired,
+                                     measure=lambda m, p, rows: cached_replicates(ctx.cache, m, p, rows))
     value = v_reps.estimate()
     baseline = r_reps.estimate() if r_reps is not None else None
 

@@ -51,6 +51,7 @@ VOLATILE_FIELDS: tuple[str, ...] = (
     "results.*.duration_s",
     "provenance.contexts.*.segmenters.*.history.seconds",
     "provenance.contexts.*.segmenters.*.history.epochs_per_s",
+    "provenance.contexts.*.results_reused",  # a warm run reads back what a cold one computed (mriq_validate.memo)
     "integrity",  # its digest covers the fields above
 )
 

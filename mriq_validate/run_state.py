@@ -245,6 +245,7 @@ class MriqRun:
         each dataset the run used, so a person can see what the sensitivity criteria did."""
         from .cache import DiskCache
         from .data import load_data
+        from .memo import cached_file
         from .perturb.figure import perturbation_figure
 
         assert self.report_dir is not None
@@ -260,9 +261,12 @@ class MriqRun:
             try:
                 data = load()
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "-", data.name.removeprefix("builtin:")).strip("-")
-                self.figure_paths.append(perturbation_figure(data.test.images[0], data.test.masks[0, 0],
-                                                             self.report_dir / f"perturbations-{name}.png", seed=self.settings.seed,
-                                                             contrast=data.contrasts[0]))
+                image, mask, seed, contrast = data.test.images[0], data.test.masks[0, 0], self.settings.seed, data.contrasts[0]
+                self.figure_paths.append(cached_file(
+                    DiskCache(self.settings.cache_dir), ("perturbation-figure", image, mask, seed, contrast),
+                    self.report_dir / f"perturbations-{name}.png",
+                    lambda out, image=image, mask=mask, seed=seed, contrast=contrast: perturbation_figure(image, mask, out, seed=seed,
+                                                                                                       contrast=contrast)))
             except Exception as exc:  # a figure is an aid; the report is already written
                 self.figure_error = f"perturbation figure for {json.loads(key)[0]} could not be drawn: {type(exc).__name__}: {exc}"
 

@@ -7,6 +7,7 @@ one ERRORs with the same clear message instead of some passing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -150,14 +151,20 @@ class ReferenceSide:
                           contrasts=tuple(self.data.contrasts), progress=self.progress)
         return [self.segmenter(cfg) for cfg in resolved]
 
+    @functools.cached_property
+    def data_digests(self) -> dict[str, str]:
+        """The content hashes of the reference splits, computed once."""
+        return self.data.digests()
+
     def provenance(self) -> dict[str, Any]:
         """What the report records about the reference side (only what has been loaded), segmenters aside
         (:meth:`segmenter_provenance`)."""
         out: dict[str, Any] = {"data_spec": self.data_spec, "data_options": dict(self.settings.data_options), "seed": self.seed,
-                               "device": self.settings.device, "cache_events": list(self.cache.events)}
+                               "device": self.settings.device, "cache_events": list(self.cache.events),
+                               "results_reused": self.cache.reused}
         if self.data_loaded:
             d = self.data
-            out["data"] = {"name": d.name, "digests": d.digests(), "n_train": len(d.train), "n_test": len(d.test),
+            out["data"] = {"name": d.name, "digests": self.data_digests, "n_train": len(d.train), "n_test": len(d.test),
                            "spatial_dims": d.spatial_dims, "item_kind": item_kind(d.spatial_dims),
                            "image_shape": list(d.image_shape), "spacing_mm": list(d.spacing_mm), "labels": d.labels,
                            "contrasts": list(d.contrasts), "has_masks": d.has_masks, "regions": {k: list(v) for k, v in d.regions.items()},
@@ -349,11 +356,27 @@ class RunContext:
         return self._digests[key][0]
 
     def prepare(self, metric: Metric, sample: Sample) -> Any:
-        """``metric.prepare`` memoised by metric configuration and sample content."""
-        key = (json.dumps(metric.config(), sort_keys=True, default=str), self.digest(sample.images),
+        """``metric.prepare`` memoised by metric configuration and sample content, in this run and, for per-item results,
+        on disk across runs (:mod:`mriq_validate.memo`). A result read from disk still loads the real-data segmenter the
+        measure names, so that the report lists the same segmenters as a run that computed it."""
+        from .memo import cached_array, enabled, is_own, prepared_key
+
+        config = metric.config()
+        key = (json.dumps(config, sort_keys=True, default=str), self.digest(sample.images),
                self.digest(sample.masks) if sample.masks is not None else "")
         if key not in self._prepared:
-            self._prepared[key] = metric.prepare(self, sample)
+            computed = []
+
+            def compute() -> Any:
+                computed.append(True)
+                return metric.prepare(self, sample)
+
+            disk_key = prepared_key(config, key[1], key[2], sample.channel, self.reference.data_digests, self.seed, self.device.type,
+                                    self.batch_size) if is_own(metric) and enabled() else None
+            self._prepared[key] = cached_array(self.cache, disk_key, compute)
+            segmenter = getattr(metric, "segmenter", None)
+            if not computed and isinstance(segmenter, SegmenterConfig):
+                self.segmenter(segmenter)
         return self._prepared[key]
 
     def sample_images(self, k: int = 6) -> dict[str, Any] | None:

@@ -40,6 +40,8 @@ class Resampleable(Protocol):
 
     resample: str
 
+    def config(self) -> dict[str, Any]: ...
+
     def size(self, prepared: Any) -> int: ...
 
     def value(self, prepared: Any, index: np.ndarray) -> float: ...
@@ -150,16 +152,19 @@ def metric_replicates(metric: Resampleable, prepared: Any, rows: np.ndarray) -> 
 
 
 def resample_metric(metric: Resampleable, prepared: Any, prepared_ref: Any | None, n_boot: int, rng: np.random.Generator,
-                    paired: bool) -> tuple[Replicates, Replicates | None]:
+                    paired: bool, measure: Callable[[Resampleable, Any, np.ndarray], Replicates] = metric_replicates,
+                    ) -> tuple[Replicates, Replicates | None]:
     """``metric`` resampled on ``prepared`` and on ``prepared_ref`` (if given): with ``paired`` both use the same rows
-    (their row-wise differences are the paired bootstrap), else each draws its own rows from ``rng`` in turn."""
+    (their row-wise differences are the paired bootstrap), else each draws its own rows from ``rng`` in turn. ``measure``
+    computes the replicates on the drawn rows (default :func:`metric_replicates`; the gate passes one that remembers
+    them on disk, :func:`mriq_validate.memo.cached_replicates`)."""
     subsample = metric.resample == "subsample"
     rows = resample_rows(metric.size(prepared), n_boot, rng, subsample)
-    value = metric_replicates(metric, prepared, rows)
+    value = measure(metric, prepared, rows)
     if prepared_ref is None:
         return value, None
     ref_rows = rows if paired else resample_rows(metric.size(prepared_ref), n_boot, rng, subsample)
-    return value, metric_replicates(metric, prepared_ref, ref_rows)
+    return value, measure(metric, prepared_ref, ref_rows)
 
 
 def compare(value: Replicates, baseline: Replicates, fn: Callable[[float, float], float], level: float = 0.95) -> Estimate:

@@ -4,6 +4,7 @@ top-level ``conftest.py``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 pytest_plugins = ["pytester"]
+# Tests patch the insides of measures (an oracle segmenter, a failing scorer); a result kept on disk would outlive the
+# patch, so the tests compute every result (tests/test_memo.py turns it back on where it tests it).
+os.environ["MRIQ_RESULT_CACHE"] = "0"
 
 
 def _preload_heavy_modules() -> None:

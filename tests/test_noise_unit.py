@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import textwrap
+from types import SimpleNamespace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +91,8 @@ class ConstructedRun:
     test slices, the TSTR segmenter trained on the generated pairs scores ``trtr + shift``."""
 
     seed = 0
+    cache = None  # nothing kept on disk (the tests run with $MRIQ_RESULT_CACHE=0)
+    data = SimpleNamespace(spatial_dims=2)
 
     def __init__(self, offsets: list[float], shift: float) -> None:
         self.trtr = np.linspace(0.6, 0.9, 16)
@@ -111,6 +115,9 @@ class ConstructedRun:
 
     def progress(self, msg: str) -> None:
         pass
+
+    def segmenters(self, cfgs: list[Any]) -> list[Any]:
+        return []  # nothing to train: prepare returns constructed scores
 
 
 OFFSETS = [0.0, -0.012, 0.006, 0.01, -0.004]  # 5 seeds (the default); seed 0 is the TRTR baseline
