@@ -68,3 +68,72 @@ def test_gate_run_of_a_misfit_suite_explains_once_and_is_not_cleared(run_plugin,
     assert errors.count("does not fit data") == 1, text[-3000:]
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert report["decision"]["status"] != "CLEARED"
+
+
+HEALTHY_SUITE = """\
+mriq_suite:
+  name: healthy-run
+  context_of_use: a cohort without annotations, through the plugin
+  data:
+    slicing: volume
+    spacing_mm: 6.0
+    shape: [32, 40, 32]
+    test_fraction: 0.4
+  criteria:
+    - id: BRIGHTNESS
+      requirement: the 95th percentile of brain intensity holds
+      rationale: a measure of the images alone (a loose bound; the test is about which criteria apply)
+      metric: brain_intensity
+      params: {percentile: 95}
+      n_boot: 20
+      threshold: {min: -0.5, max: 0.5, relative: difference}
+    - id: DICE-WT
+      requirement: whole-tumour Dice holds
+      rationale: needs the masks
+      metric: dice
+      params: {region: whole_tumour, segmenter: {channels: [8, 16, 32], strides: [2, 2], epochs: 24}}
+      threshold: {min: -0.05, relative: difference}
+    - id: SELF-ERASE
+      kind: sensitivity
+      requirement: brightness moves when lesions are erased
+      rationale: the perturbation edits lesions, which a healthy cohort does not have
+      metric: brain_intensity
+      params: {percentile: 95}
+      perturbation: {name: lesion_erase, amount: 1.0}
+      threshold: {min: 0.0}
+"""
+
+
+def test_gate_run_on_a_healthy_cohort_is_incomplete_with_the_mask_criteria_not_applicable(run_plugin, pytester) -> None:  # type: ignore[no-untyped-def]
+    """A real gate run on a NIfTI cohort without label files: the measure of the images alone runs and passes, the
+    criteria that need masks (a Dice; a self-check whose perturbation edits lesions) are reported not applicable,
+    never passed, and the decision is INCOMPLETE with a non-zero exit."""
+    import json
+    import math
+
+    from mriq_validate.data.cohort_writer import write_cohort
+
+    cohort = pytester.path / "healthy"
+    write_cohort(cohort, "brats2021", 8, seed=3, voxel_mm=6.0, shape=(32, 40, 32))
+    labels = sorted(cohort.rglob("*_seg.nii.gz"))
+    assert len(labels) == 8
+    for p in labels:
+        p.unlink()
+    pytester.makefile(".yaml", suite=HEALTHY_SUITE)
+    result = run_plugin("--mriq-model=builtin:real", f"--mriq-data={cohort}", "--mriq-report=out", "--mriq-device=cpu", "-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    assert result.ret != 0  # exit 0 would read as a pass in CI
+    result.stdout.fnmatch_lines(["*release decision: INCOMPLETE*"])
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    verdicts = {r["criterion_id"]: r for r in report["results"]}
+    assert verdicts["BRIGHTNESS"]["verdict"] == "PASS" and math.isfinite(verdicts["BRIGHTNESS"]["value"]["value"])
+    for cid, need in (("DICE-WT", "metric 'dice' reads them"), ("SELF-ERASE", "perturbation 'lesion_erase' edits lesions")):
+        assert verdicts[cid]["verdict"] == "SKIP", verdicts[cid]
+        assert "not applicable" in verdicts[cid]["message"] and "no annotations" in verdicts[cid]["message"], verdicts[cid]
+        assert need in verdicts[cid]["message"], verdicts[cid]
+    d = report["decision"]
+    assert d["status"] == "INCOMPLETE" and d["failed_gating"] == [], d
+    assert "suite.yaml::DICE-WT" in d["skipped_gating"], d  # the gating criterion that could not apply, by id
+    assert any("skipped" in r and "DICE-WT" in r for r in d["incomplete_reasons"]), d
+    assert {s["criterion_id"] for s in report["deviations"]["skipped"]} == {"DICE-WT", "SELF-ERASE"}
+    assert not list((pytester.path / "out").glob("*segmenter*"))

@@ -177,6 +177,20 @@ def test_unselected_gating_criteria_are_seen_under_xdist(pytester: pytest.Pytest
     assert report(pytester)["decision"]["deselected_gating"] == ["suite.yaml::PIQE-REL"]
 
 
+def test_unselected_gating_criteria_by_a_marker_expression_make_the_run_incomplete(pytester: pytest.Pytester,
+                                                                                   run_plugin: Callable[..., pytest.RunResult]) -> None:
+    """``-m "not mriq_gate"`` (the plugin marks each criterion mriq_gate or mriq_advisory): running only the advisory
+    one leaves the gating one unselected, which makes the decision INCOMPLETE, never CLEARED."""
+    pytester.makefile(".yaml", suite=CHEAP.replace("rationale: PIQE lies in [0, 100]", "rationale: PIQE lies in [0, 100]\n      gate: false"))
+    result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", "-m", "not mriq_gate")
+    result.assert_outcomes(passed=1, deselected=1)
+    assert result.ret != pytest.ExitCode.OK
+    d = report(pytester)["decision"]
+    assert d["status"] == "INCOMPLETE" and d["deselected_gating"] == ["suite.yaml::PIQE-REL"], d
+    assert [r["criterion_id"] for r in report(pytester)["results"]] == ["PIQE-ABS"]
+    result.stdout.fnmatch_lines(["*release decision: INCOMPLETE*", "*not selected to run: PIQE-REL*"])
+
+
 # --------------------------------------------------------------------------- self-checks judge the tool, not the model
 
 

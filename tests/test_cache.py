@@ -457,3 +457,57 @@ def test_run_scratch_folders_are_listed_and_only_a_dead_runs_is_cleared(tmp_path
     out = cache_admin.clear(tmp_path / "c")
     assert stale in out.removed and live in out.busy and not stale.exists() and (live / "1.bin").is_file()
     assert not (tmp_path / "c" / "kind").exists()
+
+
+# --- a real gate run: the corrupt entry is rebuilt and the report lists it --------------------------------------------
+
+#: a per-image measure on a small NIfTI cohort of its own: seconds, with a cache of its own (never the shared one)
+COHORT_SUITE = """\
+mriq_suite:
+  name: cache-in-a-run
+  context_of_use: cache tests
+  data:
+    slicing: volume
+    spacing_mm: 6.0
+    shape: [32, 40, 32]
+    test_fraction: 0.4
+  criteria:
+    - id: BRIGHTNESS
+      requirement: the 90th percentile of brain intensity holds
+      rationale: any cheap measure; the test is about the cache under it
+      metric: brain_intensity
+      params: {percentile: 90}
+      n_boot: 20
+      threshold: {min: -0.05, max: 0.05, relative: difference}
+"""
+
+
+def test_a_corrupt_entry_is_rebuilt_in_a_gate_run_and_listed_in_its_report(pytester: pytest.Pytester) -> None:
+    """A gate run on a cache with one case of its NIfTI cohort corrupted (a flipped byte) rebuilds that entry, lists it
+    under ``deviations.cache_rebuilt`` in report.json and in report.html, and measures what the run on the sound entry
+    measured."""
+    from mriq_validate.data.cohort_writer import write_cohort
+
+    cohort, cache = pytester.path / "cohort", pytester.path / "cache"
+    write_cohort(cohort, "brats2021", 8, seed=3, voxel_mm=6.0, shape=(32, 40, 32))
+    pytester.makefile(".yaml", suite=COHORT_SUITE)
+
+    def run(folder: str) -> dict:
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--mriq-cache={cache}", "--mriq-model=builtin:real",
+                                    f"--mriq-data={cohort}", f"--mriq-report={folder}", "--mriq-device=cpu")
+        result.assert_outcomes(passed=1)
+        return json.loads((pytester.path / folder / "report.json").read_text())
+
+    first = run("first")
+    assert first["deviations"]["cache_rebuilt"] == []  # built, not rebuilt: nothing was wrong
+    entry = sorted((cache / "nifti-case").glob("*.npz"))[0]  # one case as the first run read it
+    flip_byte(entry)
+    second = run("second")
+    rebuilt = second["deviations"]["cache_rebuilt"]
+    assert [(e["kind"], e["path"], e["action"]) for e in rebuilt] == [("nifti-case", str(entry), "rebuilt")], rebuilt
+    assert rebuilt[0]["reason"].startswith("sha256 mismatch"), rebuilt
+    assert check_entry(entry) is None  # written again, verified
+    page = (pytester.path / "second" / "report.html").read_text()
+    assert "Cache entries rebuilt" in page and str(entry) in page
+    (sound,), (after,) = first["results"], second["results"]
+    assert after["compared"] == sound["compared"]  # the rebuilt entry measures what the sound one did

@@ -292,6 +292,31 @@ def test_unknown_contrast_names_the_contrasts_the_data_has(tmp_path: Path) -> No
         load_data(str(root), DiskCache(tmp_path / "c"), modality="pd")
 
 
+def test_an_ambiguous_contrast_is_an_error_naming_each_candidate(tmp_path: Path) -> None:
+    """Two channels (dataset.json naming channel 3 'T1' besides channel 1 'T1w') or two files (<case>_t1 and <case>_t1n)
+    of one contrast: asked for or read by default, an error that names every candidate with the name the data give it,
+    never the first of them silently."""
+    root, _, _ = msd(tmp_path / "m")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["modality"]["3"] = "T1"  # channel 3 (T2w) now also says T1
+    (root / "dataset.json").write_text(json.dumps(meta))
+    both = (r"contrast 't1' is ambiguous: \[\"channel 1 of imagesTr/<case>.nii.gz \(dataset.json modality '1': 'T1w'\)\", "
+            r"\"channel 3 of imagesTr/<case>.nii.gz \(dataset.json modality '3': 'T1'\)\"\]")
+    for asked, remedy in (({"contrasts": ["t1"]}, "give a channel index"), ({"modality": "t1"}, "give a channel index"),
+                          ({}, r"name the channels to read with data.contrasts \(channel indices allowed\)")):
+        with pytest.raises(DataError, match=both + "; " + remedy):
+            load_data(str(root), DiskCache(tmp_path / "c"), crop=CROP, **asked)
+    assert load_data(str(root), DiskCache(tmp_path / "c"), contrasts=["1"], crop=CROP).contrasts == ("t1",)  # the way out
+    root, ids, _ = brats2021(tmp_path / "b")
+    for cid in ids:
+        save(PATTERNS["t1"], root / cid / f"{cid}_t1n.nii.gz", False)  # BraTS 2023's name for T1 next to BraTS 2021's
+    case = root / ids[0]
+    for asked in ({"contrasts": ["t1"]}, {}):
+        with pytest.raises(DataError, match=rf"{case / (ids[0] + '_t1.nii.gz')} and {case / (ids[0] + '_t1n.nii.gz')} are both "
+                                            r"contrast 't1'; expected one file per contrast"):
+            load_data(str(root), DiskCache(tmp_path / "c"), crop=CROP, **asked)
+
+
 def test_only_the_contrasts_asked_for_are_read(tmp_path: Path) -> None:
     root, ids, _ = brats2021(tmp_path / "b")
     broken = root / ids[0] / f"{ids[0]}_t1.nii.gz"

@@ -4,6 +4,7 @@ centroid with the index written; the report's data section says the items are 3D
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,13 @@ from mriq_validate.figures import axial_sample, lesion_slice, sample_grid_figure
 from mriq_validate.integrity import validate_report
 from mriq_validate.report import build_report, write_report
 from mriq_validate.session import RunContext, RunSettings
+
+
+def samples_section(page: str) -> str:
+    """The "Samples: real vs generated" section of a report page (its caption and the grid as an inline PNG)."""
+    match = re.search(r"<section id='samples'>.*?</section>", page, re.S)
+    assert match is not None, "the page has no samples section"
+    return match.group(0)
 
 
 def test_lesion_slice_is_the_centroid_and_the_mid_slice_without_lesion() -> None:
@@ -64,7 +72,14 @@ def test_the_report_of_a_volume_run_records_the_item_kind_and_draws_the_sample(t
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Samples: real vs generated" in page and "axial slice through the lesion centroid" in page
     assert "<th>train / test volumes</th><td>6 / 4</td>" in page and "<th>items</th><td>3D volumes</td>" in page
-    full = write_report(report, tmp_path / "full", sample_images={"real": data.test.images[:2], "generated": data.test.images[:2],
-                                                                  "masks": data.test.masks[:2]})  # 5D tensors, uncut
-    assert full is not None and "axial slice through the lesion centroid" in (tmp_path / "full" / "report.html").read_text()
+    # 5D tensors, uncut, draw the grid of their centroid slices, cut here by hand: the same picture, pixel for pixel
+    images, masks = data.test.images[:2], data.test.masks[:2]
+    full = write_report(report, tmp_path / "full", sample_images={"real": images, "generated": images, "masks": masks})
+    assert full == tmp_path / "full" / "report.json"
+    index = [lesion_slice(m[0]) for m in masks.numpy()]
+    by_hand = {"real": np.stack([v[:, k] for v, k in zip(images.numpy(), index)]), "masks": np.stack([m[0, k] for m, k in zip(masks.numpy(), index)]),
+               "slice_index": np.array(index)}
+    write_report(report, tmp_path / "by-hand", sample_images={**by_hand, "generated": by_hand["real"]})
+    uncut, cut = (samples_section((tmp_path / f / "report.html").read_text()) for f in ("full", "by-hand"))
+    assert "axial slice through the lesion centroid" in uncut and uncut == cut
     assert torch.equal(sample.images, data.test.images)

@@ -162,13 +162,47 @@ def test_nan_in_the_second_batch_is_an_error_naming_its_items(tmp_path: Path) ->
     ctx.close()
 
 
-def test_auto_batch_keeps_the_embedded_splits_in_one_batch() -> None:
-    """auto: the embedded 2D and 3D splits (256 slices, 45 volumes) are one batch on CPU; BraTS-size volumes one at a time;
-    slice batches a multiple of the segmenter's inference batch."""
-    cpu = torch.device("cpu")
-    assert auto_batch_size((4, 128, 128), cpu) == 1024 and auto_batch_size((4, 128, 128), cpu) % 64 == 0
-    assert auto_batch_size((4, 64, 72, 64), cpu) >= 45
-    assert auto_batch_size((4, 155, 240, 240), cpu) == 1
+@pytest.mark.parametrize("name", ["builtin:mni-tumour", "builtin:mni-tumour-3d"])
+def test_auto_batch_keeps_the_embedded_splits_in_one_batch(cache_dir: Path, name: str) -> None:
+    """auto on CPU: each split of the embedded 2D and 3D data (their item shapes and sizes as loaded) is one batch."""
+    from mriq_validate.cache import DiskCache
+    from mriq_validate.data import load_data
+
+    data = load_data(name, DiskCache(cache_dir))
+    n = auto_batch_size(tuple(data.image_shape), torch.device("cpu"))
+    assert n >= max(len(data.train), len(data.test)), (n, len(data.train), len(data.test))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_auto_batch_is_the_most_whole_segmenter_batches_the_budget_holds(device: str) -> None:
+    """The batch is derived from the budget of the device's kind (AUTO_BATCH_BYTES) and the segmenter's inference batch
+    (SEGMENTER_BATCH): it fits the budget, one more segmenter batch would not, and it is a multiple of the segmenter's
+    batch whenever one fits; an item larger than the budget goes alone (BraTS-size volumes on CPU)."""
+    from mriq_validate.devices import AUTO_BATCH_BYTES, SEGMENTER_BATCH
+
+    budget = AUTO_BATCH_BYTES[device]
+    shapes = [(4, 128, 128), (1, 128, 128), (3, 240, 240), (4, 64, 72, 64), (1, 96, 112, 96), (4, 155, 240, 240), (4, 512, 512, 512)]
+    for shape in shapes:
+        item = int(np.prod(shape)) * 4  # float32
+        unit = SEGMENTER_BATCH[len(shape) - 1]
+        n = auto_batch_size(shape, torch.device(device))
+        if item > budget:
+            assert n == 1, (shape, n)
+            continue
+        step = unit if n >= unit else 1
+        assert n * item <= budget < (n + step) * item, (shape, n)
+        assert budget // item < unit or n % unit == 0, (shape, n)
+
+
+def test_auto_batch_size_is_the_one_the_run_uses(tmp_path: Path) -> None:
+    """--mriq-batch-size auto: the run asks the model once for the tiny split (it fits one batch) and says so."""
+    model = PerItemNoise()
+    ctx = context(tmp_path, model, "auto")
+    sample, _ = ctx.generated("test")
+    assert ctx.batch_size == auto_batch_size(tuple(ctx.data.image_shape), torch.device("cpu")) >= N_TEST
+    assert len(model.seeds) == 1 and len(sample) == N_TEST
+    assert ctx.provenance()["model"]["batch_size"] == ctx.batch_size
+    ctx.close()
 
 
 RSS_SCRIPT = textwrap.dedent("""
