@@ -294,8 +294,8 @@ def test_unknown_contrast_names_the_contrasts_the_data_has(tmp_path: Path) -> No
 
 def test_an_ambiguous_contrast_is_an_error_naming_each_candidate(tmp_path: Path) -> None:
     """Two channels (dataset.json naming channel 3 'T1' besides channel 1 'T1w') or two files (<case>_t1 and <case>_t1n)
-    of one contrast: asked for or read by default, an error that names every candidate with the name the data give it,
-    never the first of them silently."""
+    of one contrast: asked for or read by default, an error that names every candidate with the name the data give it
+    and the contrasts the data have (the doubled T1 hides channel 3's T2), never the first of them silently."""
     root, _, _ = msd(tmp_path / "m")
     meta = json.loads((root / "dataset.json").read_text())
     meta["modality"]["3"] = "T1"  # channel 3 (T2w) now also says T1
@@ -304,7 +304,7 @@ def test_an_ambiguous_contrast_is_an_error_naming_each_candidate(tmp_path: Path)
             r"\"channel 3 of imagesTr/<case>.nii.gz \(dataset.json modality '3': 'T1'\)\"\]")
     for asked, remedy in (({"contrasts": ["t1"]}, "give a channel index"), ({"modality": "t1"}, "give a channel index"),
                           ({}, r"name the channels to read with data.contrasts \(channel indices allowed\)")):
-        with pytest.raises(DataError, match=both + "; " + remedy):
+        with pytest.raises(DataError, match=both + r"; the data has \['t1', 't1c', 'flair'\]; " + remedy):
             load_data(str(root), DiskCache(tmp_path / "c"), crop=CROP, **asked)
     assert load_data(str(root), DiskCache(tmp_path / "c"), contrasts=["1"], crop=CROP).contrasts == ("t1",)  # the way out
     root, ids, _ = brats2021(tmp_path / "b")

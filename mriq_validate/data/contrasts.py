@@ -83,7 +83,7 @@ def pick_contrasts(layout: Layout, wanted: list[str] | None) -> list[ContrastEnt
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise DataError(f"{where}: contrast {dup[0]!r} is ambiguous: {[e.where for e in picked if e.name == dup[0]]}; "
-                            f"name the channels to read with data.contrasts (channel indices allowed)")
+                            f"the data has {have}; name the channels to read with data.contrasts (channel indices allowed)")
         return picked
     if not wanted:
         raise DataError(f"{where}: contrasts is empty; expected some of {have} (or leave it out for all)")
@@ -106,7 +106,8 @@ def pick_contrasts(layout: Layout, wanted: list[str] | None) -> list[ContrastEnt
                 raise DataError(f"{where}: contrast {text!r} is not in the data; it has {have} (synonyms: t1=t1n=T1w, "
                                 f"t1c=t1ce=t1gd, t2=t2w, flair=t2f).{hint}")
             if len(matches) > 1:
-                raise DataError(f"{where}: contrast {text!r} is ambiguous: {[e.where for e in matches]}; give a channel index")
+                raise DataError(f"{where}: contrast {text!r} is ambiguous: {[e.where for e in matches]}; the data has {have}; "
+                                f"give a channel index")
         if matches[0] in out:
             raise DataError(f"{where}: contrast {text!r} is asked for twice (as {matches[0].name!r})")
         out.append(matches[0])
