@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mriq_validate.errors import MetricError
+from mriq_validate.metrics.functional import copy_search_cache
 from mriq_validate.metrics.functional.memorisation import (CopyInvariance, _null_size, conformal_flags, copy_distances,
                                                            copy_embedding, nn_distances)
 
@@ -180,13 +181,35 @@ def test_the_result_does_not_depend_on_the_thread_count(data) -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
+        copy_search_cache.clear()  # the references' windows computed anew with each thread count
         one = copy_distances(query, train)
         torch.set_num_threads(2)
+        copy_search_cache.clear()
         two = copy_distances(query, train)
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_the_reference_cache_gives_the_same_result_and_never_serves_a_changed_block() -> None:
+    """A second call finds the references' windows in the memory cache and gives the same result; a reference set that
+    differs in one value (same shape, same fingerprint sample or not) is computed anew: the oracle's result again."""
+    inv = CopyInvariance(flips=True, max_shift=2)
+    ref = _smooth(30, 32, 2, seed=7)
+    query = torch.cat([_smooth(10, 32, 2, seed=8), _shift(ref[4:5], 2, 0).flip(-1)])  # a copy, one fine pixel down
+    q, r = copy_embedding(query, 8, inv), copy_embedding(ref, 8, inv)
+    copy_search_cache.clear()
+    cold = copy_distances(q, r, inv)
+    warm = copy_distances(q, r, inv)
+    np.testing.assert_array_equal(cold[0], warm[0])
+    np.testing.assert_array_equal(cold[1], warm[1])
+    assert cold[0][-1] < 1e-5 and cold[1][-1] == 4  # (float32 pooling of the flipped copy: not exactly 0)
+    changed = r.copy()
+    changed[4, 64 + 8 * 16 + 8] += 0.5  # a fine value in the compared window, outside the fingerprint's sample
+    d, _, _, _ = assert_same_search(q, changed, inv)
+    assert d[-1] > 1e-3
+    copy_search_cache.clear()
 
 
 # ------------------------------------------------------------------ copy_fraction's held-out minimum
