@@ -311,7 +311,7 @@ def _downstream_table(data_spec: str, *, cache_dir: str | Path | None, device: s
         for flag, paired in (("PIQE", row.piqe), ("Dice A", row.dice_a), ("TSTR", row.tstr)):
             if paired is not None and rules[flag].flags(paired.difference):
                 row.flags.append(flag)
-    return DownstreamTable(data_spec, region, asdict(tstr.segmenter), str(ctx.device), len(data.test), len(data.train), n_boot, trtr_est,
+    return DownstreamTable(data_spec, region, asdict(tstr.segmenter.resolve(data.spatial_dims)), str(ctx.device), len(data.test), len(data.train), n_boot, trtr_est,
                            seed_means, seed_sd, _display_path(suite), list(rules.values()), rows,
                            time.perf_counter() - start)
 

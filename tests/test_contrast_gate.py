@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from mriq_validate.builtin_models import BUILTIN_MODELS
 from mriq_validate.cache import DiskCache
 from mriq_validate.criteria import evaluate
 from mriq_validate.data import ReferenceData, load_data
+from mriq_validate.metrics import Sample
 from mriq_validate.session import RunContext, RunSettings
 from mriq_validate.suite import load_suite
 
@@ -63,3 +65,21 @@ def test_one_contrast_at_half_scale_fails_by_name(cache_dir: Path, intensity_cri
     # the mean over the four contrasts (≈ 0.875) would have passed the band [0.7071, 1.4142]
     mean = sum(p["checked"] for p in out.per_contrast.values()) / 4
     assert 0.7071 < mean < 1.4142
+
+
+def test_every_measure_of_one_grey_image_takes_a_multi_contrast_sample_as_the_mean_over_its_contrasts() -> None:
+    """The study and the downstream table give a measure of one grey image (``channels: each``) all four contrasts at
+    once; each must score the mean over the contrasts (pair-based MS-SSIM included, whose items are pairs), never
+    refuse the sample or read one channel."""
+    from mriq_validate.metrics import METRICS, create_metric
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 4, 32, 32, generator=g)
+    sample = Sample(images, None, "four contrasts")
+    each = ("ms_ssim_diversity", "brain_intensity")  # a pair-based and a per-image one; neither needs a run
+    assert all(METRICS[name].channels == "each" for name in each)
+    for name in each:
+        m = create_metric(name, {"n_pairs": 10, "kernel_size": 3} if name == "ms_ssim_diversity" else {})
+        got = m.prepare(None, sample)
+        want = np.mean([m.prepare(None, sample.contrast(c, f"channel {c}")) for c in range(4)], axis=0)
+        np.testing.assert_allclose(got, want, err_msg=name)

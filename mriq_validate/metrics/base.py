@@ -172,12 +172,18 @@ class PerImageMetric(Metric):
         aggregate = VOLUME_AGGREGATIONS[self.volume_aggregation]
         return np.array([aggregate(s[owner == i], self.higher_is_better) for i in range(len(sample))])
 
+    def contrast_mean(self, ctx: MeasureContext, sample: Sample) -> np.ndarray | None:
+        """For a measure of one grey image (``channels: each``) given several contrasts, the mean over the contrasts of
+        :meth:`prepare` on each (the study and the downstream table; a criterion decides on each contrast, see
+        :func:`mriq_validate.criteria.evaluate`); None when ``sample`` is one contrast or the measure takes them jointly."""
+        if self.channels != "each" or sample.channel is not None or sample.images.shape[1] == 1:
+            return None
+        return np.mean([self.prepare(ctx, sample.contrast(c, f"channel {c}")) for c in range(sample.images.shape[1])], axis=0)
+
     def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         self.check_sample(sample)
-        if self.channels == "each" and sample.channel is None and sample.images.shape[1] > 1:
-            # a measure of one grey image given several contrasts: each image scores the mean over its contrasts (the
-            # study and the downstream table; a criterion decides on each contrast, see criteria.evaluate)
-            return np.mean([self.prepare(ctx, sample.contrast(c, f"channel {c}")) for c in range(sample.images.shape[1])], axis=0)
+        if (mean := self.contrast_mean(ctx, sample)) is not None:
+            return mean
         s = np.concatenate([self.batch_scores(ctx, sample, sl) for sl in batches(len(sample), batch_size(ctx, len(sample)) if self.batched else max(len(sample), 1))] or [np.zeros(0)])
         if s.shape != (len(sample),):
             raise MetricError(f"metric {self.name!r} returned {s.shape} scores for {len(sample)} images")

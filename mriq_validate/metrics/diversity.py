@@ -48,6 +48,8 @@ class MsSsimDiversity(PerImageMetric):
     def prepare(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
         if len(sample) < 3:
             raise MetricError(f"metric {self.name!r} needs at least 3 images, got {len(sample)}")
+        if (mean := self.contrast_mean(ctx, sample)) is not None:
+            return mean  # the same pairs on each contrast, each pair's score averaged over them
         return self.scores(ctx, sample)  # one score per pair
 
     def scores(self, ctx: MeasureContext, sample: Sample) -> np.ndarray:
