@@ -38,7 +38,7 @@ MODEL = "examples/zoo/model.py:build"
 # (measured 2026-12-07), for the time estimate only; the latent diffusion's autoencoder steps are counted at the first
 # value, its diffusion steps at the second.
 SECONDS_PER_STEP = {"ddpm": 1.5, "rflow": 1.4, "ldm": (1.0, 0.35), "spade": 1.4, "vae": 0.5}
-DOC_TABLES = {"docs/zoo.md": ("zoo", "agreement", "clearance"), "README.md": ("agreement",)}  # what each document's block shows
+DOC_TABLES = {"docs/zoo.md": ("zoo", "agreement", "clearance")}  # what each document's block shows
 GATE_SECONDS = {"full": 240, "reduced": 25}  # one checkpoint's gate, warm real-data side, one thread
 
 
@@ -119,13 +119,14 @@ def real_side_problem(folder: Path, k: list[str]) -> str | None:
 
 def write_docs(study_dir: Path) -> None:
     """docs/zoo.json (the study, with the command, date, machine and commit), docs/zoo_models.png, and the generated
-    tables in docs/zoo.md and README.md (between the markers of :data:`mriq_validate.study.models.BLOCK`)."""
+    block ``zoo`` of each document of :data:`DOC_TABLES` (docs/generate/render.py: its markers and rendering)."""
     import platform
     from datetime import date
 
     import torch
 
-    from mriq_validate.study.models import with_doc_block
+    sys.path.insert(0, str(ROOT / "docs" / "generate"))
+    from render import with_block
 
     study = json.loads((study_dir / "models.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -148,7 +149,7 @@ def write_docs(study_dir: Path) -> None:
     shutil.copyfile(study_dir / "models.png", ROOT / "docs" / "zoo_models.png")
     for doc in DOC_TABLES:
         path = ROOT / doc
-        path.write_text(with_doc_block(path.read_text(), render_block(doc, study)))
+        path.write_text(with_block(path.read_text(), "zoo", render_block(doc, study)))
 
 
 def summary(study: dict) -> str:
