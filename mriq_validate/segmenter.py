@@ -34,7 +34,7 @@ TRAINER_VERSION = "unet-2d/1"  # 3D segmenters add spatial_dims=3 to the key (se
 
 
 #: The training budget a suite does not set, per spatial dimensionality (``epochs``, ``batch_size``).
-#: 2D: 256 slices of 128×128 of the embedded data train in about 45-60 s on one CPU core (see :class:`SegmenterConfig`).
+#: 2D: 256 slices of 4×128×128 of the embedded data train in about a minute on one CPU core (see :class:`SegmenterConfig`).
 #: 3D: sized for ``builtin:mni-tumour-3d`` (45 training volumes of 4×64×72×64 at 3 mm), one CPU thread (seed 0; CPU
 #: seconds of training on a shared 2-core machine; whole-tumour / tumour-core Dice on its 19 test volumes): 16 epochs
 #: 27 s, 0.825 / 0.722; 24 epochs 43 s, 0.865 / 0.811 (seed 1: 38 s, 0.897 / 0.781); 32 epochs 55 s, 0.884 / 0.771.
@@ -55,10 +55,11 @@ class SegmenterConfig:
     (optional, one length per spatial axis) makes inference run by MONAI ``sliding_window_inference`` over windows
     of that size when an image is larger (for volumes on a fine grid); it does not change training.
 
-    The 2D default is sized for CPUs: on the embedded data (256 training slices of 128×128) it trains in about 45-60 s
-    on one core and reaches whole-tumour Dice 0.773 on the real test slices (seed 0, CPU; 0.769 mean over 3 seeds on
-    CUDA), against 0.782 in 438 s for the earlier default (channels (16, 32, 64, 128), num_res_units 1, 30 epochs,
-    lr 3e-3). ``benchmarks/downstream_cost.py`` measures it.
+    The 2D default is sized for CPUs: on the embedded four-contrast data (256 training slices of 4×128×128) it trains in
+    about a minute on one core and reaches whole-tumour Dice 0.96 on the real test slices (the TRTR line of the
+    generated downstream table in docs/measures.md); on the earlier single-contrast data it matched a default 7× more
+    expensive (channels (16, 32, 64, 128), num_res_units 1, 30 epochs, lr 3e-3) to within 0.01 Dice.
+    ``benchmarks/downstream_cost.py`` measures it.
 
     ``precision`` (:data:`PRECISIONS`): ``fp32``, or ``bf16`` to run the training forward pass and loss and inference
     under ``torch.autocast`` with bfloat16 (no gradient scaling is needed for bf16, whose exponent range is fp32's;

@@ -224,7 +224,7 @@ def test_a_reference_check_measures_the_real_data_whatever_the_model(pytester: p
         values[model] = rec["value"]["value"]
     assert values["builtin:real"] == values["builtin:noisy"]
     noisy_abs = [r for r in report(pytester, "noisy")["results"] if r["criterion_id"] == "PIQE-ABS"][0]["value"]["value"]
-    assert noisy_abs > values["builtin:noisy"] + 10  # the model criterion does see the noise (PIQE +34 in the README table)
+    assert noisy_abs > values["builtin:noisy"] + 10  # the model criterion does see the noise (PIQE +37 in the generated downstream table, docs/measures.md)
 
 
 def test_reference_criteria_refuse_relative_thresholds(tmp_path: Path) -> None:
