@@ -48,21 +48,8 @@ def parse_timeout(value: str) -> float:
     return seconds
 
 
-def parse_batch_size(value: str) -> int | str:
-    """``auto`` or a positive integer (items per model call and per batch of per-image scoring)."""
-    if value.strip() == "auto":
-        return "auto"
-    try:
-        size = int(value)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer (items per batch) or auto")
-    return size
-
-
-def parse_workers(value: str) -> int | str:
-    """``auto`` or a positive integer (CPU processes for independent segmenter trainings)."""
+def _auto_or_positive(value: str, what: str) -> int | str:
+    """``auto`` or a positive integer; ArgumentTypeError naming ``what`` the integer counts otherwise."""
     if value.strip() == "auto":
         return "auto"
     try:
@@ -70,5 +57,15 @@ def parse_workers(value: str) -> int | str:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer (training processes) or auto")
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer ({what}) or auto")
     return n
+
+
+def parse_batch_size(value: str) -> int | str:
+    """``auto`` or a positive integer (items per model call and per batch of per-image scoring)."""
+    return _auto_or_positive(value, "items per batch")
+
+
+def parse_workers(value: str) -> int | str:
+    """``auto`` or a positive integer (CPU processes for independent segmenter trainings)."""
+    return _auto_or_positive(value, "training processes")
