@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy test-stress test-all venv clean bench example zoo
+.PHONY: demo test test-heavy test-stress test-all venv clean bench bench-long example zoo docs docs-long
 
 $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,8 +48,35 @@ ZOO_ARGS ?=
 zoo: $(STAMP)
 	$(BIN)/python examples/zoo/run_zoo.py --docs $(ZOO_ARGS)
 
+# The generated numbers of README.md and docs/*.md (docs/generate/, docs/generated/*.json; checked against the text by
+# tests/test_docs_generated.py). `make docs`: the quick ones (the eraser gate run, the downstream table, the vessel
+# suite, the 3D cohort; a few minutes with a warm cache). `make docs-long`: the metric study (20-60 min on 2 cores),
+# the seed floor (10 segmenter trainings, cached) and the fresh-clone timings (about 25 min; run it on a quiet machine).
+docs: $(STAMP)
+	for g in eraser downstream_table vessels volumes; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || exit 1; done
+
+docs-long: $(STAMP)
+	rc=0; for g in seed_floor study timings; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || rc=1; done; exit $$rc
+
+# Every benchmark at its small default (about 8 min on 2 quiet CPU cores; docs/benchmarks.md). benchmarks/gpu_check.py
+# needs a CUDA device and is skipped without one (its CPU --smoke run is tests/test_gpu_check.py, marked heavy).
 bench: $(STAMP)
-	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in benchmarks/*.py; do \
+	  if [ $$f = benchmarks/gpu_check.py ] && ! $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+	    echo "== $$f: skipped, no CUDA device (benchmarks/gpu_check.py --smoke runs it on the CPU)"; continue; fi; \
+	  echo "== $$f"; MRIQ_TORCH_THREADS=$${MRIQ_TORCH_THREADS:-1} $(BIN)/python $$f || exit 1; \
+	done
+
+# The long runs behind the documented figures (hours on 2 CPU cores; docs/benchmarks.md gives each one's cost).
+bench-long: $(STAMP)
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/scale.py --sizes 1k 16k --batch-size 128 --json scale-2d.json
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/scale.py --sizes --volumes 32 128 --batch-size 8 --json scale-3d.json
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/seed_floor.py --seeds 10 --k 3 5
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/volume_gate.py --select '' --models builtin:real builtin:tumour-eraser \
+	  builtin:boundary-blur builtin:memoriser builtin:collapse
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/bf16_dice.py --seeds 3 --epochs 0
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/copy_detection.py --train 256 2048
+	MRIQ_TORCH_THREADS=1 $(BIN)/python benchmarks/cohort_layouts.py --cases 20 --models builtin:real builtin:tumour-eraser
 
 clean:
 	rm -rf $(VENV) .mriq-cache mriq-results mriq-track mriq-zoo examples/checkpoints

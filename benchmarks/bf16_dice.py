@@ -7,7 +7,10 @@ difference, the seed-to-seed SD of fp32 (the noise the difference is to be read 
 training and inference wall time (and the training's CPU time, which other work on a shared CPU does not inflate). bf16 is ``torch.autocast(dtype=torch.bfloat16)`` over the forward pass and loss
 (https://pytorch.org/docs/stable/amp.html); CPU autocast works but is usually slower than fp32.
 
-    .venv/bin/python benchmarks/bf16_dice.py [--device cpu|cuda] [--seeds 1] [--json out.json]
+    .venv/bin/python benchmarks/bf16_dice.py [--device cpu|cuda] [--seeds 1] [--epochs N] [--json out.json]
+
+By default (``make bench``) one seed of 20-epoch segmenters (two trainings, half the default budget); the README's
+figures are ``--seeds 3 --epochs 0`` (``--epochs 0``: the segmenter's default budget).
 
 On CPU, torch threads follow ``$MRIQ_TORCH_THREADS`` (default 1), as the library.
 """
@@ -19,6 +22,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -48,36 +52,49 @@ def run(data, cfg: SegmenterConfig, device: torch.device) -> dict[str, float]:  
     return {**out, "train_s": train_s, "train_cpu_s": train_cpu_s, "infer_s": infer_s}
 
 
+def compare(data, base: SegmenterConfig, seeds: int, device: torch.device,  # noqa: ANN001 (ReferenceData)
+            log: Callable[[str], None] = print) -> dict[str, list[dict[str, float]]]:
+    """:func:`run` at each precision for training seeds 0..``seeds``-1 of ``base``; the results per precision."""
+    results: dict[str, list[dict[str, float]]] = {p: [] for p in PRECISIONS}
+    for seed in range(seeds):
+        for precision in PRECISIONS:
+            r = run(data, replace(base, seed=seed, precision=precision), device)
+            results[precision].append(r)
+            log(f"seed {seed} {precision}: " + " ".join(f"{k} {v:.4f}" for k, v in r.items() if k in REGIONS)
+                + f"  train {r['train_s']:.1f} s (CPU {r['train_cpu_s']:.1f} s), inference {r['infer_s']:.2f} s")
+    return results
+
+
+def mean(results: dict[str, list[dict[str, float]]], precision: str, key: str) -> float:
+    """The mean of ``key`` over the seeds of ``precision``."""
+    return statistics.fmean(r[key] for r in results[precision])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", type=int, default=1, help="training seeds 0..n-1 (5 on a GPU)")
+    ap.add_argument("--epochs", type=int, default=20, help="training epochs (0: the segmenter's default budget)")
     ap.add_argument("--cache", default=os.environ.get("MRIQ_CACHE_DIR", "/tmp/mriq-bench-cache"))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     device = torch.device(args.device)
     data = load_data("builtin:mni-tumour", DiskCache(args.cache))
-    base = SegmenterConfig().resolve(data.spatial_dims)
-    results: dict[str, list[dict[str, float]]] = {p: [] for p in PRECISIONS}
-    for seed in range(args.seeds):
-        for precision in PRECISIONS:
-            r = run(data, replace(base, seed=seed, precision=precision), device)
-            results[precision].append(r)
-            print(f"seed {seed} {precision}: " + " ".join(f"{k} {v:.4f}" for k, v in r.items() if k in REGIONS)
-                  + f"  train {r['train_s']:.1f} s (CPU {r['train_cpu_s']:.1f} s), inference {r['infer_s']:.2f} s", flush=True)
+    base = SegmenterConfig(epochs=args.epochs or None).resolve(data.spatial_dims)
+    results = compare(data, base, args.seeds, device, lambda line: print(line, flush=True))
     print(f"\n{device.type}, {len(data.train)} training / {len(data.test)} test slices, {base.epochs} epochs, batch {base.batch_size}, "
           f"{args.seeds} seed(s); threads {torch.get_num_threads() if device.type != 'cpu' else os.environ.get('MRIQ_TORCH_THREADS', '1')}")
-    mean = lambda p, k: statistics.fmean(r[k] for r in results[p])  # noqa: E731
     for short in REGIONS:
         sd = statistics.stdev(r[short] for r in results["fp32"]) if args.seeds > 1 else float("nan")
-        diff = mean("bf16", short) - mean("fp32", short)
-        print(f"{short}: fp32 {mean('fp32', short):.4f}  bf16 {mean('bf16', short):.4f}  bf16-fp32 {diff:+.4f}  "
+        diff = mean(results, "bf16", short) - mean(results, "fp32", short)
+        print(f"{short}: fp32 {mean(results, 'fp32', short):.4f}  bf16 {mean(results, 'bf16', short):.4f}  bf16-fp32 {diff:+.4f}  "
               f"fp32 seed SD {sd:.4f}" + (f"  (|diff|/SD {abs(diff) / sd:.2f})" if sd == sd and sd > 0 else ""))
     for p in PRECISIONS:
-        print(f"{p}: train {mean(p, 'train_s'):.1f} s wall ({mean(p, 'train_cpu_s'):.1f} s CPU time of this process), inference {mean(p, 'infer_s'):.2f} s (means over seeds)")
+        print(f"{p}: train {mean(results, p, 'train_s'):.1f} s wall ({mean(results, p, 'train_cpu_s'):.1f} s CPU time of this "
+              f"process), inference {mean(results, p, 'infer_s'):.2f} s (means over seeds)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": device.type, "seeds": args.seeds, "results": results}, fh, indent=1)
+            json.dump({"device": device.type, "seeds": args.seeds, "epochs": base.epochs, "results": results}, fh, indent=1)
 
 
 if __name__ == "__main__":

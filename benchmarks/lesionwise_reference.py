@@ -305,13 +305,18 @@ def main() -> None:
     parser.add_argument("--panoptica-python", default=os.environ.get(PANOPTICA_PYTHON_ENV) or sys.executable,
                         help="interpreter with brats-evaluation (AGPL) to run the BraTS 2025+ evaluation in (default: this one)")
     args = parser.parse_args()
+    needs = (f"needs a clone of https://github.com/rachitsaluja/BraTS-2023-Metrics (--brats2023-repo or ${BRATS2023_ENV}) "
+             "and an interpreter with nibabel, cc3d and pandas")
     if args.brats2023_repo is None:
-        print(f"BraTS 2023 official code: not given (--brats2023-repo or ${BRATS2023_ENV}); skipped")
+        print(f"BraTS 2023 official code: not given; skipped (the comparison {needs})")
+    elif not (args.brats2023_repo / "metrics.py").is_file():
+        print(f"BraTS 2023 official code: {args.brats2023_repo} has no metrics.py; skipped (the comparison {needs})")
     else:
         print(f"BraTS 2023 official code ({args.brats2023_repo}), {args.cases} random cases × 3 regions: "
               f"largest |ours - official| = {compare_brats2023(args.brats2023_repo, args.cases, args.seed, args.brats2023_python):.3g}")
     if not has_modules(args.panoptica_python, "brats_evaluation"):
-        print(f"BraTS 2025+ evaluation (brats-evaluation, panoptica): not importable by {args.panoptica_python}; skipped")
+        print(f"BraTS 2025+ evaluation (brats-evaluation, panoptica): not importable by {args.panoptica_python}; skipped "
+              f"(the comparison needs brats-evaluation, AGPL, in that interpreter: --panoptica-python or ${PANOPTICA_PYTHON_ENV})")
     else:
         print(f"BraTS 2025+ evaluation (panoptica), {args.cases} separated-box cases: largest |ours - sq_dsc·tp/(tp+fn+fp)| = "
               f"{compare_panoptica(args.cases, args.seed, args.panoptica_python):.3g}")
