@@ -42,7 +42,7 @@ example: $(STAMP)
 # ZOO_ARGS="--families ddpm ldm rflow spade vae" adds the conditional VAE) trained on the embedded data, three
 # checkpoints each (cached by content hash; only what is missing is trained), every checkpoint gated with
 # suites/brain_tumour.yaml, then the second axis of the study: how each measure ranks the real generators against
-# downstream Dice. Writes docs/zoo.json, docs/zoo_models.png and the generated tables of docs/zoo.md and README.md.
+# downstream Dice. Writes docs/zoo.json, docs/zoo_models.png and the generated table of docs/zoo.md.
 # About 1 h 50 min on 2 CPU cores from an empty cache (docs/zoo.md).
 ZOO_ARGS ?=
 zoo: $(STAMP)
