@@ -29,7 +29,12 @@ NEVER = -1e6  # the |c|² − A² (or B²) of a row never dropped here
 
 
 def shift_groups(reach: int, nd: int) -> list[np.ndarray]:
-    """The groups of GROUP^d neighbouring shifts (indices in ``itertools.product`` order, ascending), covering all."""
+    """The groups of GROUP^d neighbouring shifts (indices in ``itertools.product`` order, ascending), covering all.
+
+    >>> groups = shift_groups(16, 2)  # ±16 px in 2D: 33 × 33 shifts, in 3 × 3 groups (the last row and column of 3)
+    >>> len(groups), sum(len(g) for g in groups), groups[0].tolist()
+    (121, 1089, [0, 1, 2, 33, 34, 35, 66, 67, 68])
+    """
     axis = [np.arange(i, min(i + GROUP, 2 * reach + 1)) for i in range(0, 2 * reach + 1, GROUP)]
     return [np.sort(np.ravel_multi_index(np.meshgrid(*combo, indexing="ij"), (2 * reach + 1,) * nd).reshape(-1))
             for combo in itertools.product(axis, repeat=nd)]
