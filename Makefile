@@ -58,7 +58,7 @@ docs: $(STAMP)
 docs-long: $(STAMP)
 	rc=0; for g in seed_floor study timings; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || rc=1; done; exit $$rc
 
-# Every benchmark at its small default (about 8 min on 2 quiet CPU cores; docs/benchmarks.md). benchmarks/gpu_check.py
+# Every benchmark at its small default (about 9 min of CPU on 2 cores; docs/benchmarks.md). benchmarks/gpu_check.py
 # needs a CUDA device and is skipped without one (its CPU --smoke run is tests/test_gpu_check.py, marked heavy).
 bench: $(STAMP)
 	for f in benchmarks/*.py; do \
