@@ -66,6 +66,7 @@ def test_the_statistic_separates_faithful_from_swapped_volumes_with_the_measured
             assert bad.flagged and bad.swapped - bad.as_is >= 2 * MARGIN, bad
 
 
+@pytest.mark.heavy
 def test_faithful_stand_ins_pass_and_a_model_in_x_y_z_order_is_an_error(vol: ReferenceData, ctx: ModelContext) -> None:
     masks = vol.test.masks[PICK]
     for name in BUILTIN_MODELS:  # every stand-in that passes today, one volume per call and all at once

@@ -170,6 +170,7 @@ def test_unselected_gating_criteria_make_the_run_incomplete(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(["*release decision: INCOMPLETE*", "*not selected to run: PIQE-REL*"])
 
 
+@pytest.mark.heavy
 def test_unselected_gating_criteria_are_seen_under_xdist(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=CHEAP)
     result = run_plugin("--mriq-model=builtin:real", "--mriq-report=out", "-n", "2", "-k", "PIQE-ABS")
@@ -205,6 +206,7 @@ def test_a_failed_gating_self_check_is_incomplete_never_not_cleared(pytester: py
     assert any("self-check(s) of the tool FAILED" in r for r in d["incomplete_reasons"])
 
 
+@pytest.mark.heavy
 def test_a_reference_check_measures_the_real_data_whatever_the_model(pytester: pytest.Pytester,
                                                                      run_plugin: Callable[..., pytest.RunResult]) -> None:
     pytester.makefile(".yaml", suite=with_criteria("""\

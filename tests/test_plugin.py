@@ -245,6 +245,7 @@ def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester, r
     eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*"])
 
 
+@pytest.mark.heavy
 def test_shipped_vessel_suite_clears_real(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     real = run_plugin(str(SUITES / "vessels.yaml"), "--rootdir", str(pytester.path), "--mriq-model=builtin:real")
     assert real.ret == 0, real.stdout.str()

@@ -240,16 +240,19 @@ def _moments(seed: int, per_signal: int, span: float) -> list[tuple[str, float, 
     return [(name, rng.uniform(0.0, span), k % 2 == 0) for k in range(per_signal) for name in SIGNALS]
 
 
+@pytest.mark.heavy
 def test_a_signal_while_the_model_works_ends_in_a_decision(gate_dir: Path, cache_dir: Path) -> None:
     hows = _gate_cases(gate_dir, cache_dir, _moments(seed=1, per_signal=2, span=6.0))
     assert hows == ["interrupted"] * 4, hows  # moments while the model loads and generates (the run goes on > 10 s)
 
 
+@pytest.mark.heavy
 def test_under_xdist_the_controller_decides_and_the_workers_stop(gate_dir: Path, cache_dir: Path) -> None:
     hows = _gate_cases(gate_dir, cache_dir, [("SIGTERM", 4.0, True), ("SIGINT", 7.0, True)], "-n", "2")
     assert hows == ["interrupted", "interrupted"], hows
 
 
+@pytest.mark.heavy
 def test_track_passes_the_signal_to_its_gate_run_and_exits_non_zero(gate_dir: Path, cache_dir: Path) -> None:
     (gate_dir / "gen-step100.pt").write_bytes(b"checkpoint")  # the model file does not read it
     for k, (signame, group) in enumerate((("SIGTERM", False), ("SIGINT", True))):  # kill PID; a terminal's Ctrl-C
