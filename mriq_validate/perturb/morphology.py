@@ -157,7 +157,7 @@ def inpaint(img: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 def healthy_fill(img: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Plausible healthy tissue inside ``region``: in-painting from the surrounding tissue (:func:`inpaint`: Telea
-    on slices, 3D onion-peel in volumes), plus noise with the (robust) high-frequency std of a ring of tissue 3-6 px
+    on slices, 3D onion-peel in volumes), plus noise with the (robust) high-frequency std of a ring of tissue at 3-6 px
     from the lesion, so the fill is neither unnaturally smooth nor noisier than its surroundings."""
     fill = inpaint(img, region)
     ring = dilate_ball(region, 6) & ~dilate_ball(region, 2) & (img > 0.02)
