@@ -136,6 +136,18 @@ def test_kid_seeded_reproducible() -> None:
     assert kid(f1, f2, subsets=5, subset_size=20, rng=7).as_dict() == kid(f1, f2, subsets=5, subset_size=20, rng=7).as_dict()
 
 
+def test_kid_whole_gram_and_per_subset_products_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sets up to GRAM_MAX_ROWS index their Gram matrices; larger ones multiply per subset: the same estimate up to rounding
+    import mriq_validate.metrics.functional.distribution as dist
+
+    f1, f2 = _feats(30, 90, 32), _feats(31, 70, 32, shift=0.3)
+    whole = kid(f1, f2, subsets=6, subset_size=25, rng=5)
+    monkeypatch.setattr(dist, "GRAM_MAX_ROWS", 0)
+    per_subset = kid(f1, f2, subsets=6, subset_size=25, rng=5)
+    assert whole.mean == pytest.approx(per_subset.mean, rel=1e-12) and whole.std == pytest.approx(per_subset.std, rel=1e-12)
+    assert whole.mean == pytest.approx(_kid_direct(f1, f2, 6, 25, 5)[0], rel=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------- MMD
 def test_mmd2_rbf_matches_direct() -> None:
     f1, f2 = _feats(30, 25, 3), _feats(31, 30, 3, shift=0.5)

@@ -155,6 +155,10 @@ def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
+#: KID takes the Gram matrices of both sets whole up to this many rows together (4096 rows: 128 MiB of float64).
+GRAM_MAX_ROWS = 4096
+
+
 @dataclass(frozen=True)
 class KidResult:
     """KID over random subsets: ``mean`` and ``std`` (ddof=0, as torch-fidelity) of the per-subset MMD².
@@ -226,12 +230,22 @@ def kid(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, subsets: i
         raise MetricError(f"gamma: expected a positive number or None (1/d), got {gamma!r}")
     m = int(min(subset_size, a.shape[0], b.shape[0]))
     gen = _rng(rng)
+    g = 1.0 / a.shape[1] if gamma is None else gamma
+    # Each subset's kernels are entries of the sets' Gram matrices: taken once (three products of the whole sets instead
+    # of three per subset, tens of times fewer operations at the default 50 subsets of 100), then indexed. Larger sets
+    # than GRAM_MAX_ROWS multiply per subset, so memory stays bounded. Both give the same estimate up to rounding.
+    whole = a.shape[0] + b.shape[0] <= GRAM_MAX_ROWS
+    grams = (a @ a.T, b @ b.T, a @ b.T) if whole else None
     vals = np.empty(subsets)
     for s in range(subsets):
-        x = a[gen.choice(a.shape[0], m, replace=False)]
-        y = b[gen.choice(b.shape[0], m, replace=False)]
-        vals[s] = _mmd2_unbiased(poly_kernel(x, x, degree, gamma, coef0), poly_kernel(y, y, degree, gamma, coef0),
-                                 poly_kernel(x, y, degree, gamma, coef0))
+        i, j = gen.choice(a.shape[0], m, replace=False), gen.choice(b.shape[0], m, replace=False)
+        if grams is not None:
+            dots = (grams[0][np.ix_(i, i)], grams[1][np.ix_(j, j)], grams[2][np.ix_(i, j)])
+        else:
+            x, y = a[i], b[j]
+            dots = (x @ x.T, y @ y.T, x @ y.T)
+        kxx, kyy, kxy = ((g * d + coef0) ** degree for d in dots)
+        vals[s] = _mmd2_unbiased(kxx, kyy, kxy)
     return KidResult(float(vals.mean()), float(vals.std()), int(subsets), m, int(subset_size), m < subset_size)
 
 
