@@ -234,16 +234,12 @@ def kid(f1: np.ndarray | torch.Tensor, f2: np.ndarray | torch.Tensor, subsets: i
     # Each subset's kernels are entries of the sets' Gram matrices: taken once (three products of the whole sets instead
     # of three per subset, tens of times fewer operations at the default 50 subsets of 100), then indexed. Larger sets
     # than GRAM_MAX_ROWS multiply per subset, so memory stays bounded. Both give the same estimate up to rounding.
-    whole = a.shape[0] + b.shape[0] <= GRAM_MAX_ROWS
-    grams = (a @ a.T, b @ b.T, a @ b.T) if whole else None
+    grams = (a @ a.T, b @ b.T, a @ b.T) if a.shape[0] + b.shape[0] <= GRAM_MAX_ROWS else None
     vals = np.empty(subsets)
     for s in range(subsets):
         i, j = gen.choice(a.shape[0], m, replace=False), gen.choice(b.shape[0], m, replace=False)
-        if grams is not None:
-            dots = (grams[0][np.ix_(i, i)], grams[1][np.ix_(j, j)], grams[2][np.ix_(i, j)])
-        else:
-            x, y = a[i], b[j]
-            dots = (x @ x.T, y @ y.T, x @ y.T)
+        x, y = a[i], b[j]
+        dots = (grams[0][np.ix_(i, i)], grams[1][np.ix_(j, j)], grams[2][np.ix_(i, j)]) if grams else (x @ x.T, y @ y.T, x @ y.T)
         kxx, kyy, kxy = ((g * d + coef0) ** degree for d in dots)
         vals[s] = _mmd2_unbiased(kxx, kyy, kxy)
     return KidResult(float(vals.mean()), float(vals.std()), int(subsets), m, int(subset_size), m < subset_size)
