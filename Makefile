@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy test-stress test-all venv clean bench bench-long example zoo docs docs-long
+.PHONY: demo test test-heavy test-long test-stress test-all venv clean bench bench-long example zoo docs docs-long
 
 $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,10 +18,15 @@ demo: $(STAMP)
 	$(BIN)/python -m mriq_validate.cli demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not heavy" --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not heavy" --durations=15 tests
 
+# The heavy end-to-end tests CI runs after make test (about 9 min on 2 cores); test-long: whole workflows and whole-suite
+# runs per defective model (about 15 min), which CI leaves out; test-all: everything, stress included.
 test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "heavy and not stress" --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "heavy and not stress and not long" --durations=15 tests
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "long" --durations=15 tests
 
 test-stress: $(STAMP)
 	$(BIN)/python -m pytest -q -m stress --durations=15 tests
@@ -50,10 +55,11 @@ zoo: $(STAMP)
 
 # The generated numbers of README.md and docs/*.md (docs/generate/, docs/generated/*.json; checked against the text by
 # tests/test_docs_generated.py). `make docs`: the quick ones (the eraser gate run, the downstream table, the vessel
-# suite, the 3D cohort; a few minutes with a warm cache). `make docs-long`: the metric study (20-60 min on 2 cores),
-# the seed floor (10 segmenter trainings, cached) and the fresh-clone timings (about 25 min; run it on a quiet machine).
+# suite, the 3D cohort, the detectability measure against FID: about 3 min; a few minutes with a warm cache). `make
+# docs-long`: the metric study (20-60 min on 2 cores), the seed floor (10 segmenter trainings, cached) and the
+# fresh-clone timings (about 25 min; run it on a quiet machine).
 docs: $(STAMP)
-	for g in eraser downstream_table vessels volumes; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || exit 1; done
+	for g in eraser downstream_table vessels volumes detectability; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || exit 1; done
 
 docs-long: $(STAMP)
 	rc=0; for g in seed_floor study timings; do MRIQ_TORCH_THREADS=1 $(BIN)/python docs/generate/$$g.py || rc=1; done; exit $$rc

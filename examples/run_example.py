@@ -12,7 +12,7 @@ after each new checkpoint during development::
 checkpoint. The last checkpoint is gated when training ends, and that last call draws readiness over all of them.
 
     python examples/run_example.py [--steps 50 400 1200] [--out mriq-track] [--checkpoints examples/checkpoints]
-    python examples/run_example.py --reduced --steps 30 300 -k "DICE-WT and not LESIONWISE"   # the CI form
+    python examples/run_example.py --reduced --steps 30 300 -k "DICE-WT and not LESIONWISE and not BY"   # the CI form
 
 The real-data side writes its report to ``OUT/real-data/`` (its output in ``OUT/real-data.log``); it must clear
 (with ``-k``: no gating criterion it ran may FAIL, none may ERROR), else nothing is gated.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .data.core import ReferenceData
 from .metrics import create_metric
 from .perturb import REGISTRY
+from .subgroups import DERIVED
 from .suite import Criterion, Suite
 
 
@@ -47,8 +48,11 @@ def suite_fit(suite: Suite, data: ReferenceData) -> SuiteFit:
             if region not in known and data.has_masks:  # (without annotations the data name no regions at all)
                 missing.setdefault(region, []).append(crit.id)
         local_edit = crit.perturbation is not None and crit.perturbation.name in REGISTRY and REGISTRY[crit.perturbation.name].scope == "local"
-        if not data.has_masks and (metric.uses_annotations() or local_edit):
-            need = f"perturbation {crit.perturbation.name!r} edits lesions" if local_edit and crit.perturbation else f"metric {crit.metric!r} reads them"
+        by_lesions = crit.by is not None and crit.by.name in DERIVED  # subgroups derived from the masks
+        if not data.has_masks and (metric.uses_annotations() or local_edit or by_lesions):
+            need = (f"perturbation {crit.perturbation.name!r} edits lesions" if local_edit and crit.perturbation else
+                    f"metric {crit.metric!r} reads them" if metric.uses_annotations() or crit.by is None else
+                    f"its subgroups (`by: {crit.by.name}`) are read from them")
             not_applicable[crit.id] = f"not applicable: data {data.name!r} have no annotations (no label masks), and {need}"
     if missing:
         first = next(c.id for c in suite.criteria if any(c.id in ids for ids in missing.values()))

@@ -5,6 +5,8 @@ PNG bytes or ``data:`` URIs, so ``report.html`` stays one self-contained file.
 - :func:`dose_response_figure`: sweeps (one criterion at several perturbation levels) as dose-response curves;
 - :func:`sample_grid_figure`: real and generated slices side by side with the mask outlines, a row pair per contrast;
   volumes are shown by the axial slice through each lesion's centroid (:func:`axial_sample`), its index written;
+- :func:`gallery_figure`: a criterion's worst generated items over the real items with the same masks
+  (:func:`worst_case_images` gathers them while the run holds the images);
 - :func:`new_figure`, :func:`png_bytes`, :func:`data_uri`: the canvas and encoding the study's figures use too.
 """
 
@@ -301,20 +303,98 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
                 continue
             ax.imshow(arr[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             if row_masks is not None and j < len(row_masks):
-                areas = {lab: int((row_masks[j] == lab).sum()) for lab in labels}
-                for k, lab in sorted(enumerate(labels), key=lambda kl: -areas[kl[1]]):  # smaller regions on top
-                    if areas[lab]:
-                        m = (row_masks[j] == lab).astype(float)
-                        ax.contour(m, levels=[0.5], colors=[LABEL_COLOURS[k % len(LABEL_COLOURS)]], linewidths=0.9)
+                _outline(ax, row_masks[j], labels)
             if j == 0:
                 ax.set_ylabel(title, fontsize=FONT + 2, fontweight="bold")
             if i == 0 and index is not None and j < len(index):
                 ax.set_title(f"axial slice {int(index[j])}", fontsize=FONT + 1)
+    _label_legend(fig, labels, label_names)
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=(0.09 / max(1, len(rows) / 2)) if labels else 0.01)
+    return fig
+
+
+def _outline(ax: Any, mask: np.ndarray, labels: list[int]) -> None:
+    """The outline of each label of ``mask`` on ``ax``, in its colour (smaller regions drawn on top)."""
+    areas = {lab: int((mask == lab).sum()) for lab in labels}
+    for k, lab in sorted(enumerate(labels), key=lambda kl: -areas[kl[1]]):
+        if areas[lab]:
+            ax.contour((mask == lab).astype(float), levels=[0.5], colors=[LABEL_COLOURS[k % len(LABEL_COLOURS)]], linewidths=0.9)
+
+
+def _label_legend(fig: Any, labels: list[int], label_names: dict[int, str] | None) -> None:
     if labels:
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color=LABEL_COLOURS[k % len(LABEL_COLOURS)], lw=2) for k in range(len(labels))]
         legend = [f"{lab} {(label_names or {}).get(lab, '')}".strip() for lab in labels]
         fig.legend(handles, legend, loc="lower center", ncol=len(labels), fontsize=FONT + 1, frameon=False, bbox_to_anchor=(0.5, -0.01))
-    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=(0.09 / max(1, len(rows) / 2)) if labels else 0.01)
+
+
+# ------------------------------------------------------------------------------------------- worst-case gallery
+
+#: The contrast a gallery shows for a measure that takes every contrast, in order of preference (FLAIR shows the whole
+#: tumour with its oedema, as in the BraTS annotation protocol).
+GALLERY_CONTRASTS = ("flair", "t2", "t1c", "t1")
+
+
+def gallery_channel(contrasts: list[str] | tuple[str, ...], contrast: str | None = None) -> int:
+    """The channel a gallery shows: ``contrast`` (a measure taken on that contrast alone), else the first of
+    :data:`GALLERY_CONTRASTS` the data have, else channel 0."""
+    names = list(contrasts)
+    if contrast in names:
+        return names.index(contrast)
+    return next((names.index(c) for c in GALLERY_CONTRASTS if c in names), 0)
+
+
+def worst_case_images(rows: list[int], real: Any, masks: Any | None, generated: Any | None, channel: int) -> dict[str, np.ndarray]:
+    """Items ``rows`` of the real images, their masks and the generated images (tensors N×C×..., N×1×...), in one
+    ``channel``, gathered a few rows at a time (:func:`mriq_validate.arrays.gather`: a mapped set is never read whole);
+    volumes cut at the axial slice through each lesion's centroid (:func:`axial_sample`). Float32 images K×1×H×W, int16
+    masks: what :func:`gallery_figure` draws."""
+    from .arrays import gather
+
+    def pick(t: Any) -> np.ndarray:
+        return gather(t[:, channel:channel + 1], rows).numpy().astype(np.float32)
+
+    out: dict[str, Any] = {"real": pick(real)}
+    if generated is not None:
+        out["generated"] = pick(generated)
+    if masks is not None:
+        out["masks"] = gather(masks, rows).numpy().astype(np.int16)
+    return axial_sample(out)
+
+
+def gallery_figure(images: dict[str, Any], captions: dict[str, list[str]], titles: list[str],
+                   label_names: dict[int, str] | None = None, row_labels: dict[str, str] | None = None) -> Any | None:
+    """The worst items side by side: a row of generated images (when given) over a row of the real images with the same
+    masks, each with the outline of the mask labels; ``titles`` above the columns (item ids), ``captions[row]`` under
+    each image (its value), ``row_labels[row]`` left of each row (default: the row's name). ``images``: ``real``,
+    optionally ``generated`` (K×1×H×W or K×H×W) and ``masks``, as :func:`worst_case_images` gives them. None when
+    there is no item."""
+    rows = [(name, _channels(images[name], len(titles))[:, 0]) for name in ("generated", "real") if images.get(name) is not None]
+    if not rows or not titles:
+        return None
+    masks = _slices(images["masks"], len(titles)) if images.get("masks") is not None else None
+    labels = sorted({int(v) for v in np.unique(masks) if v > 0}) if masks is not None else []
+    cols = len(titles)
+    fig = new_figure(1.6 * cols + 0.5, 1.95 * len(rows) + (0.35 if labels else 0.1))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for i, (name, arr) in enumerate(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(arr):
+                ax.set_visible(False)
+                continue
+            ax.imshow(arr[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if masks is not None and j < len(masks):
+                _outline(ax, masks[j], labels)
+            if i == 0:
+                ax.set_title(titles[j], fontsize=FONT, pad=2)
+            ax.set_xlabel(captions.get(name, [""] * cols)[j], fontsize=FONT, labelpad=2)
+            if j == 0:
+                ax.set_ylabel((row_labels or {}).get(name, name), fontsize=FONT + 1, fontweight="bold")
+    _label_legend(fig, labels, label_names)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35, left=0.05, right=0.99, top=0.93, bottom=0.16 if labels else 0.08)
     return fig

@@ -12,7 +12,8 @@ Reading (:func:`check_report`, used by every reader of a finished report: ``merg
 1. every PASS/FAIL verdict is re-derived from the recorded values with the gate's own code
    (:func:`mriq_validate.bounds.threshold_bounds`): the checked quantity from the compared estimate and ``on``, the
    bounds from the threshold and its noise unit, the verdict from both, per contrast where the measure decides per
-   contrast; the threshold must be the one the plan records;
+   contrast and per subgroup where the criterion does (``by:``, with the subgroups' spread and Cochran's Q); the
+   threshold must be the one the plan records;
 2. the decision is re-derived from the verdicts with :func:`mriq_validate.decision.decision`;
 3. the digest must match the content, and where a key is configured the report must carry a matching signature.
 
@@ -162,6 +163,35 @@ def _part_problems(where: str, threshold: dict[str, Any], part: dict[str, Any], 
     return problems, ok
 
 
+def _decisions(rec: dict[str, Any]) -> tuple[dict[str, tuple[dict[str, Any], str | None]], str]:
+    """The decisions a record holds, where → (decision, its recorded verdict or None), and what one of them is: every
+    subgroup (× contrast) with ``by:``, every contrast of a measure taken on each contrast alone, else the record itself."""
+    if rec.get("per_subgroup"):
+        rows = rec["per_subgroup"]["subgroups"]
+        return {f"per_subgroup.subgroups[{i}] ({r['subgroup']}{' ' + r['contrast'] if r.get('contrast') else ''})."
+                : (r, r["verdict"]) for i, r in enumerate(rows)}, "subgroup"
+    if rec.get("per_contrast"):
+        return {f"per_contrast.{c}.": (p, p["verdict"]) for c, p in rec["per_contrast"].items()}, "contrast"
+    return {"": (rec, None)}, "contrast"
+
+
+def _heterogeneity_problems(name: str, per_subgroup: dict[str, Any] | None) -> list[str]:
+    """Where a recorded spread of the subgroups (max - min, Cochran's Q, I²) differs from its re-derivation from the
+    recorded subgroup estimates (:func:`mriq_validate.subgroups.heterogeneity`)."""
+    from .subgroups import heterogeneity, heterogeneity_close
+
+    if not per_subgroup:
+        return []
+    problems = []
+    for i, h in enumerate(per_subgroup["heterogeneity"]):
+        rows = [r for r in per_subgroup["subgroups"] if r.get("contrast") == h.get("contrast")]
+        again = heterogeneity([r["compared"]["value"] for r in rows], [r["compared"]["se"] for r in rows])
+        for key in heterogeneity_close(h, again):
+            problems.append(f"{name}: per_subgroup.heterogeneity[{i}].{key} is {h.get(key)}, but the subgroups' compared "
+                            f"estimates give {again[key]}")
+    return problems
+
+
 def result_problems(rec: dict[str, Any]) -> list[str]:
     """Where a result's recorded verdict, checked quantity or bounds disagree with its values and threshold (empty for
     ERROR and SKIP, which carry no values). Each problem names the criterion and the field."""
@@ -175,22 +205,21 @@ def result_problems(rec: dict[str, Any]) -> list[str]:
         if spec is not None and any(threshold.get(k) != spec.get(k) for k in _THRESHOLD_FIELDS if k in spec):
             problems.append(f"{name}: threshold {({k: threshold.get(k) for k in _THRESHOLD_FIELDS})} is not the planned "
                             f"threshold_spec {spec}")
-        parts = rec.get("per_contrast") or {"": rec}
+        parts, each = _decisions(rec)
         oks = []
-        for contrast, part in parts.items():
-            found, ok = _part_problems(f"{name}: " + (f"per_contrast.{contrast}." if contrast else ""), threshold, part,
-                                       part["verdict"] if contrast else None)
+        for where, (part, recorded) in parts.items():
+            found, ok = _part_problems(f"{name}: {where}", threshold, part, recorded)
             problems += found
             oks.append(ok)
         verdict = "PASS" if all(oks) else "FAIL"
         if rec["verdict"] != verdict:
             problems.append(f"{name}: verdict is {rec['verdict']}, but its values and threshold give {verdict}"
-                            + (" (every contrast must pass)" if len(parts) > 1 else f" (checked {rec.get('checked')}, "
+                            + (f" (every {each} must pass)" if len(parts) > 1 else f" (checked {rec.get('checked')}, "
                                f"bounds {rec.get('bounds')})"))
         if len(parts) > 1 and not any(_close(rec.get("checked"), p.get("checked")) and _same_bounds(rec.get("bounds"), p.get("bounds"))
-                                      for p in parts.values()):
-            problems.append(f"{name}: checked {rec.get('checked')} with bounds {rec.get('bounds')} is the decision of no contrast")
-        return problems
+                                      for p, _ in parts.values()):
+            problems.append(f"{name}: checked {rec.get('checked')} with bounds {rec.get('bounds')} is the decision of no {each}")
+        return problems + _heterogeneity_problems(name, rec.get("per_subgroup"))
     except (KeyError, TypeError, ValueError) as exc:
         return [f"{name}: the verdict cannot be re-derived from the record ({type(exc).__name__}: {exc})"]
 

@@ -67,13 +67,14 @@ def prepared_key(config: dict[str, Any], images_digest: str, masks_digest: str, 
                         code_digest())
 
 
-def replicates_key(config: dict[str, Any], prepared: Any, rows: np.ndarray) -> str | None:
-    """The key of a measure's replicates on the resample ``rows`` of ``prepared``; None when ``prepared`` is not arrays
-    and numbers that can be hashed."""
+def replicates_key(config: dict[str, Any], prepared: Any, rows: np.ndarray, items: np.ndarray | None = None) -> str | None:
+    """The key of a measure's replicates on the resample ``rows`` of ``prepared`` (with its point value on ``items``, a
+    subgroup, where given); None when ``prepared`` is not arrays and numbers that can be hashed."""
     parts = prepared if isinstance(prepared, tuple) else (prepared,)
     if not all(isinstance(p, (np.ndarray, int, float)) for p in parts):
         return None
-    return content_hash("replicates/1", config, *parts, rows, code_digest())
+    subgroup = () if items is None else ("items", np.asarray(items, np.int64))
+    return content_hash("replicates/1", config, *parts, rows, *subgroup, code_digest())
 
 
 def _save(value: np.ndarray, path: Path) -> None:
@@ -101,16 +102,17 @@ def cached_array(cache: DiskCache, key: str | None, compute: Callable[[], Any]) 
     return value
 
 
-def cached_replicates(cache: DiskCache, metric: Resampleable, prepared: Any, rows: np.ndarray) -> Replicates:
-    """:func:`~mriq_validate.stats.metric_replicates`, its point value and replicates kept on disk by
-    :func:`replicates_key` (computed as before where ``prepared`` cannot be hashed)."""
-    key = replicates_key(metric.config(), prepared, rows) if is_own(metric) and enabled() else None
+def cached_replicates(cache: DiskCache, metric: Resampleable, prepared: Any, rows: np.ndarray,
+                      items: np.ndarray | None = None) -> Replicates:
+    """:func:`~mriq_validate.stats.metric_replicates` (on ``items``, a subgroup, where given), its point value and
+    replicates kept on disk by :func:`replicates_key` (computed as before where ``prepared`` cannot be hashed)."""
+    key = replicates_key(metric.config(), prepared, rows, items) if is_own(metric) and enabled() else None
     if key is None:
-        return metric_replicates(metric, prepared, rows)
-    n = metric.size(prepared)
+        return metric_replicates(metric, prepared, rows, items)
+    n = metric.size(prepared) if items is None else len(items)
 
     def compute() -> np.ndarray:
-        r = metric_replicates(metric, prepared, rows)
+        r = metric_replicates(metric, prepared, rows, items)
         return np.concatenate([[r.point], r.reps]).astype(np.float64)
 
     saved = cached_array(cache, key, compute)

@@ -244,8 +244,7 @@ class CriterionItem(pytest.Item):
                 raise DataError(message)
             pytest.skip(message)  # a gating criterion that cannot apply leaves the decision INCOMPLETE
         self.outcome = evaluate(self.criterion, ctx, self.level)
-        if run.sample_images is None:
-            run.sample_images = ctx.sample_images()
+        run.keep_images(self.nodeid, ctx, self.outcome)  # the sample grid, and the worst-case gallery's images
         o = self.outcome
         for key, value in (("verdict", o.verdict), ("gate", o.gate), ("metric", o.metric["name"]), ("value", o.value.value),
                            ("ci_low", o.value.ci_low), ("ci_high", o.value.ci_high),
@@ -283,7 +282,8 @@ class CriterionItem(pytest.Item):
                 "suite_line": self.line + 1, "gate": crit.gate, "kind": crit.kind, "requirement": crit.requirement,
                 "hazard": crit.hazard, "rationale": crit.rationale, "metric_name": crit.metric, "params": crit.params,
                 "threshold_spec": crit.threshold.model_dump(),
-                "perturbation_spec": crit.perturbation.model_dump() if crit.perturbation else None, "n_boot": crit.n_boot}
+                "perturbation_spec": crit.perturbation.model_dump() if crit.perturbation else None, "n_boot": crit.n_boot,
+                "scorecard": crit.scorecard, "by": crit.by.name if crit.by else None}
 
     def record(self, rep: pytest.TestReport) -> dict[str, Any] | None:
         """This item's record for the report from the report of one phase; None for phases that decide nothing."""

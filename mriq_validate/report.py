@@ -10,6 +10,7 @@ is described in ``docs/report.md``. Sections, in the order a reviewer reads them
 - ``deviations``: skipped, deselected or not-run criteria, overridden thresholds and their source, collection errors;
 - ``limitations``: what each measure used is known to be blind to, and what the sensitivity criteria showed;
 - ``self_check``: the tool's own checks in this run and the known-answer tests it ships;
+- ``scorecard``: every criterion on the seven Cs and eight sections of the FDA Synthetic Data ScoreCard (:mod:`.scorecard`);
 - ``provenance``: data digests, model, segmenters, package versions, device, seed;
 - ``run``: settings, command line, times, exit status, interruption.
 
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from .decision import decision, is_self_check
-from .integrity import REPORT_FILE, report_key, seal
-from .integrity import UnusableReport, read_finished_report, report_schema, validate_report  # noqa: F401  (the report API)
+from .integrity import REPORT_FILE, UnusableReport, read_finished_report, report_key, report_schema, seal, validate_report  # noqa: F401
+from .scorecard import scorecard_section
 
 REPORT_SCHEMA_VERSION = "1.1"
 HTML_FILE = "report.html"
@@ -188,12 +189,8 @@ def _sensitivity(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         params = pert.get("params") or r.get("level") or {k: v for k, v in spec.items() if k != "name"}
         what = f"{name} ({_level_text(params)})" if params else name
         detected = {"PASS": True, "FAIL": False}.get(r["verdict"])
-        if detected is True:
-            statement = f"{metric} detects {what}"
-        elif detected is False:
-            statement = f"{metric} does not detect {what} at the required effect size"
-        else:
-            statement = f"{metric} on {what}: not established ({r['verdict']})"
+        statement = {True: f"{metric} detects {what}", False: f"{metric} does not detect {what} at the required effect size"}.get(
+            detected, f"{metric} on {what}: not established ({r['verdict']})")
         if "checked" in r and detected is not None:
             statement += f" (moved {r['checked']:.4g} towards worse; {_bounds_text(r.get('bounds'))})"
         out.append({"item_id": r["item_id"], "criterion_id": r["criterion_id"], "metric": metric, "perturbation": name,
@@ -313,7 +310,7 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
     interruption = run.get("interruption")
     dec = decision(records, not_run=not_run, interruption=interruption, collection_errors=run.get("collection_errors", []),
                    deselected=run.get("deselected", []))
-    return {
+    report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "tool": {"name": "mriq-validate", "version": package_versions()["mriq-validate"]},
         "decision": dec,
@@ -345,6 +342,7 @@ def build_report(results: list[dict[str, Any]], run: dict[str, Any]) -> dict[str
             "shard": run.get("shard"),  # --mriq-shard K/N, or a report merged from shards (mriq_validate.shards)
         },
     }
+    return {**report, "scorecard": scorecard_section(report, [*records, *not_run], run.get("deselected") or [])}
 
 
 # ---------------------------------------------------------------------------------------------------------- write
@@ -368,9 +366,10 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[str, Any] | None = None, html: bool = True) -> Path:
+def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[str, Any] | None = None, html: bool = True,
+                 gallery_images: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``report.json`` and, with ``html``, the self-contained ``report.html`` into ``folder``; return the path of
-    ``report.json``.
+    ``report.json``. ``gallery_images``: item id → the worst items' images of a criterion, for report.html's gallery.
 
     The JSON is written first, so a failure while drawing the HTML never loses it; such a failure is written into
     ``report.html`` as a short error page and re-raised.
@@ -384,7 +383,7 @@ def write_report(report: dict[str, Any], folder: Path, *, sample_images: dict[st
         from .report_html import notice_page, render_html
 
         try:
-            page = render_html(json.loads(text), sample_images=sample_images)
+            page = render_html(json.loads(text), sample_images=sample_images, gallery_images=gallery_images)
         except Exception as exc:
             _write_text(folder / HTML_FILE, notice_page("report.html could not be drawn", repr(exc)))
             raise

@@ -2,7 +2,7 @@
 network at view time). Rendered from the ``report.json`` document (:func:`mriq_validate.report.build_report`).
 
 Order: release decision → context of use → results at a glance (figure) → traceability table → dose-response →
-samples → deviations → limitations → tool self-check → provenance.
+samples → per-case spread and worst cases → ScoreCard (7 Cs) → deviations → limitations → tool self-check → provenance.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from . import figures
+from . import evidence_html, figures
 
 _CSS = """
 :root { --pass:#1a7f37; --fail:#cf222e; --error:#8250df; --skip:#6e7781; --warn:#bf8700; --line:#d0d7de; --muted:#57606a; }
@@ -372,16 +372,23 @@ def _provenance(rep: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _label_names(rep: dict[str, Any]) -> dict[int, str]:
-    for c in rep["provenance"].get("contexts") or []:
-        labels = (c.get("data") or {}).get("labels")
-        if labels:
-            return {int(v): str(k) for k, v in labels.items()}
-    return {}
+def _subgroups(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The section of the criteria decided per subgroup (``by:``): each subgroup's decision and the spread; none without."""
+    out = ""
+    for r, sub in ((r, r["per_subgroup"]) for r in rep["results"] if r.get("per_subgroup")):
+        rows = "".join(f"<tr><td>{esc(g['subgroup'])} {esc(g.get('contrast'))}</td><td>{g['n']}</td>" + "".join(f"<td>{_estimate(g[k])}</td>" for k in
+                       ("value", "baseline", "compared")) + f"<td>{_threshold({**g, 'threshold': r.get('threshold')})}</td><td>"
+                       f"{_verdict(g['verdict'], r['gate'])}</td></tr>" for g in sub["subgroups"])
+        out += (f"<h3>{esc(r['criterion_id'])} by {esc(sub['by'])}</h3><p class='caption'>{esc(sub['source'])}; every subgroup must pass. "
+                "Spread of the compared quantity: " + "; ".join(f"{esc(h['contrast'] or '')} max − min {fmt(h['max_minus_min'])}, Cochran's Q "
+                f"{fmt(h['q'])} (df {h['df']}, p {fmt(h['p_value'])}), I² {fmt(h['i_squared'])}" for h in sub["heterogeneity"]) + "</p><table><tr>"
+                "<th>subgroup</th><th>n</th><th>generated</th><th>real</th><th>compared</th><th>bounds</th><th>verdict</th></tr>" + rows + "</table>")
+    return [("subgroups", "Consistency across subgroups", out)] if out else []
 
 
-def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = None) -> str:
-    """The whole page for report document ``rep`` (and the optional sample slices)."""
+def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = None,
+                gallery_images: dict[str, dict[str, Any]] | None = None) -> str:
+    """The whole page for report document ``rep`` (and the optional sample slices and worst-case images)."""
     by_id = {r["item_id"]: r for r in rep["results"]}
     title = ", ".join(s.get("name") or "?" for s in rep["suites"]) or "no suite"
     model = (rep["run"].get("settings") or {}).get("model") or "(no model)"
@@ -401,7 +408,7 @@ def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = N
         sections.append(("dose", "Dose-response (sweeps)", _img(dose, "dose-response curves")
                          + "<p class='caption'>Each panel: one criterion evaluated at increasing perturbation strength; the "
                            "line and band are the compared quantity and its 95% CI; points are coloured by verdict.</p>"))
-    grid = figures.sample_grid_figure(sample_images, label_names=_label_names(rep)) if sample_images else None
+    grid = figures.sample_grid_figure(sample_images, label_names=evidence_html.label_names(rep)) if sample_images else None
     if grid is not None:
         volumes = sample_images is not None and (sample_images.get("slice_index") is not None
                                                  or any(getattr(sample_images.get(k), "ndim", 0) == 5 for k in ("real", "generated")))
@@ -411,6 +418,8 @@ def render_html(rep: dict[str, Any], *, sample_images: dict[str, Any] | None = N
         sections.append(("samples", "Samples: real vs generated", _img(grid, f"real and generated {'volumes' if volumes else 'slices'}")
                          + f"<p class='caption'>{first}, a pair of rows (real, generated) per contrast; outlines show the mask "
                            "labels.</p>"))
+    sections += _subgroups(rep)  # criteria decided in every subgroup (`by:`)
+    sections += evidence_html.sections(rep, gallery_images)  # per-case spread, worst cases, ScoreCard
     sections.append(("deviations", "Deviations from the plan", _deviations(rep)))
     sections.append(("limitations", "Known limitations", _limitations(rep)))
     sections.append(("selfcheck", "Tool self-check", _self_check(rep)))

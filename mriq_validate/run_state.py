@@ -62,6 +62,8 @@ class MriqRun:
     # optional sample grid for report.html: numpy arrays "real", "generated", "masks" (first few slices, N×H×W or
     # N×1×H×W); None → the report has no sample figure
     sample_images: dict[str, Any] | None = None
+    # report.html's worst-case gallery: item id → the K worst items' images of a gating per-item criterion ({"meta", "arrays"})
+    gallery_images: dict[str, dict[str, Any]] = field(default_factory=dict)
     figure_paths: list[Path] = field(default_factory=list)
     figure_error: str | None = None
     report_path: Path | None = None
@@ -105,6 +107,13 @@ class MriqRun:
         self.suites[str(path)] = {"name": suite.name, "version": suite.version, "context_of_use": suite.context_of_use,
                                   "path": str(path), "n_criteria": len(suite.criteria)}
         self.criterion_ids.update(c.id for c in suite.criteria)
+
+    def keep_images(self, item_id: str, ctx: RunContext, outcome: Any) -> None:
+        """After an item is evaluated: the sample grid (once) and the item's worst-case images, if it has any."""
+        if self.sample_images is None:
+            self.sample_images = ctx.sample_images()
+        if getattr(outcome, "gallery", None) is not None:
+            self.gallery_images[item_id] = outcome.gallery
 
     def add_collection_error(self, node_id: str, message: str) -> None:
         """A file that could not be collected (here or, forwarded by pytest-xdist, on a worker); once per file."""
@@ -222,7 +231,8 @@ class MriqRun:
             return ok
         html = self.report_dir / report_module.HTML_FILE
         try:  # always: the folder holds the placeholder written at start, which must not survive a finished run
-            self.report_path = report_module.write_report(report, self.report_dir, sample_images=self.sample_images)
+            self.report_path = report_module.write_report(report, self.report_dir, sample_images=self.sample_images,
+                                                        gallery_images=self.gallery_images)
             self.html_path = html
             if self.shard is not None:  # the merged report.html shows a sample grid too
                 from .shards import save_samples

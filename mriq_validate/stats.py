@@ -141,30 +141,38 @@ class Replicates:
         return float(finite.std(ddof=1) * (widen_factor(self.n, self.m) if self.subsample else 1.0))
 
 
-def metric_replicates(metric: Resampleable, prepared: Any, rows: np.ndarray) -> Replicates:
-    """``metric`` on every resample row of ``prepared``; the point value is the metric on all items, or, for a
-    subsampled (set-level) metric, the mean replicate."""
+def metric_replicates(metric: Resampleable, prepared: Any, rows: np.ndarray, items: np.ndarray | None = None) -> Replicates:
+    """``metric`` on every resample row of ``prepared``; the point value is the metric on all items (on ``items`` where
+    given: a subgroup, whose rows are drawn from it), or, for a subsampled (set-level) metric, the mean replicate."""
     subsample = metric.resample == "subsample"
-    n = metric.size(prepared)
+    whole = np.arange(metric.size(prepared)) if items is None else np.asarray(items, np.int64)
     reps = replicates(lambda row: metric.value(prepared, row), rows)
-    point = float(reps.mean()) if subsample and reps.size else metric.value(prepared, np.arange(n))
-    return Replicates(float(point), reps, n, rows.shape[1], subsample)
+    point = float(reps.mean()) if subsample and reps.size else metric.value(prepared, whole)
+    return Replicates(float(point), reps, len(whole), rows.shape[1], subsample)
 
 
 def resample_metric(metric: Resampleable, prepared: Any, prepared_ref: Any | None, n_boot: int, rng: np.random.Generator,
-                    paired: bool, measure: Callable[[Resampleable, Any, np.ndarray], Replicates] = metric_replicates,
+                    paired: bool, measure: Callable[..., Replicates] = metric_replicates, items: np.ndarray | None = None,
                     ) -> tuple[Replicates, Replicates | None]:
     """``metric`` resampled on ``prepared`` and on ``prepared_ref`` (if given): with ``paired`` both use the same rows
-    (their row-wise differences are the paired bootstrap), else each draws its own rows from ``rng`` in turn. ``measure``
-    computes the replicates on the drawn rows (default :func:`metric_replicates`; the gate passes one that remembers
-    them on disk, :func:`mriq_validate.memo.cached_replicates`)."""
+    (their row-wise differences are the paired bootstrap), else each draws its own rows from ``rng`` in turn. ``items``
+    (paired only) restricts both to those items (a subgroup): the rows are resamples of ``items`` and the point value
+    is taken on them. ``measure(metric, prepared, rows, items=...)`` computes the replicates on the drawn rows (default
+    :func:`metric_replicates`; the gate passes one that remembers them on disk,
+    :func:`mriq_validate.memo.cached_replicates`)."""
     subsample = metric.resample == "subsample"
-    rows = resample_rows(metric.size(prepared), n_boot, rng, subsample)
-    value = measure(metric, prepared, rows)
+    if items is None:
+        rows = resample_rows(metric.size(prepared), n_boot, rng, subsample)
+    elif prepared_ref is not None and not paired:
+        raise ValueError("resampling a subgroup (items) needs paired samples: the items must be the same on both sides")
+    else:
+        items = np.asarray(items, np.int64)
+        rows = items[resample_rows(len(items), n_boot, rng, subsample)]
+    value = measure(metric, prepared, rows, items=items)
     if prepared_ref is None:
         return value, None
     ref_rows = rows if paired else resample_rows(metric.size(prepared_ref), n_boot, rng, subsample)
-    return value, measure(metric, prepared_ref, ref_rows)
+    return value, measure(metric, prepared_ref, ref_rows, items=items)
 
 
 def compare(value: Replicates, baseline: Replicates, fn: Callable[[float, float], float], level: float = 0.95) -> Estimate:

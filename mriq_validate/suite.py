@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from .errors import MriqError, SuiteError
+from .scorecard import ScorecardC
 from .suite_yaml import (MAX_YAML_NODES, SuiteLoader, bomb_site, decode_suite_bytes, expanded_nodes, line_of, loc_text, non_finite,
                          short)
 
@@ -151,6 +152,24 @@ class PerturbationSpec(_Strict):
         return [{**params, sweep: v} for v in params[sweep]]
 
 
+class SubgroupSpec(_Strict):
+    """``by: site`` or ``by: {name: site, min_items: 20}``: the criterion is decided in every subgroup of the items and
+    passes only when all pass. ``name`` is a covariate of the data (``site``), a column of the data block's
+    ``case_attributes`` table, or a derived grouping (``lesion_size``: quartiles of the lesion size in the real masks);
+    a subgroup with fewer than ``min_items`` items is an ERROR (too small to decide), never a pass. ``if_absent`` says
+    what data without that column get: ``error`` (the default: the criterion cannot be evaluated), or ``one_group``
+    (every item in one group, decided like the pooled criterion, and the record says the subgroups were not given)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    min_items: int = Field(default=20, ge=2)  # mriq_validate.subgroups.DEFAULT_MIN_ITEMS (not imported: it loads numpy)
+    if_absent: Literal["error", "one_group"] = "error"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class Criterion(_Strict):
     """One fitness-for-purpose criterion; one pytest item (several for a sweep)."""
 
@@ -170,6 +189,8 @@ class Criterion(_Strict):
     condition_on: Literal["test_masks", "train_masks"] = "test_masks"
     threshold: Threshold
     n_boot: int | None = Field(default=None, ge=0, le=100_000)  # None: the metric's default (1000 per-image, 100 set-level)
+    by: SubgroupSpec | None = None  # decide in every subgroup of the items (mriq_validate.subgroups); all must pass
+    scorecard: ScorecardC | None = None  # its C in the report's ScoreCard view, over its measure's default (mriq_validate.scorecard)
 
     @field_validator("metric")
     @classmethod
@@ -194,6 +215,8 @@ class Criterion(_Strict):
             raise ValueError("a sensitivity criterion needs a `perturbation` (what the measure must detect)")
         if self.kind == "sensitivity" and self.threshold.relative != "none":
             raise ValueError("a sensitivity criterion compares perturbed with clean real data itself; use `relative: none`")
+        if self.by is not None:
+            self._check_by()
         if self.kind == "reference":
             if self.threshold.relative != "none" or self.threshold.unit != "absolute":
                 raise ValueError("a reference criterion measures the real test data against an absolute bound; use "
@@ -203,10 +226,35 @@ class Criterion(_Strict):
                                  "and `condition_on`")
         return self
 
+    def _check_by(self) -> None:
+        from .metrics.base import create_metric
+        from .subgroups import subgroup_support
+
+        reason = subgroup_support(create_metric(self.metric, self.params))
+        if reason is not None:
+            raise _AtKey(reason, ("by",))
+        if self.threshold.unit == "seed_sd":
+            raise _AtKey("`by:` with `unit: seed_sd`: the training-noise floor is measured on the whole test split, not per "
+                         "subgroup; use `unit: se` (each subgroup's own bootstrap SE) or `unit: absolute`", ("by",))
+
     @property
     def self_check(self) -> bool:
         """Whether this criterion checks the tool on the reference data (sensitivity or reference), not the model."""
         return self.kind != "model"
+
+
+class CaseAttributes(_Strict):
+    """``case_attributes: attributes.csv`` or ``{file: attributes.csv, id_column: case}``: a table of per-case attributes
+    (one row per case, an id column and one column per attribute) added to the data's covariates, for ``by:``
+    (:mod:`mriq_validate.data.attributes`). A relative ``file`` is relative to the suite file's folder."""
+
+    file: str = Field(min_length=1)
+    id_column: str = Field(default="id", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {"file": value} if isinstance(value, str) else value
 
 
 class DataOptions(_Strict):
@@ -220,7 +268,8 @@ class DataOptions(_Strict):
     ``slices``) or ``volume`` (one 3D volume per case; options ``spacing_mm``, isotropic mm, and ``shape``, D×H×W);
     for builtin data it must be the data's own kind. ``size`` asks a template builtin for more (or fewer) cases than it
     embeds: ``[n_train, n_test]`` slices for ``builtin:mni-tumour``, a number of cases for ``builtin:mni-tumour-3d``
-    (cohort-scale runs and ``benchmarks/scale.py``); any other data refuses it."""
+    (cohort-scale runs and ``benchmarks/scale.py``); any other data refuses it. ``case_attributes`` names a CSV of
+    per-case attributes whose columns criteria can be decided by (``by:``; :class:`CaseAttributes`)."""
 
     default: str = "builtin:mni-tumour"
     contrasts: list[str] | None = Field(default=None, min_length=1)
@@ -233,6 +282,7 @@ class DataOptions(_Strict):
     spacing_mm: float | None = Field(default=None, gt=0)
     shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
     size: Annotated[int, Field(ge=1)] | tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
+    case_attributes: CaseAttributes | None = None
 
     @model_validator(mode="after")
     def _one_contrast_form(self) -> "DataOptions":
@@ -259,7 +309,8 @@ class DataOptions(_Strict):
         contrasts = [self.modality] if self.modality is not None else self.contrasts
         picked: dict[str, Any] = {} if contrasts is None else {"contrasts": list(contrasts)}
         if spec.startswith("builtin:"):
-            own = {"slicing": self.slicing, "size": self.size}
+            own = {"slicing": self.slicing, "size": self.size,
+                   "case_attributes": self.case_attributes.model_dump() if self.case_attributes else None}
             return {**picked, **{k: v for k, v in own.items() if v is not None}}
         return {**self.model_dump(exclude={"default", "modality", "contrasts"}, exclude_none=True), **picked}
 
@@ -368,11 +419,20 @@ def load_suite(path: Path) -> Suite:
         raise SuiteError(f"{path}:{line_of(root, (SUITE_KEY, *loc)) or '?'}: {loc_text((SUITE_KEY, *loc))}: {value} is not a "
                          f"finite number; expected a finite value")
     try:
-        return Suite.model_validate(raw[SUITE_KEY])
+        return _with_paths_from(Suite.model_validate(raw[SUITE_KEY]), path)
     except ValidationError as exc:
         raise SuiteError(_format_errors(path, exc, root)) from None
     except MriqError as exc:  # raised by a validator outside pydantic's wrapping
         raise SuiteError(f"{path}: {exc}") from None
+
+
+def _with_paths_from(suite: Suite, path: Path) -> Suite:
+    """``suite`` with a relative ``data.case_attributes.file`` made relative to the folder of the suite file ``path``."""
+    table = suite.data.case_attributes
+    if table is None or Path(table.file).is_absolute():
+        return suite
+    table = table.model_copy(update={"file": str(path.parent / table.file)})
+    return suite.model_copy(update={"data": suite.data.model_copy(update={"case_attributes": table})})
 
 
 def suite_to_yaml(suite: Suite) -> str:

@@ -1,9 +1,9 @@
 """pytest-xdist: what a worker hands the controller so that the controller writes one report.
 
 Each criterion's record travels with its test report (``rep.mriq_record``). What only the workers know (the suites,
-the collected plan, threshold overrides, the context provenance and the optional sample images) is sent once, when a
-worker's session ends, as JSON text under ``workeroutput["mriq"]``; arrays are sent as base64 bytes with their dtype
-and shape.
+the collected plan, threshold overrides, the context provenance, the optional sample images and the worst-case
+gallery's images) is sent once, when a worker's session ends, as JSON text under ``workeroutput["mriq"]``; arrays are
+sent as base64 bytes with their dtype and shape.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def worker_payload(run: MriqRun) -> str:
         "criterion_ids": sorted(run.criterion_ids),
         "contexts": [c.provenance() for c in run.contexts.values()],
         "sample_images": encode_arrays(run.sample_images) if run.sample_images else None,
+        "gallery_images": {k: {"meta": g["meta"], "arrays": encode_arrays(g["arrays"])} for k, g in run.gallery_images.items()},
     }, default=str)
 
 
@@ -45,6 +46,8 @@ def merge_payload(run: MriqRun, payload: str) -> None:
     run.worker_contexts.extend(data["contexts"])
     if run.sample_images is None and data.get("sample_images"):
         run.sample_images = decode_arrays(data["sample_images"])
+    for item_id, g in (data.get("gallery_images") or {}).items():
+        run.gallery_images.setdefault(item_id, {"meta": g["meta"], "arrays": decode_arrays(g["arrays"])})
 
 
 def _as_numpy(x: Any) -> Any:

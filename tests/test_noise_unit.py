@@ -92,7 +92,10 @@ class ConstructedRun:
 
     seed = 0
     cache = None  # nothing kept on disk (the tests run with $MRIQ_RESULT_CACHE=0)
-    data = SimpleNamespace(spatial_dims=2)
+    _split = dict(images=torch.zeros(16, 1, 4, 4), masks=torch.zeros(16, 1, 4, 4, dtype=torch.long))
+    data = SimpleNamespace(spatial_dims=2, contrasts=("t1",), train=SimpleNamespace(ids=tuple(f"train-{i}" for i in range(16)), **_split),
+                           test=SimpleNamespace(ids=tuple(f"test-{i}" for i in range(16)), **_split))
+    item_kind = "slices"
 
     def __init__(self, offsets: list[float], shift: float) -> None:
         self.trtr = np.linspace(0.6, 0.9, 16)
@@ -197,3 +200,24 @@ def test_seed_sd_unit_needs_the_seed_count() -> None:
     crit = flag_criteria()["TSTR"]
     with pytest.raises(MetricError, match=r"DICE-TSTR-WT: threshold in seed_sd, but metric 'floor_only' does not say over how many"):
         noise_unit(crit, FloorOnly(), None, Estimate(0.77, 0.7, 0.8, 0.02, 128, 100))  # type: ignore[arg-type]
+
+
+def test_a_baseline_without_sampling_noise_leaves_the_tolerance_to_decide() -> None:
+    """A share that is 0 on every real image has SE 0: with a clinical tolerance that tolerance is the bound (the looser
+    of the two); without one the criterion cannot be decided and ERRORs."""
+    from mriq_validate.bounds import bound_sources, threshold_bounds
+    from mriq_validate.criteria import noise_unit
+    from mriq_validate.errors import MetricError
+    from mriq_validate.suite import Criterion
+
+    base = {"id": "C", "requirement": "r", "rationale": "r", "metric": "constraint_violation"}
+    zero = Estimate(0.0, 0.0, 0.0, 0.0, 128, 1000)
+    with_tol = Criterion.model_validate({**base, "threshold": {"max": 3, "relative": "difference", "unit": "se", "tolerance": {"max": 0.05}}})
+    scale = noise_unit(with_tol, create_metric("constraint_violation", {}), None, zero)  # type: ignore[arg-type]
+    assert scale == NoiseUnit("se", 0.0)
+    assert threshold_bounds(with_tol.threshold, scale) == (None, 0.05)
+    assert bound_sources(with_tol.threshold, scale) == {"max": "clinical tolerance"}
+    assert check_threshold(with_tol.threshold, Estimate(0.06, 0.05, 0.07, 0.01, 128, 1000), scale)[0] is False
+    bare = Criterion.model_validate({**base, "threshold": {"max": 3, "relative": "difference", "unit": "se"}})
+    with pytest.raises(MetricError, match=r"threshold in standard errors, but the bootstrap SE is 0"):
+        noise_unit(bare, create_metric("constraint_violation", {}), None, zero)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ EXPECTED = {
     "gibbs": ("global", "alpha"), "ghosting": ("global", "intensity"),
     "boundary_blur": ("local", "sigma"), "gradient": ("local", "alpha"), "texture_flatten": ("local", "beta"),
     "lesion_erase": ("local", "amount"), "lesion_resize": ("local", "k"), "vessel_break": ("local", "gaps"),
-    "vessel_prune": ("local", "min_area"),
+    "vessel_prune": ("local", "min_area"), "one_contrast_erase": ("local", "amount"),
     "external_duplication": ("set", "p"), "internal_duplication": ("set", "p"), "mode_collapse": ("set", "fraction"),
     "density_shift": ("set", "weight"),
 }
@@ -41,7 +41,7 @@ VESSEL = {"vessel_break", "vessel_prune"}
 STRONG = {
     "boundary_blur": {"sigma": 3.0, "width": 3}, "gradient": {"alpha": 0.8}, "texture_flatten": {"beta": 1.0},
     "lesion_erase": {"amount": 1.0}, "lesion_resize": {"k": 3}, "vessel_break": {"gaps": 4, "length": 4},
-    "vessel_prune": {"min_area": 60},
+    "vessel_prune": {"min_area": 60}, "one_contrast_erase": {"amount": 1.0, "halo": 1},
 }
 
 
@@ -116,6 +116,10 @@ def allowed_region(name: str, params: dict, region: np.ndarray) -> np.ndarray:
         return ndimage.binary_dilation(region, np.ones((3, 3), bool), iterations=params["k"])
     if name in VESSEL:
         return ndimage.binary_dilation(region, np.ones((3, 3), bool))
+    if name == "one_contrast_erase":
+        r = int(params.get("halo", get(name).param("halo").default))
+        y, x = np.mgrid[-r : r + 1, -r : r + 1]
+        return ndimage.binary_dilation(region, x * x + y * y <= r * r)
     return region
 
 
@@ -529,6 +533,7 @@ def test_perturbation_figure_writes_a_png(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------- several contrasts
 
 NOISE = {"gaussian", "rician", "poisson"}
+ONE_CONTRAST = {"one_contrast_erase"}  # edits one contrast of each item on purpose (tests/test_constraint.py)
 
 
 def widen(images: torch.Tensor) -> torch.Tensor:
@@ -567,7 +572,7 @@ def test_several_contrasts_replay_keep_masks_and_identity(name: str) -> None:
             assert any(torch.equal(img, pi) and torch.equal(m, pm) for pi, pm in pool), f"{name} split an item"
 
 
-@pytest.mark.parametrize("name, params", [(n, {}) for n in sorted(set(EXPECTED) - NOISE)] + [("external_duplication", {"augment": 1, "p": 0.5})])
+@pytest.mark.parametrize("name, params", [(n, {}) for n in sorted(set(EXPECTED) - NOISE - ONE_CONTRAST)] + [("external_duplication", {"augment": 1, "p": 0.5})])
 def test_every_contrast_gets_the_same_edit(name: str, params: dict) -> None:
     """Identical contrasts stay identical, and each equals the one-contrast result of the same seed: the edit's
     parameters and per-slice draws (field, spike, ghosts, ramp, gaps, fill, disguise) are the same for every contrast."""

@@ -33,7 +33,7 @@ STRONG: dict[str, dict[str, float]] = {
     "gibbs": {"alpha": 0.6}, "ghosting": {"intensity": 0.8},
     "boundary_blur": {"sigma": 2.0, "width": 2}, "gradient": {"alpha": 0.8}, "texture_flatten": {"beta": 1.0},
     "lesion_erase": {"amount": 1.0}, "lesion_resize": {"k": 2}, "vessel_break": {"gaps": 2, "length": 4},
-    "vessel_prune": {"min_area": 60},
+    "vessel_prune": {"min_area": 60}, "one_contrast_erase": {"amount": 1.0, "halo": 1},
     "external_duplication": {"p": 0.5, "augment": 1}, "internal_duplication": {"p": 0.5},
     "mode_collapse": {"fraction": 1.0}, "density_shift": {"weight": 1.0},
 }
@@ -110,6 +110,8 @@ def reach(name: str, params: dict[str, float], region: np.ndarray) -> np.ndarray
         return ndimage.distance_transform_cdt(~region, metric="chessboard") <= params["k"]
     if name in VESSEL:
         return ndimage.binary_dilation(region, np.ones((3, 3, 3), bool))
+    if name == "one_contrast_erase":
+        return ndimage.distance_transform_edt(~region) <= params["halo"]
     return region
 
 

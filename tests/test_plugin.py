@@ -245,6 +245,30 @@ def test_shipped_suite_real_clears_and_eraser_fails(pytester: pytest.Pytester, r
     eraser.stdout.fnmatch_lines(["*DICE-WT FAILED: dice (whole_tumour) on generated*images*vs baseline*below the minimum -0.05*"])
 
 
+MODELS = Path(__file__).resolve().parent / "models"
+
+
+@pytest.mark.heavy
+@pytest.mark.long
+@pytest.mark.parametrize("model, caught_by", [
+    (f"{MODELS / 'one_contrast_defects.py'}:core_swap_t1", "CONSTRAINT-ANATOMY"),
+    (f"{MODELS / 'one_contrast_defects.py'}:small_lesions_erased_t1", "CONSTRAINT-ANATOMY"),
+    (f"{MODELS / 'subgroup_defects.py'}:site_defect", "DICE-WT-BY-SITE"),
+    (f"{MODELS / 'subgroup_defects.py'}:small_lesion_defect", "DICE-WT-BY-LESION-SIZE"),
+], ids=["core_swap_t1", "small_lesions_erased_t1", "site_defect", "small_lesion_defect"])
+def test_the_shipped_suite_does_not_clear_a_model_wrong_on_one_contrast_or_in_one_subgroup(
+        model: str, caught_by: str, pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
+    """The whole shipped suite, every criterion run: a model faithful but for one contrast (T1 alone: necrosis and
+    enhancing rim swapped, or the smallest lesions erased) or one subgroup (lesions faded at one site, or only the
+    smallest ones) is NOT CLEARED, caught by the criterion made for it, while DICE-WT, decided on the pooled mean,
+    passes it (builtin:real CLEARS the same suite: test_shipped_suite_real_clears_and_eraser_fails)."""
+    result = run_plugin(str(SUITES / "brain_tumour.yaml"), "--rootdir", str(pytester.path), f"--mriq-model={model}", "--mriq-report=out")
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    verdicts = {r["criterion_id"]: r["verdict"] for r in report["results"]}
+    assert report["decision"]["status"] == "NOT CLEARED" and result.ret == pytest.ExitCode.TESTS_FAILED, report["decision"]
+    assert verdicts[caught_by] == "FAIL" and verdicts["DICE-WT"] == "PASS", verdicts
+
+
 @pytest.mark.heavy
 def test_shipped_vessel_suite_clears_real(pytester: pytest.Pytester, run_plugin: Callable[..., pytest.RunResult]) -> None:
     real = run_plugin(str(SUITES / "vessels.yaml"), "--rootdir", str(pytester.path), "--mriq-model=builtin:real")

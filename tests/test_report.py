@@ -109,8 +109,10 @@ def test_report_json_follows_the_schema_and_html_is_self_contained(pytester: pyt
     assert not RESOURCE_RE.search(page), RESOURCE_RE.search(page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "NOT CLEARED" in page and "Context of use" in page and "report-test" in page
-    # criteria vs thresholds, dose-response, and the real-vs-generated sample grid filled from the run
-    assert page.count('<img src="data:image/png;base64,') == 3 and "Samples: real vs generated" in page
+    # criteria vs thresholds, dose-response, the real-vs-generated sample grid filled from the run, and the worst-case
+    # gallery of the two gating Dice criteria
+    assert page.count('<img src="data:image/png;base64,') == 5 and "Samples: real vs generated" in page
+    assert "DICE-WT: the 8 worst items by dice" in page and "ScoreCard view (7 Cs)" in page
     for item_id in ITEMS:
         assert f"<td class='mono'>{html.escape(item_id)}</td>" in page
     for text in ("missed tumours", "does not detect rician", "Known-answer tests", "--mriq-threshold", "Deo et al. 2025"):
@@ -142,7 +144,8 @@ def test_same_command_gives_the_same_report_also_under_xdist(pytester: pytest.Py
     validate_report(merged)
     assert merged["run"]["xdist_workers"] == 2 and a["run"]["xdist_workers"] == 0
     assert {r["item_id"]: r["verdict"] for r in merged["results"]} == {r["item_id"]: r["verdict"] for r in a["results"]}
-    strip = [*VOLATILE_FIELDS, "run.xdist_workers"]
+    # auto training processes are the usable cores over the xdist workers: recorded per run, the same trainings
+    strip = [*VOLATILE_FIELDS, "run.xdist_workers", "provenance.contexts.*.training_processes"]
     assert strip_volatile(merged, strip) == strip_volatile(a, strip)
 
 

@@ -30,6 +30,7 @@ def quick_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
 
 
 @pytest.mark.heavy
+@pytest.mark.xdist_group("quick_study")  # one worker computes the module's quick study
 def test_quick_study_writes_every_output(quick_out: Path) -> None:
     for name in ("sensitivity.csv", "correlation.csv", "memorisation.csv", "study.json", "study.html", "study.md"):
         assert (quick_out / name).is_file(), name
@@ -60,6 +61,7 @@ def test_quick_study_writes_every_output(quick_out: Path) -> None:
 
 
 @pytest.mark.heavy
+@pytest.mark.xdist_group("quick_study")
 def test_sensitivity_rule(quick_out: Path) -> None:
     for r in _rows(quick_out / "sensitivity.csv"):
         worse, se = float(r["worse"]), float(r["se"])

@@ -255,6 +255,41 @@ def zoo(d: dict[str, Any]) -> str:
     return run_zoo.render_block("docs/zoo.md", d)
 
 
+def detectability(d: dict[str, Any]) -> str:
+    """The classifier two-sample test next to FID on the builtin stand-ins, its real-vs-real noise and its self-check."""
+    def ci(e: dict[str, float], fmt: str) -> str:
+        return f"{e['value']:{fmt}} [{e['ci_low']:{fmt}}, {e['ci_high']:{fmt}}]"
+    rows = d["rows"]
+    table = ["| stand-in | behaviour | C2ST AUC [95% CI] | DET-C2ST | FID [95% CI] | ΔFID vs real | DIST-FID |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['model']} | {r['behaviour']} | {ci(r['auc'], '.3f')} | {r['auc_verdict']} | {ci(r['fid'], '.4g')} | "
+              f"{r['fid_difference']['value']:+.4g} | {r['fid_verdict']} |" for r in rows]
+    n, s, rule = d["null"], d["sensitivity"], d["null"]["band_rule"]
+    cls = d["metric"]["classifier"]
+    delong = max(max(abs(r["auc"]["delong_low"] - r["auc"]["ci_low"]), abs(r["auc"]["delong_high"] - r["auc"]["ci_high"])) for r in rows)
+    flagged = lambda key: ", ".join(r["model"] for r in rows if r[key] == "FAIL") or "none"  # noqa: E731
+    head = (f"On `{d['data']}` (seed {d['seed']}), each stand-in's images for the {n['n_evaluated']} real test masks against the "
+            f"{n['n_reference']} real training slices; classifier {cls['channels']} channels, {cls['input']}, {cls['epochs']} epochs, "
+            f"{d['metric']['split'].split(':')[0]}. AUC decided by DET-C2ST (band [{d['band'][0]:g}, {d['band'][1]:g}]), FID by "
+            f"DIST-FID (at most 3 bootstrap SEs above the real test images' FID, {rows[0]['fid_real']['value']:.4g}: ΔFID ≤ "
+            f"{rows[0]['fid_bound']:.4g}); both advisory.")
+    null = (f"Real against real: {len(n['seeds'])} classifier seeds of the real test against the real training images gave AUC "
+            f"{n['seeds_summary']['min']:.3f}-{n['seeds_summary']['max']:.3f} (SD {n['seeds_summary']['sd']:.3f}), "
+            f"{len(n['resplits'])} random re-splits of the real slices {n['resplits_summary']['min']:.3f}-"
+            f"{n['resplits_summary']['max']:.3f} (SD {n['resplits_summary']['sd']:.3f}); all together SD {n['sd_pooled']:.3f}, "
+            f"against {n['sd_expected']:.3f} for the scored images' sampling alone (the rest is the classifier's training noise, "
+            f"which the CI leaves out: DeLong's CI covered 0.5 in {pct(n['seeds_summary']['delong_covers_half'])} and "
+            f"{pct(n['resplits_summary']['delong_covers_half'])} of them). Band 0.5 ± ({rule['sds']} SD + tolerance "
+            f"{rule['tolerance']:g}) = [{rule['band'][0]:g}, {rule['band'][1]:g}]. The CIs above are the gate's percentile "
+            f"bootstrap; DeLong's differ from them by at most {delong:.3f}.")
+    sens = (f"Self-check SENS-C2ST-ERASE (tumours erased from the real test images): AUC {s['clean']['value']:.3f} clean, "
+            f"{s['perturbed']['value']:.3f} erased, a rise of {ci(s['rise'], '.3f')} (at least {s['bound']:g} asked): "
+            f"{s['verdict']}. The two criteria add {minutes(d['suite_cold_s'])} to a cold run of the suite against "
+            f"builtin:real (two classifier trainings; a warm run reads them from the results cache).")
+    return "\n".join(table) + (f"\n\n{head}\n\nFlagged by DET-C2ST: {flagged('auc_verdict')}; by DIST-FID: {flagged('fid_verdict')}."
+                              f"\n\n{null}\n\n{sens} {measured(d)}")
+
+
 VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
     "eraser": lambda d: eraser_output(d) + "\n\n" + eraser_summary(d),
     "downstream_table": downstream_table,
@@ -263,6 +298,7 @@ VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
     "timings": timings_install, "timings.demo": timings_demo,
     "volumes": volumes_cohort,
     "vessels": vessels_run,
+    "detectability": detectability,
     "zoo": zoo,
 }
 LONG = ("study", "seed_floor", "timings", "zoo")  # sources too long for make docs: their blocks say their date

@@ -3,7 +3,7 @@ real generators against downstream Dice (docs/zoo.md).
 
     python examples/zoo/run_zoo.py                     # the four default families, the full preset (docs/zoo.md: time)
     python examples/zoo/run_zoo.py --families ddpm ldm rflow spade vae   # and the conditional VAE
-    python examples/zoo/run_zoo.py --families ddpm spade --preset reduced -k "DICE-WT and not LESIONWISE"  # the CI form
+    python examples/zoo/run_zoo.py --families ddpm spade --preset reduced -k "DICE-WT and not LESIONWISE and not BY"  # the CI form
 
 Jobs run two at a time (``--jobs``), each on one torch thread: the gate's real-data side (the suite against
 ``builtin:real``, which fills the cache with what every gate shares and must clear), the training of each family whose

@@ -12,6 +12,7 @@ from typing import Any
 from ..cache import DiskCache
 from ..errors import DataError
 from . import mni, mni_tumour3d, vessels  # noqa: F401  (register the builtin datasets on import)
+from .attributes import attach_case_attributes
 from .core import BUILTIN_DATASETS, BUILTIN_OPTIONS, ReferenceData, Split
 from .nifti import DEFAULT_SLICING, check_slicing_options, load_nifti_folder
 
@@ -23,7 +24,8 @@ SLICING_EXAMPLES = {"slices": "slice data (builtin:mni-tumour, or a NIfTI folder
                     "volume": "volume data (builtin:mni-tumour-3d, or a NIfTI folder)"}
 
 
-def load_data(spec: str, cache: DiskCache, *, contrasts: list[str] | None = None, **options: Any) -> ReferenceData:
+def load_data(spec: str, cache: DiskCache, *, contrasts: list[str] | None = None, case_attributes: dict[str, Any] | str | None = None,
+              **options: Any) -> ReferenceData:
     """Load reference data from ``builtin:NAME`` or a NIfTI folder in any public layout (:mod:`.layouts`: BraTS
     2018–2021 and 2023–2025, Medical Segmentation Decathlon, nnU-Net v1/v2, imagesTr/labelsTr, case and flat folders).
 
@@ -34,8 +36,18 @@ def load_data(spec: str, cache: DiskCache, *, contrasts: list[str] | None = None
     the template generator for a larger or smaller cohort: ``[n_train, n_test]`` slices for ``builtin:mni-tumour``,
     ``n_cases`` volumes for ``builtin:mni-tumour-3d`` (left out: the embedded size). An option of the other
     slicing (``crop`` with ``slicing: volume``, ``shape`` without it), or ``size`` for data that does not take it, is a
-    DataError naming it.
+    DataError naming it. ``case_attributes`` (a CSV path, or ``{"file": ..., "id_column": ...}``) adds a table's columns
+    to the items' covariates (:func:`.attributes.attach_case_attributes`), for any data.
     """
+    data = _load(spec, cache, contrasts, options)
+    if case_attributes is None:
+        return data
+    table = {"file": case_attributes} if isinstance(case_attributes, str) else dict(case_attributes)
+    return attach_case_attributes(data, **table)
+
+
+def _load(spec: str, cache: DiskCache, contrasts: list[str] | None, options: dict[str, Any]) -> ReferenceData:
+    """:func:`load_data` without the case attributes."""
     slicing = options.get("slicing", DEFAULT_SLICING)
     check_slicing_options(slicing, options, f"data {spec!r}")
     if spec.startswith("builtin:"):

@@ -5,7 +5,7 @@ Importing the package fills the registry: the implementation modules below regis
 import, and :mod:`.base` (the registry itself) imports none of them, so imports run one way.
 """
 
-from . import artefacts, morphology, vessels, noise, shifts  # noqa: F401, I001  (register on import, in this order)
+from . import artefacts, morphology, vessels, noise, shifts, contrast_defects  # noqa: F401, I001  (register on import, in this order)
 from .base import REGISTRY, Param, PerturbContext, Perturbation, Perturbed, apply, get
 
 __all__ = ["REGISTRY", "Param", "PerturbContext", "Perturbation", "Perturbed", "apply", "get"]

@@ -21,6 +21,7 @@ DEFAULT_SWEEPS: dict[str, list[float]] = {
     "texture_flatten": [0.25, 0.5, 1.0],
     "lesion_erase": [0.25, 0.5, 1.0],
     "lesion_resize": [-4, -2, 2, 4],
+    "one_contrast_erase": [0.25, 0.5, 1.0],
     "vessel_break": [1, 3, 5],
     "vessel_prune": [10, 30, 100],
     "external_duplication": [0.05, 0.15, 0.3, 0.45],
