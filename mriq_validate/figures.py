@@ -296,14 +296,8 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
         row_masks = masks if name == "real" else gen_masks
         for j in range(cols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= len(arr):
-                ax.set_visible(False)
+            if not _image_cell(ax, arr, row_masks, j, labels):
                 continue
-            ax.imshow(arr[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            if row_masks is not None and j < len(row_masks):
-                _outline(ax, row_masks[j], labels)
             if j == 0:
                 ax.set_ylabel(title, fontsize=FONT + 2, fontweight="bold")
             if i == 0 and index is not None and j < len(index):
@@ -311,6 +305,20 @@ def sample_grid_figure(samples: dict[str, Any] | None, n: int = 6, label_names: 
     _label_legend(fig, labels, label_names)
     fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.04, right=0.99, top=0.99, bottom=(0.09 / max(1, len(rows) / 2)) if labels else 0.01)
     return fig
+
+
+def _image_cell(ax: Any, images: Any, masks: Any, j: int, labels: list[int]) -> bool:
+    """Cell ``j`` of a grid row: image ``j`` in grey on [0, 1] with its mask's label outlines, no ticks; the cell hidden
+    (False) where the row has no image ``j``."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if j >= len(images):
+        ax.set_visible(False)
+        return False
+    ax.imshow(images[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if masks is not None and j < len(masks):
+        _outline(ax, masks[j], labels)
+    return True
 
 
 def _outline(ax: Any, mask: np.ndarray, labels: list[int]) -> None:
@@ -382,14 +390,8 @@ def gallery_figure(images: dict[str, Any], captions: dict[str, list[str]], title
     for i, (name, arr) in enumerate(rows):
         for j in range(cols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= len(arr):
-                ax.set_visible(False)
+            if not _image_cell(ax, arr, masks, j, labels):
                 continue
-            ax.imshow(arr[j], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            if masks is not None and j < len(masks):
-                _outline(ax, masks[j], labels)
             if i == 0:
                 ax.set_title(titles[j], fontsize=FONT, pad=2)
             ax.set_xlabel(captions.get(name, [""] * cols)[j], fontsize=FONT, labelpad=2)
