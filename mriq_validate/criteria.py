@@ -158,7 +158,7 @@ def evaluate(crit: Criterion, ctx: RunContext, level: dict[str, Any] | None = No
         message += "\n  per contrast (every contrast must pass; the one shown above is the " + \
             ("first that failed" if not ok else "closest to its bound") + "): " + \
             ", ".join(f"{name} {p['checked']:.4g} {'PASS' if p['ok'] else 'FAIL'}" for (name, _), p in parts.items())
-    spread, gallery = _spread(crit, metric, ctx, split, paired, subject, parts, rep[0] if isinstance(rep, tuple) else rep)
+    spread, gallery = _spread(crit, metric, ctx, split, paired, subject, parts, rep[0])
     return Outcome(
         criterion_id=crit.id, verdict="PASS" if ok else "FAIL", gate=crit.gate, metric=metric.config(),
         higher_is_better=metric.higher_is_better, compared=d["compared"], value=d["value"], baseline=d["baseline"],
@@ -222,11 +222,12 @@ def _subgroup_note(groups: Subgroups, parts: dict[tuple[str, str], dict[str, Any
 
 
 def _spread(crit: Criterion, metric: Metric, ctx: RunContext, split: str, paired: bool, subject: Sample,
-            parts: dict[Any, dict[str, Any]], shown: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            parts: dict[tuple[str, str], dict[str, Any]], shown: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The measure's per-item spread (``spread``) and, for a gating criterion on the model, the images of its worst items
     (gathered now, K of them, while the run holds the images) for report.html's gallery."""
-    values = {(k[0] if isinstance(k, tuple) else k): (per_item_values(metric, p["prepared"]), None if p["prepared_ref"] is None
-              else per_item_values(metric, p["prepared_ref"])) for k, p in parts.items()}
+    # parts are keyed (contrast, subgroup); every subgroup of a contrast shares that contrast's prepared items
+    values = {name: (per_item_values(metric, p["prepared"]), None if p["prepared_ref"] is None
+                     else per_item_values(metric, p["prepared_ref"])) for (name, _), p in parts.items()}
     if any(v is None for v, _ in values.values()):
         return no_items(metric.name), None
     data = ctx.data
